@@ -1,0 +1,1 @@
+"""Model access: the LLMClient protocol, provider adapters and cassettes."""

@@ -1,0 +1,137 @@
+"""The plan a user hands to Autopack, validated with pydantic (unknown fields are refused)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from autopack.errors import PlanError
+
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+Complexity = Literal["low", "medium", "high"]
+
+
+def _check_rel_glob(value: str) -> str:
+    v = value.strip()
+    if not v:
+        raise ValueError("empty path")
+    if v.startswith("/") or re.match(r"^[A-Za-z]:[\\/]", v) or "\\" in v:
+        raise ValueError(f"{v!r} must be a relative POSIX path")
+    if any(part == ".." for part in v.split("/")):
+        raise ValueError(f"{v!r} must not contain '..'")
+    if any(part.lower() == ".git" for part in v.split("/")):
+        raise ValueError(f"{v!r} must not name .git")
+    return v
+
+
+class Phase(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    goal: str = Field(min_length=1)
+    category: str = Field(min_length=1)
+    complexity: Complexity = "medium"
+    scope: list[str] = Field(min_length=1)
+    deliverables: list[str] = Field(default_factory=list)
+    acceptance_tests: list[str] = Field(default_factory=list)
+    description: str = ""
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        if not _ID.match(v):
+            raise ValueError("must be 1-64 letters, digits, '_', '-' or '.'")
+        return v
+
+    @field_validator("scope", "deliverables", "acceptance_tests")
+    @classmethod
+    def _paths(cls, v: list[str]) -> list[str]:
+        return [_check_rel_glob(p) for p in v]
+
+
+class Tier(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    name: str = ""
+    phases: list[Phase] = Field(min_length=1)
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        if not _ID.match(v):
+            raise ValueError("must be 1-64 letters, digits, '_', '-' or '.'")
+        return v
+
+
+class Plan(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    project: str = Field(min_length=1)
+    name: str = ""
+    base_branch: str | None = None
+    test_command: list[str] | None = None
+    tiers: list[Tier] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> "Plan":
+        seen: set[str] = set()
+        for t in self.tiers:
+            for p in t.phases:
+                if p.id in seen:
+                    raise ValueError(f"duplicate phase id {p.id!r}")
+                seen.add(p.id)
+        tier_ids = [t.id for t in self.tiers]
+        if len(set(tier_ids)) != len(tier_ids):
+            raise ValueError("duplicate tier id")
+        return self
+
+    def phases(self) -> list[tuple[Tier, Phase]]:
+        return [(t, p) for t in self.tiers for p in t.phases]
+
+
+def error_field(exc: ValidationError) -> tuple[str, str]:
+    """The first error of a pydantic validation as (dotted field path, message)."""
+    err = exc.errors()[0]
+    loc = ".".join(str(x) for x in err["loc"]) or "plan"
+    msg = err["msg"]
+    if err["type"] == "missing":
+        msg = "field required"
+    elif err["type"] == "extra_forbidden":
+        msg = "unknown field"
+    return loc, msg
+
+
+def parse_plan(data: Any) -> Plan:
+    """Validate plain data into a Plan, raising ``PlanError`` naming the field."""
+    if not isinstance(data, dict):
+        raise PlanError("plan", "must be a mapping")
+    try:
+        return Plan.model_validate(data)
+    except ValidationError as exc:
+        field, msg = error_field(exc)
+        raise PlanError(field, msg) from None
+
+
+def load_plan_text(text: str) -> dict[str, Any]:
+    """Read a YAML or JSON plan document into plain data (no validation)."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise PlanError("plan", f"not valid YAML or JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise PlanError("plan", "must be a mapping")
+    return data
+
+
+def load_plan_file(path: Path) -> Plan:
+    return parse_plan(load_plan_text(path.read_text(encoding="utf-8")))

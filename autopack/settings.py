@@ -1,0 +1,88 @@
+"""One settings object for the whole system, read from ``AUTOPACK_*`` environment variables.
+
+Two profiles share one code path: ``local`` (SQLite, kombu's filesystem transport, everything under
+one state folder) and ``prod`` (Redis broker, PostgreSQL through psycopg 3).
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="AUTOPACK_", extra="ignore")
+
+    profile: Literal["local", "prod"] = "local"
+    state_dir: Path = Path(".autopack")
+    database_url: str | None = None
+    broker_url: str | None = None
+    result_backend: str | None = None
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    postgres_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+    config_dir: Path = ROOT / "config"
+    prompts_dir: Path = ROOT / "prompts"
+    api_url: str = "http://127.0.0.1:8000"
+
+    # Sandbox: "bwrap" (default) or "none" (explicit opt-out: no isolation at all).
+    sandbox: Literal["bwrap", "none"] = "bwrap"
+    # Models: "live" calls providers; "replay" serves a cassette; "record" calls and records.
+    llm_mode: Literal["live", "replay", "record"] = "live"
+    cassette: Path | None = None
+
+    # Celery tuning: filesystem transport polling and per-queue hard time limits (seconds).
+    poll_interval: float = 0.05
+    build_time_limit: int = 900
+    ci_time_limit: int = 1200
+    audit_time_limit: int = 600
+    default_time_limit: int = 300
+    visibility_timeout: int = 4 * 3600
+    worker_name_prefix: str = Field(default="autopack")
+
+    @cached_property
+    def state_path(self) -> Path:
+        return self.state_dir.resolve()
+
+    @property
+    def db_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        if self.profile == "prod":
+            return self.postgres_url
+        return f"sqlite:///{self.state_path / 'autopack.sqlite'}"
+
+    @property
+    def celery_broker_url(self) -> str:
+        if self.broker_url:
+            return self.broker_url
+        return self.redis_url if self.profile == "prod" else "filesystem://"
+
+    @property
+    def celery_result_backend(self) -> str:
+        if self.result_backend:
+            return self.result_backend
+        if self.profile == "prod":
+            return self.redis_url
+        return f"db+sqlite:///{self.state_path / 'results.sqlite'}"
+
+    @property
+    def broker_dir(self) -> Path:
+        return self.state_path / "broker"
+
+    @property
+    def worktrees_dir(self) -> Path:
+        return self.state_path / "worktrees"
+
+    def ensure_dirs(self) -> None:
+        for sub in ("broker/queue", "broker/processed", "broker/control", "worktrees", "logs"):
+            (self.state_path / sub).mkdir(parents=True, exist_ok=True)
+
+
+def get_settings() -> Settings:
+    return Settings()

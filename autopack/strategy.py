@@ -1,0 +1,119 @@
+"""Compile a plan into a strategy: per-phase budgets from ``config/strategy.yaml``. Pure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from autopack.errors import ConfigError, PlanError
+from autopack.plan import Plan
+
+
+class CategoryBudget(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_attempts: int = Field(3, ge=1, le=20)
+    token_cap: int = Field(60000, gt=0)
+    cost_cap_usd: float = Field(2.0, gt=0)
+    ci_profile: Literal["normal", "strict"] = "normal"
+    audit: Literal["required", "advisory", "off"] = "advisory"
+    builder_max_tokens: int = Field(4096, gt=0)
+    edit_fix_rounds: int = Field(2, ge=0, le=5)
+
+
+class RunBudget(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    token_cap: int = Field(500000, gt=0)
+    cost_cap_usd: float = Field(10.0, gt=0)
+    max_phases: int = Field(50, gt=0)
+    test_command: list[str] = Field(default_factory=lambda: ["{python}", "-m", "pytest", "-q", "-p", "no:cacheprovider"])
+    test_timeout_s: int = Field(300, gt=0)
+
+
+class StrategyConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    defaults: dict[str, Any] = Field(default_factory=dict)
+    high_risk_categories: list[str] = Field(default_factory=list)
+    high_risk: dict[str, Any] = Field(default_factory=dict)
+    categories: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    run: RunBudget = Field(default_factory=RunBudget)
+
+
+class PhaseStrategy(CategoryBudget):
+    phase_id: str
+    tier_id: str
+    category: str
+    complexity: str
+    high_risk: bool
+
+
+class CompiledStrategy(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    project: str
+    run: RunBudget
+    test_command: list[str]
+    phases: list[PhaseStrategy]
+
+    def for_phase(self, phase_id: str) -> PhaseStrategy:
+        for p in self.phases:
+            if p.phase_id == phase_id:
+                return p
+        raise KeyError(phase_id)
+
+
+def load_strategy_config(path: Path) -> StrategyConfig:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        return StrategyConfig.model_validate(data)
+    except FileNotFoundError:
+        raise ConfigError(f"strategy file not found: {path}") from None
+    except (yaml.YAMLError, ValidationError) as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def budget_for(category: str, cfg: StrategyConfig) -> tuple[CategoryBudget, bool]:
+    """The budget of one category and whether it is high-risk."""
+    merged: dict[str, Any] = dict(cfg.defaults)
+    merged.update(cfg.categories.get(category, {}))
+    high = category in cfg.high_risk_categories
+    if high:
+        merged.update(cfg.high_risk)
+        # The playbook's floor for high-risk work, whatever the file says.
+        merged["ci_profile"] = "strict"
+        merged["audit"] = "required"
+        merged["max_attempts"] = min(int(merged.get("max_attempts", 2)), 2)
+    try:
+        return CategoryBudget.model_validate(merged), high
+    except ValidationError as exc:
+        raise ConfigError(f"strategy for category {category!r}: {exc}") from None
+
+
+def compile_strategy(plan: Plan, cfg: StrategyConfig) -> CompiledStrategy:
+    """Pure: the plan's phases with their budgets. Raises ``PlanError`` when the plan exceeds the run's limits."""
+    phases: list[PhaseStrategy] = []
+    for tier, phase in plan.phases():
+        budget, high = budget_for(phase.category, cfg)
+        phases.append(
+            PhaseStrategy(
+                phase_id=phase.id,
+                tier_id=tier.id,
+                category=phase.category,
+                complexity=phase.complexity,
+                high_risk=high,
+                **budget.model_dump(),
+            )
+        )
+    if len(phases) > cfg.run.max_phases:
+        raise PlanError("tiers", f"{len(phases)} phases exceed the run limit of {cfg.run.max_phases}")
+    return CompiledStrategy(
+        project=plan.project,
+        run=cfg.run,
+        test_command=list(plan.test_command or cfg.run.test_command),
+        phases=phases,
+    )
