@@ -110,3 +110,13 @@ class BudgetExceeded(AutopackError):
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
         self.kind = kind
+
+
+class UnsafePath(GitError):
+    """A path given for a workspace write would leave the worktree, pass through a
+    symlink, enter ``.git`` or a submodule, or is otherwise not a plain repository path."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path!r}: {reason}")
+        self.path = path
+        self.reason = reason

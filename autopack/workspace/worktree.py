@@ -1,0 +1,524 @@
+"""Workspaces on the target repository: detached worktrees, deterministic phase
+commits, compare-and-set ref moves, throw-away exports.
+
+Nothing here ever checks out or moves the user's base branch. Worktrees are
+always *detached*, so moving a branch ref (the run's integration branch
+``autopack/<run-id>``) never collides with a checkout. Refs move only through
+:func:`update_ref_cas` (DESIGN invariant 3).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import shutil
+import stat
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+from autopack.errors import GitError, UnsafePath
+from autopack.workspace.git import MODE_GITLINK, Git, LogEntry, RefMovedAt
+
+__all__ = [
+    "CANDIDATE_REF_PREFIX",
+    "ensure_worktree",
+    "remove_worktree",
+    "create_branch",
+    "update_ref_cas",
+    "keep_ref",
+    "write_changes",
+    "commit_candidate",
+    "changed_paths",
+    "diff",
+    "export_tree",
+    "branch_log",
+]
+
+CANDIDATE_REF_PREFIX = "refs/autopack/candidates/"
+
+_TRAILER_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*$")
+
+
+# -- worktrees ----------------------------------------------------------------
+
+
+def _common_dir(git: Git) -> Path:
+    out = git.run("rev-parse", "--path-format=absolute", "--git-common-dir").strip()
+    return Path(out).resolve()
+
+
+def _is_worktree_of(repo: Path, path: Path) -> bool:
+    """Whether ``path`` is the top of a working tree that shares ``repo``'s object store."""
+    if not (path / ".git").exists():
+        return False
+    wt = Git(path)
+    try:
+        top = wt.run("rev-parse", "--show-toplevel").strip()
+        return Path(top).resolve() == path.resolve() and _common_dir(wt) == _common_dir(Git(repo))
+    except GitError:
+        return False
+
+
+def _is_main_worktree(path: Path) -> bool:
+    """Whether ``path`` is a repository's main working tree (the user's own checkout)."""
+    wt = Git(path)
+    git_dir = wt.run("rev-parse", "--path-format=absolute", "--git-dir").strip()
+    return Path(git_dir).resolve() == _common_dir(wt)
+
+
+def _is_stale_worktree_of(repo: Path, path: Path) -> bool:
+    """A directory left by a worktree of ``repo`` whose registration is gone (pruned)."""
+    dotgit = path / ".git"
+    if not dotgit.is_file() or dotgit.is_symlink():
+        return False
+    try:
+        text = dotgit.read_text("utf-8").strip()
+    except OSError:
+        return False
+    if not text.startswith("gitdir:"):
+        return False
+    gitdir = Path(text[len("gitdir:") :].strip())
+    try:
+        worktrees = (_common_dir(Git(repo)) / "worktrees").resolve()
+    except GitError:
+        return False
+    return gitdir.resolve().parent == worktrees and not (gitdir / "HEAD").exists()
+
+
+def _reset_clean(git: Git, commit: str) -> None:
+    """Detach HEAD at ``commit`` and make the worktree exactly its tree (no untracked files)."""
+    # Detach first: ``reset --hard`` on an attached HEAD would move that branch.
+    git.run("update-ref", "--no-deref", "-m", "autopack: reset workspace", "HEAD", commit)
+    git.run("reset", "--hard", "--quiet", commit)
+    git.run("clean", "-ffdxq")
+
+
+def ensure_worktree(repo: Path, path: Path, commit: str) -> Path:
+    """A detached worktree of ``repo`` at ``path``, clean and checked out at ``commit``.
+
+    An existing worktree is reset hard and cleaned (``git clean -ffdx``). A missing
+    one (deleted, or this is another machine) is pruned and recreated. A directory
+    at ``path`` that is neither a worktree of ``repo`` nor the remains of one is
+    refused with :class:`GitError` rather than deleted. Returns the resolved path.
+    """
+    repo = Path(repo).resolve()
+    path = Path(path).absolute()
+    git = Git(repo)
+    sha = git.rev_parse(commit)
+    if sha is None:
+        raise GitError(f"ensure_worktree: {commit!r} is not a commit in {repo}")
+
+    if path.exists() and _is_worktree_of(repo, path):
+        if _is_main_worktree(path):
+            raise GitError(
+                f"ensure_worktree: {path} is the repository's own checkout; refusing to reset it"
+            )
+        _reset_clean(Git(path), sha)
+        return path.resolve()
+
+    if path.is_symlink():
+        raise GitError(f"ensure_worktree: {path} is a symlink; refusing to use it")
+    if path.exists():
+        if _is_stale_worktree_of(repo, path):
+            shutil.rmtree(path)
+        elif not path.is_dir() or any(path.iterdir()):
+            raise GitError(
+                f"ensure_worktree: {path} exists and is not a worktree of {repo}; "
+                "refusing to overwrite it"
+            )
+    git.run("worktree", "prune")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # -f: also take over a registration whose directory was deleted but not pruned.
+    git.run("worktree", "add", "--force", "--detach", "--quiet", str(path), sha)
+    _reset_clean(Git(path), sha)
+    return path.resolve()
+
+
+def remove_worktree(repo: Path, path: Path) -> None:
+    """Remove the worktree at ``path`` (whatever its state) and prune its registration.
+
+    Absent worktrees are fine (idempotent). A directory that is not a worktree of
+    ``repo`` is left alone.
+    """
+    repo = Path(repo).resolve()
+    path = Path(path).absolute()
+    git = Git(repo)
+    if path.exists() and _is_worktree_of(repo, path) and not _is_main_worktree(path):
+        git.run("worktree", "remove", "--force", "--force", str(path.resolve()))
+    elif path.exists() and _is_stale_worktree_of(repo, path):
+        shutil.rmtree(path)
+    git.run("worktree", "prune")
+
+
+# -- refs ---------------------------------------------------------------------
+
+
+def _check_ref_name(git: Git, ref: str) -> None:
+    if not ref.startswith("refs/") or ref.startswith("-"):
+        raise GitError(f"not a full ref name (must start with refs/): {ref!r}")
+    if git.run_bytes("check-ref-format", ref, check=False).returncode != 0:
+        raise GitError(f"invalid ref name: {ref!r}")
+
+
+def update_ref_cas(repo: Path, ref: str, new: str, expected_old: str | None) -> None:
+    """Move ``ref`` to ``new`` only if it is at ``expected_old`` (``None``: only if absent).
+
+    Runs ``git update-ref <ref> <new> <expected-old>``, which git performs
+    atomically under the ref's lock.
+
+    Idempotent retry: if ``ref`` is *already* at ``new`` this returns successfully
+    without touching it, whatever ``expected_old`` says. Phase commits are
+    deterministic, so a ref already at ``new`` means this very move was done
+    before (e.g. by a worker that died before recording it).
+
+    Raises :class:`RefMovedAt` (a :class:`RefMoved`) carrying the ref's actual value
+    when it is elsewhere; :class:`GitError` for other failures (unknown commit,
+    lock held by another process).
+    """
+    git = Git(repo)
+    _check_ref_name(git, ref)
+    new_sha = git.rev_parse(new)
+    if new_sha is None:
+        raise GitError(f"update_ref_cas: {new!r} is not a commit")
+    old_sha: str | None = None
+    if expected_old is not None:
+        old_sha = git.rev_parse(expected_old) or expected_old
+        _check_ref_arg(old_sha)
+
+    actual = git.rev_parse(ref, peel_commit=False)
+    if actual == new_sha:
+        return
+    if actual != old_sha:
+        raise RefMovedAt(ref, old_sha, actual)
+
+    zero = git.object_format_zero()
+    proc = git.run_bytes(
+        "update-ref", "-m", "autopack", ref, new_sha, old_sha or zero, check=False
+    )
+    if proc.returncode == 0:
+        return
+    actual = git.rev_parse(ref, peel_commit=False)
+    if actual == new_sha:
+        return
+    if actual != old_sha:
+        raise RefMovedAt(ref, old_sha, actual)
+    raise GitError(
+        f"git update-ref {ref} failed: {proc.stderr.decode('utf-8', 'replace').strip()}"
+    )
+
+
+def _check_ref_arg(value: str) -> None:
+    if not value or value.startswith("-") or any(c.isspace() for c in value):
+        raise GitError(f"invalid revision: {value!r}")
+
+
+def create_branch(repo: Path, branch: str, commit: str) -> None:
+    """Create ``refs/heads/<branch>`` at ``commit`` only if it does not exist.
+
+    A branch already at ``commit`` is a no-op; one elsewhere raises :class:`RefMoved`.
+    """
+    update_ref_cas(repo, f"refs/heads/{branch}", commit, None)
+
+
+def keep_ref(repo: Path, ref: str, sha: str) -> None:
+    """Point ``ref`` (e.g. ``refs/autopack/candidates/<name>``) at ``sha`` so it is never
+    garbage-collected. An anchor, not a pointer that others move: it is set
+    unconditionally."""
+    git = Git(repo)
+    _check_ref_name(git, ref)
+    _check_ref_arg(sha)
+    git.run("update-ref", "-m", "autopack: keep", ref, sha)
+
+
+# -- writing changes ----------------------------------------------------------
+
+
+def _split_repo_path(path: str) -> list[str]:
+    """Validate a repository-relative path syntactically; return its components."""
+    if not isinstance(path, str) or not path:
+        raise UnsafePath(str(path), "empty path")
+    if "\0" in path:
+        raise UnsafePath(path, "contains a NUL byte")
+    if "\\" in path:
+        raise UnsafePath(path, "contains a backslash")
+    if path.startswith("/") or os.path.isabs(path):
+        raise UnsafePath(path, "is absolute")
+    parts = path.split("/")
+    for part in parts:
+        if part in ("", ".", ".."):
+            raise UnsafePath(path, "is not a normalized relative path (empty, '.' or '..' part)")
+        # '.git', and the spellings other filesystems treat as '.git' ('.GIT', '.git.').
+        if part.rstrip(". ").lower() == ".git":
+            raise UnsafePath(path, "is inside .git")
+    return parts
+
+
+def _lstat(p: Path) -> os.stat_result | None:
+    try:
+        return os.lstat(p)
+    except FileNotFoundError:
+        return None
+    except NotADirectoryError:
+        return None
+
+
+def _check_write_target(root: Path, path: str, parts: list[str], deleted: set[str], delete: bool) -> None:
+    """Check, with lstat on every component, that ``path`` stays a plain path in ``root``."""
+    current = root
+    for i, part in enumerate(parts[:-1]):
+        current = current / part
+        prefix = "/".join(parts[: i + 1])
+        st = _lstat(current)
+        if st is None:
+            return  # the rest will be created (or, for a delete, there is nothing)
+        if stat.S_ISLNK(st.st_mode):
+            raise UnsafePath(path, f"goes through the symlink {prefix!r}")
+        if not stat.S_ISDIR(st.st_mode):
+            if prefix in deleted and not delete:
+                return  # that file is deleted in the same change set
+            raise UnsafePath(path, f"{prefix!r} is a file, not a directory")
+    st = _lstat(root / path)
+    if st is None:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        raise UnsafePath(path, "is a directory")
+    if stat.S_ISLNK(st.st_mode) and not delete:
+        raise UnsafePath(path, "is a symlink; refusing to write through it")
+
+
+def write_changes(worktree: Path, changes: Mapping[str, str | None]) -> None:
+    """Write ``changes`` (``{path: new text}``, ``None`` = delete) into ``worktree``.
+
+    Every path is checked before anything is written; the whole set is refused
+    with :class:`UnsafePath` if one path is absolute, not normalized, contains
+    ``..``, enters ``.git``, passes through an existing symlink (each parent
+    component is checked with ``lstat``), is a symlink or a directory itself, or
+    would resolve outside the worktree. Deletions are applied first, then writes;
+    parent directories are created. Text is written as UTF-8 bytes exactly (no
+    newline translation; surrogate escapes from :meth:`Git.read_blob` round-trip).
+    """
+    root = Path(worktree).resolve()
+    if not root.is_dir():
+        raise GitError(f"write_changes: {root} is not a directory")
+
+    parsed = {path: _split_repo_path(path) for path in changes}
+    deleted = {p for p, content in changes.items() if content is None}
+    written = [p for p, content in changes.items() if content is not None]
+    written_set = set(written)
+    for path in written:
+        for i in range(1, len(parsed[path])):
+            prefix = "/".join(parsed[path][:i])
+            if prefix in written_set:
+                raise UnsafePath(path, f"conflicts with the file {prefix!r} written in the same change set")
+    for path, parts in parsed.items():
+        _check_write_target(root, path, parts, deleted, changes[path] is None)
+
+    for path in deleted:
+        target = root / path
+        st = _lstat(target)
+        if st is not None:
+            _check_write_target(root, path, parsed[path], deleted, True)
+            os.unlink(target)
+
+    for path in written:
+        content = changes[path]
+        assert content is not None
+        _check_write_target(root, path, parsed[path], deleted, False)
+        target = root / path
+        parent = target.parent
+        # Create missing parents one level at a time, never following a symlink.
+        current = root
+        for part in parsed[path][:-1]:
+            current = current / part
+            st = _lstat(current)
+            if st is None:
+                os.mkdir(current)
+            elif not stat.S_ISDIR(st.st_mode):  # symlink or file appeared since the check
+                raise UnsafePath(path, f"{current.relative_to(root)} is not a plain directory")
+        real_parent = Path(os.path.realpath(parent))
+        if real_parent != root and root not in real_parent.parents:
+            raise UnsafePath(path, "resolves outside the worktree")
+        data = content.encode("utf-8", "surrogateescape")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
+        try:
+            fd = os.open(target, flags, 0o644)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise UnsafePath(path, "is a symlink; refusing to write through it") from exc
+            raise
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+
+
+# -- the deterministic phase commit ------------------------------------------
+
+
+def _format_message(message: str, trailers: Mapping[str, str]) -> str:
+    lines = [line.rstrip() for line in message.strip().splitlines()]
+    if not lines or not lines[0]:
+        raise GitError("commit message must start with a non-empty subject line")
+    text = "\n".join(lines)
+    if trailers:
+        block = []
+        for key, value in trailers.items():
+            if not _TRAILER_KEY.match(key):
+                raise GitError(f"invalid trailer key {key!r}")
+            value = str(value)
+            if "\n" in value or "\r" in value or not value.strip():
+                raise GitError(f"invalid trailer value for {key!r}: {value!r}")
+            block.append(f"{key}: {value.strip()}")
+        text += "\n\n" + "\n".join(block)
+    return text + "\n"
+
+
+def commit_candidate(
+    worktree: Path,
+    parent: str,
+    changes: Mapping[str, str | None],
+    *,
+    message: str,
+    trailers: Mapping[str, str],
+    timestamp: int,
+    author_name: str = "Autopack",
+    author_email: str = "autopack@localhost",
+    keep_as: str | None = None,
+) -> str:
+    """Make the phase's candidate commit: ``parent`` plus ``changes``. Returns its SHA.
+
+    The worktree is reset hard to ``parent`` and cleaned, the changes written
+    (see :func:`write_changes`), and exactly the changed paths staged into a
+    fresh temporary index read from ``parent``'s tree; ``write-tree`` and
+    ``commit-tree -p parent`` then make the commit with author and committer
+    fixed to ``author_name <author_email>`` at ``@timestamp +0000`` and the
+    message followed by a blank line and ``Key: value`` trailers in the given
+    order. The same inputs therefore give the same SHA, so a retry cannot apply
+    a phase twice.
+
+    No branch moves and no hook runs (``commit-tree`` runs none, and
+    ``core.hooksPath`` is forced to ``/dev/null``). Afterwards the worktree's
+    detached HEAD is at the candidate. With ``keep_as``, the commit is anchored
+    at ``refs/autopack/candidates/<keep_as>`` so garbage collection keeps it.
+    """
+    if isinstance(timestamp, bool) or not isinstance(timestamp, int) or timestamp < 0:
+        raise GitError(f"timestamp must be a non-negative integer, got {timestamp!r}")
+    for value, what in ((author_name, "author name"), (author_email, "author email")):
+        if not value or any(c in value for c in "<>\n\0"):
+            raise GitError(f"invalid {what}: {value!r}")
+    text = _format_message(message, trailers)
+
+    root = Path(worktree).resolve()
+    git = Git(root)
+    parent_sha = git.rev_parse(parent)
+    if parent_sha is None:
+        raise GitError(f"commit_candidate: {parent!r} is not a commit")
+
+    # Paths inside a submodule belong to another repository.
+    entries = git.list_entries(parent_sha)
+    gitlinks = {p for p, mode in entries.items() if mode == MODE_GITLINK}
+    for path in changes:
+        parts = _split_repo_path(path)
+        for i in range(1, len(parts) + 1):
+            if "/".join(parts[:i]) in gitlinks:
+                raise UnsafePath(path, f"is inside the submodule {'/'.join(parts[:i])!r}")
+
+    _reset_clean(git, parent_sha)
+    write_changes(root, changes)
+
+    date = f"@{timestamp} +0000"
+    commit_env = {
+        "GIT_AUTHOR_NAME": author_name,
+        "GIT_AUTHOR_EMAIL": author_email,
+        "GIT_AUTHOR_DATE": date,
+        "GIT_COMMITTER_NAME": author_name,
+        "GIT_COMMITTER_EMAIL": author_email,
+        "GIT_COMMITTER_DATE": date,
+    }
+    with tempfile.TemporaryDirectory(prefix="autopack-index-") as tmp:
+        index_env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
+        git.run("read-tree", parent_sha, env=index_env)
+        if changes:
+            paths = "".join(f"{p}\0" for p in changes)
+            git.run(
+                "update-index", "--add", "--remove", "--replace", "-z", "--stdin",
+                env=index_env, input=paths,
+            )
+        tree = git.run("write-tree", env=index_env).strip()
+    sha = git.run(
+        "commit-tree", "--no-gpg-sign", tree, "-p", parent_sha, "-F", "-",
+        env=commit_env, input=text,
+    ).strip()
+
+    if keep_as is not None:
+        keep_ref(root, CANDIDATE_REF_PREFIX + keep_as, sha)
+    # Leave the worktree's detached HEAD (and its index) on the candidate.
+    _reset_clean(git, sha)
+    return sha
+
+
+# -- reading ------------------------------------------------------------------
+
+
+def changed_paths(repo: Path, old: str, new: str) -> list[str]:
+    """Paths that differ between commits ``old`` and ``new`` (added, modified, deleted), sorted."""
+    git = Git(repo)
+    _check_ref_arg(old)
+    _check_ref_arg(new)
+    out = git.run_bytes("diff", "--name-only", "-z", "--no-renames", old, new, "--").stdout
+    return sorted({p.decode("utf-8", "surrogateescape") for p in out.split(b"\0") if p})
+
+
+def diff(repo: Path, old: str, new: str, max_bytes: int = 200_000) -> str:
+    """Unified diff from ``old`` to ``new`` for auditors, at most ``max_bytes`` long.
+
+    No external diff drivers or textconv run; binary files are summarised. A
+    longer diff is cut at a line boundary and ends with a ``[diff truncated …]`` note.
+    """
+    git = Git(repo)
+    _check_ref_arg(old)
+    _check_ref_arg(new)
+    raw = git.run_bytes(
+        "diff", "--no-ext-diff", "--no-textconv", "--no-color", "--find-renames",
+        old, new, "--",
+    ).stdout
+    if len(raw) <= max_bytes:
+        return raw.decode("utf-8", "replace")
+    cut = raw.rfind(b"\n", 0, max_bytes)
+    kept = raw[: cut + 1] if cut >= 0 else raw[:max_bytes]
+    return kept.decode("utf-8", "replace") + (
+        f"[diff truncated: {len(kept)} of {len(raw)} bytes shown]\n"
+    )
+
+
+def export_tree(repo: Path, commit: str, dest: Path) -> Path:
+    """Materialise ``commit``'s files into the fresh directory ``dest``; return it.
+
+    Uses a temporary index and ``checkout-index`` (so, unlike ``git archive``,
+    ``export-ignore`` attributes do not drop files), keeping executable bits and
+    symlinks. ``dest`` must be absent or empty; no ``.git`` is created in it.
+    """
+    git = Git(repo)
+    sha = git.rev_parse(commit)
+    if sha is None:
+        raise GitError(f"export_tree: {commit!r} is not a commit")
+    dest = Path(dest).absolute()
+    if dest.exists() and (not dest.is_dir() or dest.is_symlink() or any(dest.iterdir())):
+        raise GitError(f"export_tree: {dest} exists and is not an empty directory")
+    dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="autopack-export-") as tmp:
+        env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
+        git.run("read-tree", sha, env=env)
+        git.run("checkout-index", "--all", "--force", f"--prefix={dest.resolve()}/", env=env)
+    return dest
+
+
+def branch_log(repo: Path, base: str, branch: str) -> list[LogEntry]:
+    """Commits on ``branch`` that are not on ``base``, oldest first.
+
+    Each is ``{"sha", "subject", "trailers"}``; ``trailers`` maps each trailer key
+    to its value (the last one wins when a key repeats).
+    """
+    _check_ref_arg(base)
+    _check_ref_arg(branch)
+    return Git(repo).log(f"{base}..{branch}")

@@ -1,0 +1,518 @@
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from pathlib import Path
+
+import pytest
+
+from autopack.errors import GitError, RefMoved, UnsafePath
+from autopack.workspace import (
+    CANDIDATE_REF_PREFIX,
+    Git,
+    RefMovedAt,
+    branch_log,
+    changed_paths,
+    commit_candidate,
+    create_branch,
+    diff,
+    ensure_worktree,
+    export_tree,
+    keep_ref,
+    remove_worktree,
+    update_ref_cas,
+    write_changes,
+)
+from tests.workspace.conftest import sh_git
+
+TS = 1_700_000_000
+
+
+def all_refs(repo: Path) -> dict[str, str]:
+    out = sh_git(repo, "for-each-ref", "--format=%(refname) %(objectname)")
+    return dict(line.split(" ", 1) for line in out.splitlines())
+
+
+def candidate(wt: Path, parent: str, changes: dict[str, str | None], attempt: int = 1,
+              **kwargs: object) -> str:
+    return commit_candidate(
+        wt, parent, changes,
+        message="phase p1: add feature\n\nWhat the builder did.",
+        trailers={"Autopack-Run": "run-1", "Autopack-Phase": "p1", "Autopack-Attempt": str(attempt)},
+        timestamp=TS,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+# -- worktrees -----------------------------------------------------------------
+
+
+def test_ensure_worktree_creates_detached_checkout(repo: Path, head: str, tmp_path: Path) -> None:
+    first = Git(repo).rev_parse("HEAD~1")
+    assert first is not None
+    wt = ensure_worktree(repo, tmp_path / "wt" / "run-1", first)
+    git = Git(wt)
+    assert git.rev_parse("HEAD") == first
+    assert git.current_branch() is None
+    assert (wt / "src" / "app.py").read_text() == "def main():\n    return 1\n"
+    assert not (wt / "src" / "util.py").exists()
+    # The user's checkout and branch are untouched.
+    assert Git(repo).current_branch() == "main"
+    assert Git(repo).rev_parse("main") == head
+
+
+def test_ensure_worktree_resets_and_cleans_existing(repo: Path, head: str, tmp_path: Path) -> None:
+    wt = ensure_worktree(repo, tmp_path / "wt", head)
+    (wt / "README.md").write_text("dirty\n")
+    (wt / "untracked.txt").write_text("x")
+    (wt / "debug.log").write_text("ignored")
+    (wt / "newdir").mkdir()
+    (wt / "newdir" / "f").write_text("x")
+    sh_git(wt, "add", "untracked.txt")
+    first = Git(repo).rev_parse("HEAD~1")
+    assert first is not None
+
+    again = ensure_worktree(repo, tmp_path / "wt", first)
+    assert again == wt
+    assert Git(wt).rev_parse("HEAD") == first
+    assert (wt / "README.md").read_text() == "# target\n"
+    for name in ("untracked.txt", "debug.log", "newdir", "src/util.py"):
+        assert not (wt / name).exists(), name
+    assert sh_git(wt, "status", "--porcelain", "--ignored") == ""
+
+
+def test_ensure_worktree_never_moves_an_attached_branch(repo: Path, head: str, tmp_path: Path) -> None:
+    wt = ensure_worktree(repo, tmp_path / "wt", head)
+    sh_git(wt, "checkout", "-q", "-b", "someone-elses")
+    first = Git(repo).rev_parse("HEAD~1")
+    assert first is not None
+    ensure_worktree(repo, wt, first)
+    assert Git(repo).rev_parse("someone-elses") == head
+    assert Git(wt).current_branch() is None
+
+
+def test_worktree_recreated_after_rm_rf(repo: Path, head: str, tmp_path: Path) -> None:
+    wt = ensure_worktree(repo, tmp_path / "wt", head)
+    shutil.rmtree(wt)
+    wt2 = ensure_worktree(repo, tmp_path / "wt", head)
+    assert wt2 == wt
+    assert Git(wt).rev_parse("HEAD") == head
+    assert (wt / "src" / "util.py").exists()
+    listed = sh_git(repo, "worktree", "list", "--porcelain")
+    assert listed.count(f"worktree {wt}") == 1
+
+
+def test_worktree_recreated_after_registration_pruned(repo: Path, head: str, tmp_path: Path) -> None:
+    wt = ensure_worktree(repo, tmp_path / "wt", head)
+    gitdir = (wt / ".git").read_text().split(":", 1)[1].strip()
+    shutil.rmtree(gitdir)  # the repo forgot the worktree; the directory remains
+    ensure_worktree(repo, wt, head)
+    assert Git(wt).rev_parse("HEAD") == head
+
+
+def test_ensure_worktree_refuses_foreign_directory(repo: Path, head: str, tmp_path: Path) -> None:
+    foreign = tmp_path / "precious"
+    foreign.mkdir()
+    (foreign / "data.txt").write_text("keep me")
+    with pytest.raises(GitError):
+        ensure_worktree(repo, foreign, head)
+    assert (foreign / "data.txt").read_text() == "keep me"
+
+
+def test_ensure_worktree_unknown_commit(repo: Path, tmp_path: Path) -> None:
+    with pytest.raises(GitError):
+        ensure_worktree(repo, tmp_path / "wt", "0" * 40)
+
+
+def test_remove_worktree_is_idempotent(repo: Path, head: str, tmp_path: Path) -> None:
+    wt = ensure_worktree(repo, tmp_path / "wt", head)
+    (wt / "dirty").write_text("x")
+    remove_worktree(repo, wt)
+    assert not wt.exists()
+    assert str(wt) not in sh_git(repo, "worktree", "list")
+    remove_worktree(repo, wt)
+
+
+# -- refs --------------------------------------------------------------------------
+
+
+def test_update_ref_cas_moves_ref(repo: Path, head: str) -> None:
+    first = Git(repo).rev_parse("HEAD~1")
+    assert first is not None
+    create_branch(repo, "autopack/run-1", first)
+    update_ref_cas(repo, "refs/heads/autopack/run-1", head, first)
+    assert Git(repo).rev_parse("refs/heads/autopack/run-1") == head
+
+
+def test_update_ref_cas_stale_expected_raises_and_leaves_ref(repo: Path, head: str) -> None:
+    first = Git(repo).rev_parse("HEAD~1")
+    assert first is not None
+    create_branch(repo, "autopack/run-1", head)
+    with pytest.raises(RefMoved) as info:
+        update_ref_cas(repo, "refs/heads/autopack/run-1", first, first)
+    assert isinstance(info.value, RefMovedAt)
+    assert info.value.actual == head
+    assert info.value.expected == first
+    assert Git(repo).rev_parse("refs/heads/autopack/run-1") == head
+
+
+def test_update_ref_cas_idempotent_retry(repo: Path, head: str) -> None:
+    first = Git(repo).rev_parse("HEAD~1")
+    assert first is not None
+    create_branch(repo, "autopack/run-1", first)
+    update_ref_cas(repo, "refs/heads/autopack/run-1", head, first)
+    reflog_before = sh_git(repo, "reflog", "show", "refs/heads/autopack/run-1")
+    # The same move again (a worker retrying after a crash) succeeds and changes nothing.
+    update_ref_cas(repo, "refs/heads/autopack/run-1", head, first)
+    assert Git(repo).rev_parse("refs/heads/autopack/run-1") == head
+    assert sh_git(repo, "reflog", "show", "refs/heads/autopack/run-1") == reflog_before
+
+
+def test_update_ref_cas_expected_absent(repo: Path, head: str) -> None:
+    update_ref_cas(repo, "refs/autopack/x", head, None)
+    first = Git(repo).rev_parse("HEAD~1")
+    assert first is not None
+    with pytest.raises(RefMoved):
+        update_ref_cas(repo, "refs/autopack/x", first, None)
+    with pytest.raises(RefMovedAt) as info:
+        update_ref_cas(repo, "refs/autopack/absent", head, first)
+    assert info.value.actual is None
+
+
+def test_update_ref_cas_rejects_bad_names_and_commits(repo: Path, head: str) -> None:
+    with pytest.raises(GitError):
+        update_ref_cas(repo, "main", head, None)  # would write .git/main
+    with pytest.raises(GitError):
+        update_ref_cas(repo, "refs/heads/bad..name", head, None)
+    with pytest.raises(GitError):
+        update_ref_cas(repo, "refs/heads/x", "f" * 40, None)
+    assert not (repo / ".git" / "main").exists()
+
+
+def test_create_branch(repo: Path, head: str) -> None:
+    create_branch(repo, "autopack/run-1", head)
+    assert Git(repo).rev_parse("autopack/run-1") == head
+    create_branch(repo, "autopack/run-1", head)  # same commit: no-op
+    first = Git(repo).rev_parse("HEAD~1")
+    assert first is not None
+    with pytest.raises(RefMoved):
+        create_branch(repo, "autopack/run-1", first)
+    assert Git(repo).rev_parse("autopack/run-1") == head
+
+
+def test_keep_ref(repo: Path, head: str) -> None:
+    keep_ref(repo, CANDIDATE_REF_PREFIX + "run-1/p1/1", head)
+    assert all_refs(repo)["refs/autopack/candidates/run-1/p1/1"] == head
+    with pytest.raises(GitError):
+        keep_ref(repo, "candidates/x", head)
+
+
+# -- write_changes -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["../x", "a/../../x", "a/../b", ".git/x", ".git", "sub/.git/config", ".GIT/config",
+     ".git./x", "/etc/passwd", "/tmp/x", "", "a//b", "./a", "a/./b", "a\\b", "a\0b"],
+)
+def test_write_changes_refuses_unsafe_paths(repo: Path, head: str, tmp_path: Path, path: str) -> None:
+    wt = ensure_worktree(repo, tmp_path / "wt", head)
+    with pytest.raises(UnsafePath):
+        write_changes(wt, {"ok.txt": "fine\n", path: "evil\n"})
+    assert not (wt / "ok.txt").exists()  # the whole set is refused before writing anything
+    assert sh_git(wt, "status", "--porcelain") == ""
+
+
+def test_write_changes_refuses_symlinked_directory(repo: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (repo / "escape").symlink_to(outside)
+    (repo / "inner").symlink_to("src")  # even a link that stays inside
+    sh_git(repo, "add", "escape", "inner")
+    sh_git(repo, "commit", "-q", "-m", "links")
+    head = Git(repo).rev_parse("HEAD")
+    assert head is not None
+    wt = ensure_worktree(repo, tmp_path / "wt", head)
+    for path in ("escape/pwned.txt", "escape/deep/pwned.txt", "inner/app.py", "inner/new.py"):
+        with pytest.raises(UnsafePath, match="symlink"):
+            write_changes(wt, {path: "pwned\n"})
+        with pytest.raises(UnsafePath, match="symlink"):
+            write_changes(wt, {path: None})
+    assert list(outside.iterdir()) == []
+    assert (wt / "src" / "app.py").read_text() == "def main():\n    return 1\n"
+
+
+def test_write_changes_refuses_writing_through_a_symlink_file(repo: Path, head: str, tmp_path: Path) -> None:
+    wt = ensure_worktree(repo, tmp_path / "wt", head)
+    with pytest.raises(UnsafePath, match="symlink"):
+        write_changes(wt, {"guide-link.md": "overwritten\n"})
+    assert (wt / "docs" / "guide.md").read_text() == "guide\n"
+    # Deleting the link itself is fine and does not touch its target.
+    write_changes(wt, {"guide-link.md": None})
+    assert not os.path.lexists(wt / "guide-link.md")
+    assert (wt / "docs" / "guide.md").read_text() == "guide\n"
+
+
+def test_write_changes_refuses_directories_and_conflicts(repo: Path, head: str, tmp_path: Path) -> None:
+    wt = ensure_worktree(repo, tmp_path / "wt", head)
+    with pytest.raises(UnsafePath, match="directory"):
+        write_changes(wt, {"src": "x"})
+    with pytest.raises(UnsafePath, match="is a file"):
+        write_changes(wt, {"README.md/x": "x"})
+    with pytest.raises(UnsafePath, match="conflicts"):
+        write_changes(wt, {"new": "x", "new/inner": "y"})
+
+
+def test_write_changes_writes_creates_and_deletes(repo: Path, head: str, tmp_path: Path) -> None:
+    wt = ensure_worktree(repo, tmp_path / "wt", head)
+    write_changes(wt, {
+        "src/app.py": "def main():\n    return 2\n",
+        "pkg/deep/new.py": "NEW = True\r\n",
+        "src/util.py": None,
+        "never-existed.txt": None,
+        "README.md": None,
+        "README.md/now-a-dir.txt": "replaced a file by a directory\n",
+    })
+    assert (wt / "src" / "app.py").read_text() == "def main():\n    return 2\n"
+    assert (wt / "pkg" / "deep" / "new.py").read_bytes() == b"NEW = True\r\n"
+    assert not (wt / "src" / "util.py").exists()
+    assert (wt / "README.md" / "now-a-dir.txt").is_file()
+
+
+# -- commit_candidate ----------------------------------------------------------------
+
+
+def test_commit_candidate_is_deterministic(repo: Path, head: str, tmp_path: Path) -> None:
+    changes: dict[str, str | None] = {"src/app.py": "def main():\n    return 2\n", "src/util.py": None,
+                                      "new/file.txt": "hello\n"}
+    wt = ensure_worktree(repo, tmp_path / "wt", head)
+    sha1 = candidate(wt, head, changes)
+    # A retry, even from a freshly made worktree elsewhere, gives the same commit.
+    wt2 = ensure_worktree(repo, tmp_path / "other" / "wt", head)
+    (wt2 / "stray.txt").write_text("left over by a crashed attempt")
+    sha2 = candidate(wt2, head, dict(reversed(list(changes.items()))))
+    assert sha1 == sha2
+    assert candidate(wt, head, changes, attempt=2) != sha1
+    assert commit_candidate(wt, head, changes, message="phase p1: add feature\n\nWhat the builder did.",
+                            trailers={"Autopack-Run": "run-1", "Autopack-Phase": "p1",
+                                      "Autopack-Attempt": "1"},
+                            timestamp=TS + 1) != sha1
+
+
+def test_commit_candidate_content_and_metadata(repo: Path, head: str, tmp_path: Path) -> None:
+    wt = ensure_worktree(repo, tmp_path / "wt", head)
+    (wt / "stray.txt").write_text("not part of the phase")
+    sha = candidate(wt, head, {"src/app.py": "def main():\n    return 2\n", "src/util.py": None,
+                               "run.sh": "#!/bin/sh\necho changed\n", "debug.log": "ignored but asked for\n"})
+    git = Git(repo)
+    assert git.rev_parse(f"{sha}~1") == head
+    assert git.read_blob(sha, "src/app.py") == "def main():\n    return 2\n"
+    assert git.read_blob(sha, "src/util.py") is None
+    assert git.read_blob(sha, "debug.log") == "ignored but asked for\n"
+    assert git.read_blob(sha, "stray.txt") is None
+    assert git.read_blob(sha, "README.md") == "# target\n"
+    entries = git.list_entries(sha)
+    assert entries["run.sh"] == "100755"  # executable bit kept
+    assert entries["guide-link.md"] == "120000"
+    assert changed_paths(repo, head, sha) == ["debug.log", "run.sh", "src/app.py", "src/util.py"]
+
+    raw = sh_git(repo, "cat-file", "commit", sha)
+    assert f"author Autopack <autopack@localhost> {TS} +0000" in raw
+    assert f"committer Autopack <autopack@localhost> {TS} +0000" in raw
+    assert "gpgsig" not in raw and "encoding" not in raw
+    message = raw.split("\n\n", 1)[1]
+    assert message == ("phase p1: add feature\n\nWhat the builder did.\n\n"
+                       "Autopack-Run: run-1\nAutopack-Phase: p1\nAutopack-Attempt: 1\n")
+    # The worktree is left detached on the candidate, clean.
+    assert Git(wt).rev_parse("HEAD") == sha
+    assert Git(wt).current_branch() is None
+    assert sh_git(wt, "status", "--porcelain") == ""
+
+
+def test_commit_candidate_moves_no_branch(repo: Path, head: str, tmp_path: Path) -> None:
+    create_branch(repo, "autopack/run-1", head)
+    before = all_refs(repo)
+    wt = ensure_worktree(repo, tmp_path / "wt", head)
+    sha = candidate(wt, head, {"README.md": "changed\n"}, keep_as="run-1/p1/1")
+    after = all_refs(repo)
+    assert after.pop("refs/autopack/candidates/run-1/p1/1") == sha
+    assert after == before
+    assert Git(repo).current_branch() == "main"
+    assert (repo / "README.md").read_text() == "# target\n"
+    assert sh_git(repo, "status", "--porcelain") == ""
+
+
+def test_commit_candidate_refuses_unsafe_and_submodule_paths(repo: Path, head: str, tmp_path: Path) -> None:
+    sh_git(repo, "update-index", "--add", "--cacheinfo", f"160000,{head},vendor/lib")
+    sh_git(repo, "commit", "-q", "-m", "submodule")
+    parent = Git(repo).rev_parse("HEAD")
+    assert parent is not None
+    wt = ensure_worktree(repo, tmp_path / "wt", parent)
+    for path in ("vendor/lib/evil.py", "vendor/lib", ".git/hooks/pre-commit", "../outside"):
+        with pytest.raises(UnsafePath):
+            candidate(wt, parent, {path: "x\n"})
+
+
+def test_commit_candidate_validates_inputs(repo: Path, head: str, tmp_path: Path) -> None:
+    wt = ensure_worktree(repo, tmp_path / "wt", head)
+    with pytest.raises(GitError):
+        commit_candidate(wt, head, {}, message="", trailers={}, timestamp=TS)
+    with pytest.raises(GitError):
+        commit_candidate(wt, head, {}, message="s", trailers={"Bad Key": "v"}, timestamp=TS)
+    with pytest.raises(GitError):
+        commit_candidate(wt, head, {}, message="s", trailers={"K": "a\nb"}, timestamp=TS)
+    with pytest.raises(GitError):
+        commit_candidate(wt, head, {}, message="s", trailers={}, timestamp=-1)
+    with pytest.raises(GitError):
+        commit_candidate(wt, "0" * 40, {}, message="s", trailers={}, timestamp=TS)
+
+
+def test_user_global_config_does_not_affect_commits(
+    repo: Path, head: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wt = ensure_worktree(repo, tmp_path / "wt", head)
+    expected = candidate(wt, head, {"a.txt": "a\n"})
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".gitconfig").write_text(
+        "[commit]\n\tgpgSign = true\n[gpg]\n\tprogram = /bin/false\n"
+        "[i18n]\n\tcommitEncoding = ISO-8859-1\n[user]\n\tname = Someone Else\n"
+    )
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
+    assert candidate(wt, head, {"a.txt": "a\n"}) == expected
+
+
+HOOK_NAMES = ("pre-commit", "prepare-commit-msg", "commit-msg", "post-commit", "post-checkout",
+              "reference-transaction", "post-index-change", "post-rewrite", "pre-auto-gc")
+
+
+def _install_hooks(hooks_dir: Path, marker_dir: Path) -> None:
+    hooks_dir.mkdir(parents=True, exist_ok=True)
+    for name in HOOK_NAMES:
+        hook = hooks_dir / name
+        hook.write_text(f"#!/bin/sh\ntouch '{marker_dir}/{name}'\nexit 0\n")
+        hook.chmod(hook.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+
+
+@pytest.mark.parametrize("where", ["git-dir-hooks", "core-hooksPath"])
+def test_no_hook_of_the_target_runs(repo: Path, head: str, tmp_path: Path, where: str) -> None:
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    if where == "git-dir-hooks":
+        _install_hooks(repo / ".git" / "hooks", markers)
+    else:
+        _install_hooks(tmp_path / "evil-hooks", markers)
+        sh_git(repo, "config", "core.hooksPath", str(tmp_path / "evil-hooks"))
+    # The hooks are real: plain git runs them.
+    sh_git(repo, "commit", "-q", "--allow-empty", "-m", "sanity")
+    assert (markers / "pre-commit").exists()
+    for marker in markers.iterdir():
+        marker.unlink()
+    base = Git(repo).rev_parse("HEAD")
+    assert base is not None
+
+    wt = ensure_worktree(repo, tmp_path / "wt", base)
+    create_branch(repo, "autopack/run-1", base)
+    sha = candidate(wt, base, {"src/app.py": "changed\n"}, keep_as="run-1/p1/1")
+    update_ref_cas(repo, "refs/heads/autopack/run-1", sha, base)
+    ensure_worktree(repo, wt, sha)
+    export_tree(repo, sha, tmp_path / "export")
+    remove_worktree(repo, wt)
+    assert sorted(p.name for p in markers.iterdir()) == []
+
+
+# -- reading -----------------------------------------------------------------------
+
+
+def test_changed_paths_and_diff(repo: Path, head: str, tmp_path: Path) -> None:
+    wt = ensure_worktree(repo, tmp_path / "wt", head)
+    sha = candidate(wt, head, {"src/app.py": "def main():\n    return 2\n", "docs/guide.md": None})
+    assert changed_paths(repo, head, sha) == ["docs/guide.md", "src/app.py"]
+    text = diff(repo, head, sha)
+    assert "--- a/src/app.py" in text and "+++ b/src/app.py" in text
+    assert "-    return 1" in text and "+    return 2" in text
+    assert "deleted file mode" in text
+    assert "truncated" not in text
+
+
+def test_diff_truncates(repo: Path, head: str, tmp_path: Path) -> None:
+    wt = ensure_worktree(repo, tmp_path / "wt", head)
+    big = "".join(f"line {i}\n" for i in range(5000))
+    sha = candidate(wt, head, {"big.txt": big})
+    text = diff(repo, head, sha, max_bytes=1000)
+    assert len(text) < 1100
+    body, note = text.rsplit("\n[diff truncated", 1)
+    assert body.endswith("+line " + body.rsplit("+line ", 1)[1])  # cut on a line boundary
+    assert note.startswith(": ") and "bytes shown]" in note
+
+
+def test_export_tree(repo: Path, head: str, tmp_path: Path) -> None:
+    (repo / ".gitattributes").write_text("docs/ export-ignore\n")
+    sh_git(repo, "add", ".gitattributes")
+    sh_git(repo, "commit", "-q", "-m", "attrs")
+    commit = Git(repo).rev_parse("HEAD")
+    assert commit is not None
+    dest = export_tree(repo, commit, tmp_path / "sandbox" / "copy")
+    assert dest == tmp_path / "sandbox" / "copy"
+    assert not (dest / ".git").exists()
+    assert (dest / "src" / "util.py").read_text() == "X = 1\n"
+    assert (dest / "docs" / "guide.md").read_text() == "guide\n"  # export-ignore does not drop tests/docs
+    assert os.access(dest / "run.sh", os.X_OK)
+    assert (dest / "guide-link.md").is_symlink()
+    files = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if not p.is_dir())
+    assert files == sorted(Git(repo).list_files(commit))
+    # The repository and its checkout are untouched.
+    assert sh_git(repo, "status", "--porcelain") == ""
+    with pytest.raises(GitError):
+        export_tree(repo, commit, dest)  # not fresh
+
+
+def test_export_tree_of_candidate_from_worktree(repo: Path, head: str, tmp_path: Path) -> None:
+    wt = ensure_worktree(repo, tmp_path / "wt", head)
+    sha = candidate(wt, head, {"src/app.py": "changed\n"})
+    dest = export_tree(wt, sha, tmp_path / "copy")
+    assert (dest / "src" / "app.py").read_text() == "changed\n"
+    assert not (dest / ".git").exists()
+
+
+def test_branch_log_full_flow(repo: Path, head: str, tmp_path: Path) -> None:
+    branch = "refs/heads/autopack/run-1"
+    create_branch(repo, "autopack/run-1", head)
+    wt = ensure_worktree(repo, tmp_path / "wt", head)
+    tip = head
+    for phase in ("p1", "p2", "p3"):
+        sha = commit_candidate(
+            wt, tip, {f"{phase}.txt": f"{phase}\n"},
+            message=f"phase {phase}",
+            trailers={"Autopack-Run": "run-1", "Autopack-Phase": phase, "Autopack-Attempt": "1"},
+            timestamp=TS,  # same timestamp for every phase: order must still be right
+        )
+        update_ref_cas(repo, branch, sha, tip)
+        tip = sha
+    log = branch_log(repo, "main", "autopack/run-1")
+    assert [e["subject"] for e in log] == ["phase p1", "phase p2", "phase p3"]
+    assert [e["trailers"]["Autopack-Phase"] for e in log] == ["p1", "p2", "p3"]
+    assert log[0]["trailers"] == {"Autopack-Run": "run-1", "Autopack-Phase": "p1", "Autopack-Attempt": "1"}
+    assert log[-1]["sha"] == tip
+    assert Git(repo).rev_parse("main") == head
+    assert branch_log(repo, "autopack/run-1", "main") == []
+
+
+def test_ensure_worktree_refuses_the_users_checkout(repo: Path, head: str) -> None:
+    (repo / "work-in-progress.txt").write_text("uncommitted user work")
+    with pytest.raises(GitError, match="own checkout"):
+        ensure_worktree(repo, repo, head)
+    remove_worktree(repo, repo)  # never removes the main checkout
+    assert (repo / "work-in-progress.txt").exists()
+    assert Git(repo).current_branch() == "main"
+
+
+def test_glob_like_paths_are_literal(repo: Path, head: str, tmp_path: Path) -> None:
+    wt = ensure_worktree(repo, tmp_path / "wt", head)
+    sha = candidate(wt, head, {"src/*.py": "odd name\n", ":(glob)x": "magic?\n"})
+    assert changed_paths(repo, head, sha) == [":(glob)x", "src/*.py"]
+    assert Git(repo).read_blob(sha, "src/*.py") == "odd name\n"
+    assert Git(repo).read_blob(sha, "src/app.py") == "def main():\n    return 1\n"
+    assert Git(repo).read_blob(head, "src/*.py") is None
