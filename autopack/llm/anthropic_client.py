@@ -1,0 +1,133 @@
+"""Anthropic adapter: ``LLMClient`` over the official ``anthropic`` SDK (Messages API).
+
+Retries are the SDK's own: it retries 408/409/429/5xx (529 "overloaded" included) and connection
+errors up to ``max_retries`` times, waiting what the server's ``retry-after-ms`` / ``retry-after``
+header asks for, else an exponential backoff starting at 0.5 s. When it gives up this adapter raises
+``ProviderUnavailable`` (passing faults) or ``ProviderError`` (the request itself is wrong: 400,
+401, 403, 404, 413, ...). Messages never carry the API key, and the SDK's exception is not chained
+(it holds the HTTP request, whose headers carry the key).
+
+Sampling parameters: the SDK (2.x) speaks API version 2026-10-21, which removed ``temperature``,
+``top_p`` and ``top_k`` (sending them is answered 400). ``LLMRequest.temperature`` is therefore
+not sent to Anthropic.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import anthropic
+
+from autopack.errors import ConfigError, ProviderError, ProviderUnavailable
+from autopack.llm._common import (
+    is_passing_status,
+    redact,
+    status_phrase,
+)
+from autopack.llm.base import LLMRequest, LLMResponse, Usage
+
+log = logging.getLogger(__name__)
+
+_STOP_REASONS = {
+    "end_turn": "end",
+    "stop_sequence": "end",
+    "max_tokens": "max_tokens",
+    "model_context_window_exceeded": "max_tokens",
+}
+
+
+class AnthropicClient:
+    """One ``messages.create`` call per ``complete``. ``provider`` names the entry (default anthropic)."""
+
+    provider: str = "anthropic"
+
+    def __init__(
+        self,
+        api_key: str,
+        base_url: str | None = None,
+        max_retries: int = 3,
+        timeout_s: float = 120.0,
+        *,
+        provider: str = "anthropic",
+    ) -> None:
+        if not api_key:
+            raise ConfigError("anthropic: the API key is empty")
+        if max_retries < 0:
+            raise ConfigError("anthropic: max_retries must be >= 0")
+        self.provider = provider
+        self._secret = api_key
+        self._base_url = base_url
+        self._max_retries = max_retries
+        self._client = anthropic.Anthropic(
+            api_key=api_key,
+            base_url=base_url,
+            max_retries=max_retries,
+            timeout=timeout_s,
+        )
+
+    def __repr__(self) -> str:
+        return f"AnthropicClient(provider={self.provider!r}, base_url={self._base_url!r}, max_retries={self._max_retries})"
+
+    def complete(self, request: LLMRequest) -> LLMResponse:
+        kwargs: dict[str, Any] = {
+            "model": request.model,
+            "max_tokens": request.max_tokens,
+            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+        }
+        if request.system:
+            kwargs["system"] = request.system
+        try:
+            message = self._client.messages.create(**kwargs)
+        except anthropic.APIStatusError as err:
+            raise self._status_error(err) from None
+        except anthropic.APIConnectionError as err:
+            what = "timed out" if isinstance(err, anthropic.APITimeoutError) else "connection failed"
+            raise ProviderUnavailable(
+                self.provider,
+                self._clean(f"{what} after {self._max_retries} retries: {err.message}"),
+            ) from None
+        except anthropic.APIError as err:  # e.g. a response body the SDK could not read
+            raise ProviderError(self.provider, self._clean(f"unexpected response: {err.message}")) from None
+
+        text = "".join(block.text for block in message.content if getattr(block, "type", None) == "text")
+        usage = message.usage
+        input_tokens = (
+            usage.input_tokens
+            + (usage.cache_creation_input_tokens or 0)
+            + (usage.cache_read_input_tokens or 0)
+        )
+        raw_stop = message.stop_reason or "unknown"
+        return LLMResponse(
+            text=text,
+            stop_reason=_STOP_REASONS.get(raw_stop, raw_stop),
+            usage=Usage(input_tokens=input_tokens, output_tokens=usage.output_tokens),
+            model=message.model or request.model,
+            provider=self.provider,
+        )
+
+    # -- errors ---------------------------------------------------------------------------------
+
+    def _clean(self, text: str) -> str:
+        return redact(text, self._secret)
+
+    def _status_error(self, err: anthropic.APIStatusError) -> ProviderError:
+        status = err.status_code
+        parts = [status_phrase(status)]
+        if err.type and err.type != parts[0]:
+            parts.append(str(err.type))
+        parts.append(err.api_message or _short(err.message))
+        message = ": ".join(parts)
+        if err.request_id:
+            message += f" [request-id {err.request_id}]"
+        if not is_passing_status(status):
+            return ProviderError(self.provider, self._clean(message), status)
+        # The SDK stamps each attempt with how many retries preceded it.
+        retries = err.response.request.headers.get("x-stainless-retry-count")
+        if retries is not None:
+            message += f" after {retries} retries"
+        return ProviderUnavailable(self.provider, self._clean(message), status)
+
+
+def _short(text: str, limit: int = 300) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."

@@ -1,0 +1,157 @@
+"""OpenAI adapter: ``LLMClient`` over the official ``openai`` SDK (Chat Completions).
+
+The same class serves any OpenAI-compatible endpoint (local servers, GLM, Gemini's compatible API):
+pass its ``base_url`` and a ``provider`` name such as ``"openai_compatible"``.
+
+Retries are the SDK's own (408/409/429/5xx and connection errors, honouring ``retry-after-ms`` /
+``retry-after`` up to two minutes, else exponential backoff from 0.5 s). When it gives up this
+adapter raises ``ProviderUnavailable`` (passing faults) or ``ProviderError`` (the request is wrong).
+Messages never carry the API key and the SDK's exception is not chained (its request holds the key).
+
+The answer length cap is sent as ``max_completion_tokens`` to OpenAI itself (``max_tokens`` is
+deprecated there and refused by reasoning models) and as ``max_tokens`` to any other endpoint, which
+is what OpenAI-compatible servers universally accept; ``token_param`` overrides the choice.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal
+
+import openai
+
+from autopack.errors import ConfigError, ProviderError, ProviderUnavailable
+from autopack.llm._common import (
+    estimate_input_tokens,
+    estimate_tokens,
+    is_passing_status,
+    redact,
+    status_phrase,
+)
+from autopack.llm.base import LLMRequest, LLMResponse, Usage
+
+log = logging.getLogger(__name__)
+
+_FINISH_REASONS = {"stop": "end", "length": "max_tokens"}
+
+TokenParam = Literal["max_tokens", "max_completion_tokens"]
+
+
+class OpenAIClient:
+    """One ``chat.completions.create`` call per ``complete``."""
+
+    def __init__(
+        self,
+        api_key: str,
+        base_url: str | None = None,
+        max_retries: int = 3,
+        timeout_s: float = 120.0,
+        provider: str = "openai",
+        *,
+        token_param: TokenParam | None = None,
+        send_temperature: bool = True,
+    ) -> None:
+        if not api_key:
+            raise ConfigError(f"{provider}: the API key is empty")
+        if max_retries < 0:
+            raise ConfigError(f"{provider}: max_retries must be >= 0")
+        self.provider = provider
+        self._secret = api_key
+        self._base_url = base_url
+        self._max_retries = max_retries
+        self._token_param: TokenParam = token_param or (
+            "max_completion_tokens" if provider == "openai" else "max_tokens"
+        )
+        self._send_temperature = send_temperature
+        self._client = openai.OpenAI(
+            api_key=api_key,
+            base_url=base_url,
+            max_retries=max_retries,
+            timeout=timeout_s,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"OpenAIClient(provider={self.provider!r}, base_url={self._base_url!r}, "
+            f"max_retries={self._max_retries})"
+        )
+
+    def complete(self, request: LLMRequest) -> LLMResponse:
+        messages: list[dict[str, str]] = []
+        if request.system:
+            messages.append({"role": "system", "content": request.system})
+        messages.extend({"role": m.role, "content": m.content} for m in request.messages)
+        kwargs: dict[str, Any] = {
+            "model": request.model,
+            "messages": messages,
+            self._token_param: request.max_tokens,
+        }
+        if self._send_temperature:
+            kwargs["temperature"] = request.temperature
+        try:
+            completion = self._client.chat.completions.create(**kwargs)
+        except openai.APIStatusError as err:
+            raise self._status_error(err) from None
+        except openai.APIConnectionError as err:
+            what = "timed out" if isinstance(err, openai.APITimeoutError) else "connection failed"
+            raise ProviderUnavailable(
+                self.provider,
+                self._clean(f"{what} after {self._max_retries} retries: {err.message}"),
+            ) from None
+        except openai.APIError as err:
+            raise ProviderError(self.provider, self._clean(f"unexpected response: {err.message}")) from None
+
+        if not completion.choices:
+            raise ProviderError(self.provider, "the answer holds no choices")
+        choice = completion.choices[0]
+        text = choice.message.content or ""
+        raw_finish = choice.finish_reason or "unknown"
+        stop_reason = _FINISH_REASONS.get(raw_finish, raw_finish)
+        if not text and getattr(choice.message, "refusal", None):
+            stop_reason = "refusal"
+        if completion.usage is not None:
+            usage = Usage(
+                input_tokens=completion.usage.prompt_tokens or 0,
+                output_tokens=completion.usage.completion_tokens or 0,
+            )
+        else:
+            # Some compatible servers report no usage. Budgets must not settle at zero, so fall back
+            # to a rough estimate (four characters a token) and say so.
+            log.warning("%s reported no usage for model %s; estimating tokens", self.provider, request.model)
+            usage = Usage(input_tokens=estimate_input_tokens(request), output_tokens=estimate_tokens(text))
+        return LLMResponse(
+            text=text,
+            stop_reason=stop_reason,
+            usage=usage,
+            model=completion.model or request.model,
+            provider=self.provider,
+        )
+
+    # -- errors ---------------------------------------------------------------------------------
+
+    def _clean(self, text: str) -> str:
+        return redact(text, self._secret)
+
+    def _status_error(self, err: openai.APIStatusError) -> ProviderError:
+        status = err.status_code
+        body = err.body if isinstance(err.body, dict) else {}
+        api_message = body.get("message") if isinstance(body.get("message"), str) else None
+        parts = [status_phrase(status)]
+        kind = body.get("code") or body.get("type")
+        if kind and kind != parts[0]:
+            parts.append(str(kind))
+        parts.append(api_message or _short(err.message))
+        message = ": ".join(parts)
+        if err.request_id:
+            message += f" [request-id {err.request_id}]"
+        if not is_passing_status(status):
+            return ProviderError(self.provider, self._clean(message), status)
+        # The SDK stamps each attempt with how many retries preceded it.
+        retries = err.response.request.headers.get("x-stainless-retry-count")
+        if retries is not None:
+            message += f" after {retries} retries"
+        return ProviderUnavailable(self.provider, self._clean(message), status)
+
+
+def _short(text: str, limit: int = 300) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."

@@ -1,0 +1,279 @@
+"""Both SDK adapters, through the real SDKs, against the local fake provider server."""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from collections.abc import Callable
+
+import pytest
+
+from autopack.errors import ProviderError, ProviderUnavailable, RetryableError
+from autopack.llm.anthropic_client import AnthropicClient
+from autopack.llm.base import LLMClient, LLMRequest, Message
+from autopack.llm.openai_client import OpenAIClient
+from tests.llm.fake_provider import (
+    FakeProvider,
+    bad_request,
+    disconnect,
+    ok,
+    overloaded,
+    rate_limited,
+    server_error,
+    truncated,
+    unauthorized,
+)
+
+KEY = "sk-test-SECRET-7f3a9c1e5b2d4680"
+
+Factory = Callable[..., LLMClient]
+
+
+def _anthropic(fake: FakeProvider, max_retries: int = 2) -> LLMClient:
+    return AnthropicClient(KEY, base_url=fake.anthropic_base_url, max_retries=max_retries, timeout_s=10)
+
+
+def _openai(fake: FakeProvider, max_retries: int = 2) -> LLMClient:
+    return OpenAIClient(KEY, base_url=fake.openai_base_url, max_retries=max_retries, timeout_s=10)
+
+
+ADAPTERS = [pytest.param(_anthropic, id="anthropic"), pytest.param(_openai, id="openai")]
+
+
+def _request(**overrides: object) -> LLMRequest:
+    fields: dict[str, object] = {
+        "model": "model-x",
+        "system": "You are the Builder.",
+        "messages": [Message(role="user", content="Add a docstring to util.py")],
+        "max_tokens": 321,
+        "temperature": 0.0,
+    }
+    fields.update(overrides)
+    return LLMRequest(**fields)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("make", ADAPTERS)
+def test_success_returns_text_and_reported_usage(fake: FakeProvider, make: Factory) -> None:
+    fake.queue(ok("the edit", input_tokens=41, output_tokens=17))
+    client = make(fake)
+
+    resp = client.complete(_request())
+
+    assert resp.text == "the edit"
+    assert resp.stop_reason == "end"
+    assert not resp.truncated
+    assert (resp.usage.input_tokens, resp.usage.output_tokens) == (41, 17)
+    assert resp.model == "model-x"
+    assert resp.provider == client.provider
+    assert isinstance(client, LLMClient)
+    assert len(fake.requests) == 1
+
+
+@pytest.mark.parametrize("make", ADAPTERS)
+def test_key_travels_only_in_the_auth_header(fake: FakeProvider, make: Factory) -> None:
+    make(fake).complete(_request())
+
+    (req,) = fake.requests
+    assert KEY.encode() not in req.raw
+    assert KEY not in req.path
+    carrying = [name for name, value in req.headers.items() if KEY in value]
+    assert carrying == ["authorization"]
+    assert req.headers["authorization"] == f"Bearer {KEY}"
+
+
+@pytest.mark.parametrize("make", ADAPTERS)
+def test_rate_limit_then_success_is_retried(fake: FakeProvider, make: Factory) -> None:
+    fake.queue(rate_limited(), ok("after the wait"))
+
+    resp = make(fake).complete(_request())
+
+    assert resp.text == "after the wait"
+    assert len(fake.requests) == 2
+    assert [r.headers.get("x-stainless-retry-count") for r in fake.requests] == ["0", "1"]
+
+
+@pytest.mark.parametrize("make", ADAPTERS)
+def test_overloaded_529_then_success_is_retried(fake: FakeProvider, make: Factory) -> None:
+    fake.queue(overloaded(), ok("recovered"))
+
+    resp = make(fake).complete(_request())
+
+    assert resp.text == "recovered"
+    assert len(fake.requests) == 2
+
+
+@pytest.mark.parametrize("make", ADAPTERS)
+def test_persistent_server_error_gives_up_after_configured_retries(fake: FakeProvider, make: Factory) -> None:
+    fake.queue(server_error(), server_error(), server_error(), ok("too late"))
+    client = make(fake, max_retries=2)
+
+    with pytest.raises(ProviderUnavailable) as info:
+        client.complete(_request())
+
+    err = info.value
+    assert len(fake.requests) == 3  # one try + two retries
+    assert err.status == 500
+    assert err.provider == client.provider
+    assert isinstance(err, RetryableError)
+    text = str(err)
+    assert text.startswith(f"{client.provider}: ")
+    assert "HTTP 500" in text
+    assert "Internal server error" in text
+    assert "after 2 retries" in text
+
+
+@pytest.mark.parametrize("make", ADAPTERS)
+def test_persistent_overload_and_rate_limit_are_unavailable(fake: FakeProvider, make: Factory) -> None:
+    fake.queue(overloaded(), overloaded())
+    with pytest.raises(ProviderUnavailable) as info:
+        make(fake, max_retries=1).complete(_request())
+    assert info.value.status == 529
+    assert "overloaded" in str(info.value)
+
+    fake.queue(rate_limited())
+    with pytest.raises(ProviderUnavailable) as info:
+        make(fake, max_retries=0).complete(_request())
+    assert info.value.status == 429
+    assert "rate limited" in str(info.value)
+    assert len(fake.requests) == 3
+
+
+@pytest.mark.parametrize("make", ADAPTERS)
+def test_bad_request_is_a_provider_error_and_not_retried(fake: FakeProvider, make: Factory) -> None:
+    fake.queue(bad_request("messages: roles must alternate"), ok("never"))
+    client = make(fake, max_retries=3)
+
+    with pytest.raises(ProviderError) as info:
+        client.complete(_request())
+
+    err = info.value
+    assert not isinstance(err, ProviderUnavailable)
+    assert err.status == 400
+    assert "messages: roles must alternate" in str(err)
+    assert len(fake.requests) == 1
+
+
+@pytest.mark.parametrize("make", ADAPTERS)
+def test_truncated_answer_reports_max_tokens(fake: FakeProvider, make: Factory) -> None:
+    fake.queue(truncated("half an ans", output_tokens=321))
+
+    resp = make(fake).complete(_request())
+
+    assert resp.stop_reason == "max_tokens"
+    assert resp.truncated
+    assert resp.text == "half an ans"
+    assert resp.usage.output_tokens == 321
+
+
+@pytest.mark.parametrize("make", ADAPTERS)
+def test_key_never_in_errors_reprs_or_logs(
+    fake: FakeProvider, make: Factory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    client = make(fake, max_retries=1)
+    assert KEY not in repr(client)
+    assert KEY not in str(client)
+
+    # An auth failure whose body echoes the credential, as some real APIs do.
+    fake.queue(unauthorized(echo_key=True))
+    with pytest.raises(ProviderError) as auth:
+        client.complete(_request())
+    assert auth.value.status == 401
+    assert not isinstance(auth.value, ProviderUnavailable)
+    assert "[REDACTED]" in str(auth.value)
+
+    fake.queue(server_error(), server_error())
+    with pytest.raises(ProviderUnavailable) as outage:
+        client.complete(_request())
+
+    for err in (auth.value, outage.value):
+        assert KEY not in str(err)
+        assert KEY not in repr(err)
+        assert KEY not in "".join(traceback.format_exception(err))
+        assert err.__cause__ is None
+    logged = "\n".join(
+        record.getMessage() + (record.exc_text or "") for record in caplog.records
+    )
+    assert caplog.records, "the SDK's debug logging was expected to say something"
+    assert KEY not in logged
+    assert KEY not in caplog.text
+
+
+@pytest.mark.parametrize("make", ADAPTERS)
+def test_connection_error_is_unavailable(fake: FakeProvider, make: Factory) -> None:
+    fake.queue(disconnect())
+
+    with pytest.raises(ProviderUnavailable) as info:
+        make(fake, max_retries=0).complete(_request())
+
+    assert info.value.status is None
+    assert "connection" in str(info.value).lower()
+    assert KEY not in str(info.value)
+
+
+# -- adapter-specific request shape ------------------------------------------------------------
+
+
+def test_anthropic_request_shape(fake: FakeProvider) -> None:
+    req = _request(
+        messages=[
+            Message(role="user", content="first"),
+            Message(role="assistant", content="reply"),
+            Message(role="user", content="second"),
+        ],
+        temperature=0.7,
+    )
+    _anthropic(fake).complete(req)
+
+    (seen,) = fake.requests
+    assert seen.path == "/v1/messages"
+    assert seen.body["model"] == "model-x"
+    assert seen.body["system"] == "You are the Builder."
+    assert seen.body["max_tokens"] == 321
+    assert seen.body["messages"] == [
+        {"role": "user", "content": "first"},
+        {"role": "assistant", "content": "reply"},
+        {"role": "user", "content": "second"},
+    ]
+    # API version 2026-10-21 (the SDK's default) refuses sampling parameters.
+    assert "temperature" not in seen.body
+
+
+def test_anthropic_without_system_sends_none(fake: FakeProvider) -> None:
+    _anthropic(fake).complete(_request(system=""))
+    assert "system" not in fake.requests[0].body
+
+
+def test_anthropic_counts_cached_input_tokens(fake: FakeProvider) -> None:
+    # Billed input = input_tokens + cache creation + cache reads.
+    fake.queue(ok(input_tokens=5, output_tokens=2, cache_creation_input_tokens=100, cache_read_input_tokens=1000))
+    resp = _anthropic(fake).complete(_request())
+    assert (resp.usage.input_tokens, resp.usage.output_tokens) == (1105, 2)
+
+
+def test_openai_request_shape(fake: FakeProvider) -> None:
+    _openai(fake).complete(_request(temperature=0.25))
+
+    (seen,) = fake.requests
+    assert seen.path == "/v1/chat/completions"
+    assert seen.body["model"] == "model-x"
+    assert seen.body["messages"][0] == {"role": "system", "content": "You are the Builder."}
+    assert seen.body["messages"][1:] == [{"role": "user", "content": "Add a docstring to util.py"}]
+    assert seen.body["max_completion_tokens"] == 321
+    assert "max_tokens" not in seen.body
+    assert seen.body["temperature"] == 0.25
+
+
+def test_openai_compatible_uses_max_tokens_and_its_provider_name(fake: FakeProvider) -> None:
+    client = OpenAIClient(KEY, base_url=fake.openai_base_url, max_retries=0, provider="openai_compatible")
+
+    resp = client.complete(_request(system=""))
+
+    (seen,) = fake.requests
+    assert seen.body["max_tokens"] == 321
+    assert "max_completion_tokens" not in seen.body
+    assert [m["role"] for m in seen.body["messages"]] == ["user"]
+    assert resp.provider == "openai_compatible"
+    fake.queue(server_error())
+    with pytest.raises(ProviderUnavailable, match=r"^openai_compatible: "):
+        client.complete(_request())
