@@ -1,0 +1,136 @@
+"""The throw-away copy of a workspace a sandboxed run works in.
+
+Layout of one run's temp folder (mode 0711, so a dropped uid can reach its parts
+without listing it)::
+
+    <base>/workspace   the copy, owned by the sandbox uid when one is set
+    <base>/stage/<i>   empty mount points for staged read-only binds
+    <base>/home        HOME and TMPDIR of an unsandboxed run
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path, PurePosixPath
+
+MAX_COLLECT_BYTES = 16 * 1024 * 1024
+
+
+def check_collect_paths(paths: Iterable[str]) -> list[str]:
+    """Validate result-file paths: relative, normalised, inside the workspace."""
+    out: list[str] = []
+    for raw in paths:
+        p = PurePosixPath(raw)
+        if not raw or p.is_absolute() or ".." in p.parts or str(p) in ("", "."):
+            raise ValueError(f"collect path must be relative and inside the workspace: {raw!r}")
+        out.append(raw)
+    return out
+
+
+def _skip_special(dirpath: str, names: list[str]) -> list[str]:
+    """copytree ``ignore``: leave out FIFOs, sockets and devices (copying a FIFO blocks)."""
+    skipped = []
+    for name in names:
+        try:
+            mode = os.lstat(os.path.join(dirpath, name)).st_mode
+        except OSError:
+            skipped.append(name)
+            continue
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode)):
+            skipped.append(name)
+    return skipped
+
+
+def make_run_dir() -> Path:
+    base = Path(tempfile.mkdtemp(prefix="autopack-sandbox-"))
+    os.chmod(base, 0o711)
+    return base
+
+
+def copy_workspace(src: Path, base: Path, owner: tuple[int, int] | None) -> Path:
+    """Copy ``src`` to ``base/workspace`` (symlinks kept as links); chown to ``owner``."""
+    if not src.is_dir():
+        raise NotADirectoryError(f"workdir is not a directory: {src}")
+    dest = base / "workspace"
+    shutil.copytree(src, dest, symlinks=True, ignore=_skip_special)
+    if owner is not None:
+        uid, gid = owner
+        os.lchown(dest, uid, gid)
+        for root, dirs, files in os.walk(dest):
+            for name in dirs + files:
+                os.lchown(os.path.join(root, name), uid, gid)
+    return dest
+
+
+def make_stage_dirs(base: Path, count: int) -> list[Path]:
+    stage = base / "stage"
+    stage.mkdir(mode=0o755)
+    os.chmod(stage, 0o755)
+    out = []
+    for i in range(count):
+        d = stage / str(i)
+        d.mkdir(mode=0o755)
+        out.append(d)
+    return out
+
+
+def read_back(workspace: Path, paths: Sequence[str], max_bytes: int = MAX_COLLECT_BYTES) -> dict[str, str]:
+    """Read the requested files from the copy, never following a symlink.
+
+    The sandboxed code controls the copy, so a result file could be a symlink to a
+    host file only the orchestrator may read: every component is opened with
+    ``O_NOFOLLOW`` relative to its parent, and only regular files are read. A missing
+    or refused file is simply absent from the answer.
+    """
+    out: dict[str, str] = {}
+    for rel in paths:
+        data = _read_no_follow(workspace, PurePosixPath(rel).parts, max_bytes)
+        if data is not None:
+            out[rel] = data.decode("utf-8", errors="replace")
+    return out
+
+
+def _read_no_follow(root: Path, parts: tuple[str, ...], max_bytes: int) -> bytes | None:
+    fds: list[int] = []
+    try:
+        fds.append(os.open(root, os.O_RDONLY | os.O_DIRECTORY))
+        for part in parts[:-1]:
+            fds.append(os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fds[-1]))
+        fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=fds[-1])
+        fds.append(fd)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        chunks = []
+        left = max_bytes
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+    except OSError:
+        return None
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def remove_run_dir(base: Path) -> None:
+    """Delete the run folder even if the sandboxed code removed permissions inside it."""
+
+    def fix_and_retry(func: Callable[[str], object], path: str, _exc: object) -> None:
+        parent = os.path.dirname(path)
+        try:
+            os.chmod(parent, 0o700)
+            if os.path.isdir(path) and not os.path.islink(path):
+                os.chmod(path, 0o700)
+            func(path)
+        except OSError:
+            pass
+
+    shutil.rmtree(base, onerror=fix_and_retry)

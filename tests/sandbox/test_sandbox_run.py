@@ -1,0 +1,161 @@
+"""A normal run in the bubblewrap sandbox: pytest, JUnit read back, exit codes, env, collect."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from autopack.sandbox.commands import pytest_argv, run_pytest
+from autopack.sandbox.junit import parse_junit
+from autopack.sandbox.limits import SandboxLimits
+from autopack.sandbox.runner import BwrapSandbox
+
+pytestmark = pytest.mark.sandbox
+
+LIMITS = SandboxLimits(timeout_s=60, cpu_s=60, memory_mb=1024)
+
+TARGET_TESTS = '''
+import pytest
+
+def test_ok():
+    assert 1 + 1 == 2
+
+def test_bad():
+    assert 1 + 1 == 3
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_param(n):
+    assert n == 1
+
+@pytest.mark.skip(reason="not today")
+def test_skipped():
+    pass
+
+@pytest.fixture
+def broken():
+    raise RuntimeError("fixture fails")
+
+def test_error(broken):
+    pass
+
+class TestGroup:
+    def test_inside(self):
+        assert True
+
+    class TestNested:
+        def test_deep(self):
+            assert True
+'''
+
+
+def _target(workdir: Path) -> None:
+    (workdir / "tests" / "unit").mkdir(parents=True)
+    (workdir / "tests" / "unit" / "test_mod.py").write_text(TARGET_TESTS)
+
+
+def test_pytest_in_sandbox_reports_every_outcome(sandbox: BwrapSandbox, workdir: Path) -> None:
+    _target(workdir)
+    before = sorted(p.relative_to(workdir) for p in workdir.rglob("*"))
+
+    run = run_pytest(sandbox, workdir, sys.executable, LIMITS)
+
+    m = "tests/unit/test_mod.py"
+    assert run.outcomes == {
+        f"{m}::test_ok": "passed",
+        f"{m}::test_bad": "failed",
+        f"{m}::test_param[1]": "passed",
+        f"{m}::test_param[2]": "failed",
+        f"{m}::test_skipped": "skipped",
+        f"{m}::test_error": "error",
+        f"{m}::TestGroup::test_inside": "passed",
+        f"{m}::TestGroup::TestNested::test_deep": "passed",
+    }
+    assert run.exit_code == 1  # pytest: some tests failed
+    assert run.killed is None
+    assert "test_bad" in run.output_tail
+    # The run happened on a copy: no JUnit file, no cache, no bytecode in the original.
+    assert sorted(p.relative_to(workdir) for p in workdir.rglob("*")) == before
+
+
+def test_selection_runs_only_the_selected_tests(sandbox: BwrapSandbox, workdir: Path) -> None:
+    _target(workdir)
+    m = "tests/unit/test_mod.py"
+    run = run_pytest(sandbox, workdir, sys.executable, LIMITS, selection=[f"{m}::test_ok", f"{m}::TestGroup"])
+    assert run.outcomes == {
+        f"{m}::test_ok": "passed",
+        f"{m}::TestGroup::test_inside": "passed",
+        f"{m}::TestGroup::TestNested::test_deep": "passed",
+    }
+    assert run.exit_code == 0
+
+
+def test_sandbox_run_collects_the_junit_file(sandbox: BwrapSandbox, workdir: Path) -> None:
+    _target(workdir)
+    argv = pytest_argv(sys.executable, "out/junit.xml", ["tests/unit/test_mod.py::test_ok"])
+    result = sandbox.run(workdir, argv, LIMITS, collect=["out/junit.xml", "out/absent.xml"])
+    assert result.exit_code == 0, result.stderr
+    assert set(result.files) == {"out/junit.xml"}
+    assert parse_junit(result.files["out/junit.xml"]) == {"tests/unit/test_mod.py::test_ok": "passed"}
+
+
+def test_exit_code_output_and_env(sandbox: BwrapSandbox, workdir: Path, probes) -> None:  # type: ignore[no-untyped-def]
+    argv = probes.write(
+        workdir,
+        "import os, sys\n"
+        "print('out:' + os.environ.get('GIVEN', '-'))\n"
+        "print('cwd:' + os.getcwd(), 'home:' + os.environ['HOME'])\n"
+        "sys.stderr.write('err-line\\n')\n"
+        "sys.exit(3)\n",
+    )
+    result = sandbox.run(workdir, argv, LIMITS, env={"GIVEN": "value-42"})
+    assert result.exit_code == 3
+    assert result.killed is None and not result.timed_out
+    assert "out:value-42" in result.stdout
+    assert "cwd:/workspace home:/tmp" in result.stdout
+    assert result.stderr == "err-line\n"
+
+
+def test_missing_command_is_an_ordinary_failure(sandbox: BwrapSandbox, workdir: Path) -> None:
+    result = sandbox.run(workdir, ["/no/such/program"], LIMITS)
+    assert result.exit_code not in (0, None)
+    assert "/no/such/program" in result.stderr
+
+
+def test_collected_symlink_is_not_followed(sandbox: BwrapSandbox, workdir: Path, tmp_path: Path, probes) -> None:  # type: ignore[no-untyped-def]
+    secret = tmp_path / "host-only.txt"
+    secret.write_text("host secret")
+    os.chmod(secret, 0o600)
+    argv = probes.write(
+        workdir,
+        "import os\n"
+        f"os.symlink({str(secret)!r}, 'result.xml')\n"
+        "os.mkdir('d')\n"
+        f"os.symlink({str(tmp_path)!r}, 'd/link')\n"
+        "open('plain.txt', 'w').write('plain')\n"
+        "print('{}')\n",
+    )
+    result = sandbox.run(workdir, argv, LIMITS, collect=["result.xml", "d/link/host-only.txt", "plain.txt"])
+    assert result.exit_code == 0, result.stderr
+    # The links point at a readable host file once back outside; they must not be read.
+    assert result.files == {"plain.txt": "plain"}
+
+
+@pytest.mark.parametrize("bad", ["/etc/passwd", "../x", "a/../../x", ""])
+def test_collect_paths_must_stay_in_the_workspace(sandbox: BwrapSandbox, workdir: Path, bad: str) -> None:
+    with pytest.raises(ValueError):
+        sandbox.run(workdir, ["true"], LIMITS, collect=[bad])
+
+
+def test_runs_as_an_unprivileged_uid_of_its_own(sandbox: BwrapSandbox, workdir: Path, probes) -> None:  # type: ignore[no-untyped-def]
+    argv = probes.write(workdir, "import json, os\nprint(json.dumps({'uid': os.getuid(), 'owner': os.stat('.').st_uid}))\n")
+    first = probes.report(sandbox.run(workdir, argv, LIMITS))
+    second = probes.report(sandbox.run(workdir, argv, LIMITS))
+    if os.geteuid() == 0:
+        assert first["uid"] != 0 and second["uid"] != 0
+        assert first["uid"] != second["uid"]  # a fresh uid per run
+    else:
+        assert first["uid"] == second["uid"] == os.getuid()
+    assert first["owner"] == first["uid"]  # the copy belongs to the sandbox's uid
