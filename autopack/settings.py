@@ -6,7 +6,6 @@ one state folder) and ``prod`` (Redis broker, PostgreSQL through psycopg 3).
 
 from __future__ import annotations
 
-from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
@@ -35,6 +34,8 @@ class Settings(BaseSettings):
     # Models: "live" calls providers; "replay" serves a cassette; "record" calls and records.
     llm_mode: Literal["live", "replay", "record"] = "live"
     cassette: Path | None = None
+    # A Python file whose respond(request) plays the model (authoring cassettes, tests). Off by default.
+    llm_script: Path | None = None
 
     # Celery tuning: filesystem transport polling and per-queue hard time limits (seconds).
     poll_interval: float = 0.05
@@ -45,7 +46,7 @@ class Settings(BaseSettings):
     visibility_timeout: int = 4 * 3600
     worker_name_prefix: str = Field(default="autopack")
 
-    @cached_property
+    @property
     def state_path(self) -> Path:
         return self.state_dir.resolve()
 

@@ -30,7 +30,7 @@ class RunBudget(BaseModel):
     token_cap: int = Field(500000, gt=0)
     cost_cap_usd: float = Field(10.0, gt=0)
     max_phases: int = Field(50, gt=0)
-    test_command: list[str] = Field(default_factory=lambda: ["{python}", "-m", "pytest", "-q", "-p", "no:cacheprovider"])
+    test_command: list[str] = Field(default_factory=lambda: ["{python}", "-m", "pytest", "-q", "-p", "no:cacheprovider", "--continue-on-collection-errors"])
     test_timeout_s: int = Field(300, gt=0)
 
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
+from typing import TYPE_CHECKING
+
 from autopack.errors import ConfigError
-from autopack.llm.anthropic_client import AnthropicClient
 from autopack.llm.base import LLMClient
-from autopack.llm.openai_client import OpenAIClient, TokenParam
+
+if TYPE_CHECKING:  # the SDKs take seconds to import: only when a live client is built
+    from autopack.llm.openai_client import TokenParam
 
 KINDS = ("anthropic", "openai", "openai_compatible")
 
@@ -24,7 +27,7 @@ def make_client(
     provider_name: str,
     max_retries: int = 3,
     timeout_s: float = 120.0,
-    token_param: TokenParam | None = None,
+    token_param: "TokenParam | None" = None,
     environ: Mapping[str, str] | None = None,
 ) -> LLMClient:
     """Return an ``LLMClient`` for a provider entry.
@@ -49,10 +52,14 @@ def make_client(
         raise ConfigError(f"provider {provider_name!r}: api_key_env is required for kind {kind!r}")
 
     if kind == "anthropic":
+        from autopack.llm.anthropic_client import AnthropicClient
+
         assert api_key is not None
         return AnthropicClient(
             api_key, base_url=base_url, max_retries=max_retries, timeout_s=timeout_s, provider=provider_name
         )
+    from autopack.llm.openai_client import OpenAIClient
+
     if kind == "openai":
         assert api_key is not None
         return OpenAIClient(

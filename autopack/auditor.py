@@ -1,0 +1,69 @@
+"""The Auditor: prompt rendering and verdict parsing. Plain functions."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from autopack.prompts import PromptLibrary
+
+MAX_DIFF_CHARS = 60_000
+
+
+class AuditIssue(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    severity: Literal["minor", "major"] = "major"
+    summary: str
+    path: str = ""
+
+
+class AuditVerdict(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    verdict: Literal["approve", "reject"]
+    summary: str = ""
+    issues: list[AuditIssue] = Field(default_factory=list)
+
+    @property
+    def approved(self) -> bool:
+        return self.verdict == "approve"
+
+
+class VerdictError(ValueError):
+    """The Auditor's answer is not a verdict."""
+
+
+def render_auditor_prompt(
+    lib: PromptLibrary, *, phase_id: str, goal: str, category: str, deliverables: list[str], gate: str, diff: str
+) -> tuple[str, str]:
+    if len(diff) > MAX_DIFF_CHARS:
+        diff = diff[:MAX_DIFF_CHARS] + "\n… (diff truncated by Autopack)"
+    system = lib.render("auditor_system")
+    user = lib.render(
+        "auditor",
+        phase_id=phase_id,
+        goal=goal.strip(),
+        category=category,
+        deliverables=", ".join(deliverables) or "(none)",
+        gate=gate,
+        diff=diff or "(empty diff)",
+    )
+    return system, user
+
+
+_OBJECT = re.compile(r"\{.*\}", re.DOTALL)
+
+
+def parse_verdict(text: str) -> AuditVerdict:
+    """The JSON verdict in the Auditor's answer (a fenced or bare object)."""
+    match = _OBJECT.search(text)
+    if not match:
+        raise VerdictError("no JSON object in the auditor's answer")
+    try:
+        return AuditVerdict.model_validate(json.loads(match.group(0)))
+    except (json.JSONDecodeError, ValidationError) as exc:
+        raise VerdictError(f"auditor verdict is malformed: {exc}") from None

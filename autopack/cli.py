@@ -1,0 +1,374 @@
+"""The ``autopack`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from autopack.settings import Settings, get_settings
+
+TERMINAL_PREFIXES = ("DONE_", "CANCELLED")
+
+
+def _out(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _err(msg: str) -> None:
+    print(f"autopack: {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------- server side
+
+
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from autopack.db.migrate import upgrade
+
+    if settings.profile == "local":
+        settings.state_path.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.db_url)
+    _out(f"database migrated ({settings.profile} profile)")
+    return 0
+
+
+def cmd_web(args: argparse.Namespace, settings: Settings) -> int:
+    from werkzeug.serving import run_simple
+
+    from web import create_app
+
+    run_simple(args.host, args.port, create_app(settings), threaded=True, use_reloader=False)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from tasks.app import app
+
+    argv = ["worker", "-Q", args.queues, "--loglevel", args.loglevel, "-E"]
+    if args.concurrency:
+        argv += ["-c", str(args.concurrency)]
+    if args.pool:
+        argv += ["-P", args.pool]
+    app.worker_main(argv)
+    return 0
+
+
+def cmd_beat(args: argparse.Namespace, settings: Settings) -> int:
+    from tasks.app import app
+
+    settings.state_path.mkdir(parents=True, exist_ok=True)
+    app.start(["beat", "--loglevel", args.loglevel, "-s", str(settings.state_path / "celerybeat-schedule")])
+    return 0
+
+
+def _check_sandbox(settings: Settings) -> bool:
+    if settings.sandbox == "none":
+        _err("warning: AUTOPACK_SANDBOX=none — tests run WITHOUT isolation")
+        return True
+    from autopack.errors import SandboxUnavailable
+    from autopack.sandbox.runner import check_bwrap
+
+    try:
+        check_bwrap()
+    except SandboxUnavailable as exc:
+        _err(str(exc))
+        _err("or run without a sandbox (no isolation): AUTOPACK_SANDBOX=none")
+        return False
+    return True
+
+
+def _start_cluster(settings: Settings, port: int, env: dict[str, str], quiet: bool) -> Any:
+    from autopack.procs import WORKER_GROUPS, ProcessGroup, wait_http, worker_argv
+
+    group = ProcessGroup(log_dir=settings.state_path / "logs", env=env)
+    me = [sys.executable, "-m", "autopack.cli"]
+    group.start("web", [*me, "web", "--port", str(port)], quiet=quiet)
+    for name, queues, pool, conc in WORKER_GROUPS:
+        group.start(f"worker-{name}", worker_argv(name, queues, pool, conc), quiet=quiet)
+    group.start("beat", [*me, "beat"], quiet=quiet)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", 60, group)
+    except (TimeoutError, RuntimeError) as exc:
+        group.stop()
+        raise SystemExit(f"autopack: the cluster did not start: {exc} (logs in {group.log_dir})") from None
+    return group
+
+
+def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
+    if not _check_sandbox(settings):
+        return 2
+    cmd_migrate(args, settings)
+    group = _start_cluster(settings, args.port, dict(os.environ), quiet=False)
+    _out(f"autopack is up on http://127.0.0.1:{args.port} (Ctrl-C stops web, workers and beat)")
+    try:
+        while not group.failed():
+            time.sleep(0.5)
+        _err("; ".join(group.failed()))
+        return 1
+    except KeyboardInterrupt:
+        _out("stopping …")
+        return 0
+    finally:
+        group.stop()
+
+
+# ---------------------------------------------------------------------------------------------- projects
+
+
+def cmd_project_add(args: argparse.Namespace, settings: Settings) -> int:
+    from sqlalchemy import select
+
+    from autopack.db.models import Project
+    from autopack.db.session import session_scope
+    from autopack.errors import GitError
+    from autopack.workspace.git import Git
+
+    path = Path(args.path).resolve()
+    if not (path / ".git").exists():
+        _err(f"{path} is not a git repository")
+        return 2
+    try:
+        base = args.base_branch or Git(path).current_branch()
+    except GitError as exc:
+        _err(str(exc))
+        return 2
+    if not base:
+        _err("cannot tell the base branch (detached HEAD): pass --base-branch")
+        return 2
+    if Git(path).rev_parse(f"refs/heads/{base}") is None:
+        _err(f"branch {base!r} does not exist in {path}")
+        return 2
+    with session_scope(settings.db_url) as s:
+        project = s.scalar(select(Project).where(Project.name == args.name))
+        if project is None:
+            s.add(Project(name=args.name, repo_path=str(path), base_branch=base))
+            _out(f"project {args.name} registered: {path} (base branch {base})")
+        else:
+            project.repo_path, project.base_branch = str(path), base
+            _out(f"project {args.name} updated: {path} (base branch {base})")
+    return 0
+
+
+def cmd_project_list(args: argparse.Namespace, settings: Settings) -> int:
+    from sqlalchemy import select
+
+    from autopack.db.models import Project
+    from autopack.db.session import session_scope
+
+    with session_scope(settings.db_url) as s:
+        for p in s.scalars(select(Project).order_by(Project.name)):
+            _out(f"{p.name}\t{p.repo_path}\t{p.base_branch}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- client side
+
+
+def _render_event(ev: dict[str, Any]) -> str:
+    p = ev.get("payload", {})
+    where = f" [{ev['phase']}]" if ev.get("phase") else ""
+    detail = {
+        "attempt.started": lambda: f"attempt {p.get('number')} with {p.get('model')}",
+        "attempt.built": lambda: f"candidate {str(p.get('commit'))[:10]} ({', '.join(p.get('files', []))})",
+        "attempt.build_failed": lambda: f"{p.get('failure_class')}: {str(p.get('failure', '')).splitlines()[0][:120] if p.get('failure') else ''}",
+        "attempt.tested": lambda: f"{'passed' if p.get('passed') else 'FAILED'}: {p.get('summary')} — {p.get('reason', '')}"[:200],
+        "attempt.audited": lambda: f"{p.get('verdict')}: {p.get('summary', '')}"[:200],
+        "phase.complete": lambda: f"complete at {str(p.get('commit'))[:10]}",
+        "phase.retry": lambda: f"retry: {str(p.get('reason', '')).splitlines()[0][:160]}",
+        "phase.failed": lambda: f"failed: {str(p.get('reason', '')).splitlines()[0][:160]}",
+        "run.baseline": lambda: f"baseline: {p.get('summary')}",
+        "run.finished": lambda: f"{p.get('state')} {p.get('reason') or ''}".strip(),
+        "tier.started": lambda: f"tier {p.get('tier')}",
+        "tier.complete": lambda: f"tier {p.get('tier')} complete",
+    }.get(ev["type"], lambda: "")()
+    return f"  {ev['seq']:>3} {ev['type']:<22}{where} {detail}".rstrip()
+
+
+def follow(client: Any, run_id: str, *, show: bool = True, timeout: float = 3600.0) -> dict[str, Any]:
+    """Print the run's events as they come and return the final run view."""
+    after = 0
+    deadline = time.monotonic() + timeout
+    while True:
+        batch = client.events(run_id, after)
+        for ev in batch["events"]:
+            if show:
+                _out(_render_event(ev))
+            after = ev["seq"]
+        run = client.run(run_id)
+        if run["state"].startswith(TERMINAL_PREFIXES) and not client.events(run_id, after)["events"]:
+            return run
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"run {run_id} still {run['state']} after {timeout:.0f}s")
+        time.sleep(0.2)
+
+
+def _print_run(run: dict[str, Any]) -> None:
+    _out(f"run {run['id']} ({run['project']}): {run['state']}" + (f" — {run['failure_reason']}" if run.get("failure_reason") else ""))
+    _out(f"  branch {run['branch']} from {run['base_branch']} · tokens {run['tokens']} · ${run['cost_usd']:.4f}")
+    for tier in run["tiers"]:
+        _out(f"  tier {tier['id']}: {tier['state']}")
+        for ph in tier["phases"]:
+            commit = (ph.get("commit") or "")[:10]
+            _out(f"    {ph['id']:<20} {ph['state']:<9} attempts {ph['attempts']}/{ph['max_attempts']} {commit}")
+
+
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    from autopack.client import ApiClient, ApiError
+    from autopack.errors import PlanError
+    from autopack.plan import load_plan_text
+
+    try:
+        data = load_plan_text(Path(args.plan).read_text(encoding="utf-8"))
+    except (OSError, PlanError) as exc:
+        _err(str(exc))
+        return 2
+    if args.project:
+        data["project"] = args.project
+    client = ApiClient(args.api or settings.api_url)
+    try:
+        created = client.submit(data, dry_run=args.dry_run)
+        if args.dry_run:
+            _out(json.dumps(created["strategy"], indent=2))
+            return 0
+        _out(f"run {created['id']} queued on branch {created['branch']}")
+        if not args.wait:
+            return 0
+        run = follow(client, created["id"])
+    except ApiError as exc:
+        _err(str(exc))
+        return 2
+    except OSError as exc:
+        _err(f"cannot reach the API at {client.base}: {exc}")
+        return 2
+    _print_run(run)
+    return 0 if run["state"] == "DONE_SUCCESS" else 1
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    from autopack.client import ApiClient, ApiError
+
+    client = ApiClient(args.api or settings.api_url)
+    try:
+        run = client.run(args.run_id)
+    except ApiError as exc:
+        _err(str(exc))
+        return 2
+    except OSError as exc:
+        _err(f"cannot reach the API at {client.base}: {exc}")
+        return 2
+    if args.json:
+        _out(json.dumps(run, indent=2))
+    else:
+        _print_run(run)
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
+    from autopack.client import ApiClient, ApiError
+
+    try:
+        run = ApiClient(args.api or settings.api_url).cancel(args.run_id)
+    except ApiError as exc:
+        _err(str(exc))
+        return 2
+    _out(f"run {run['id']}: {run['state']}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from autopack.demo import run_demo
+
+    return run_demo(args, settings)
+
+
+# ---------------------------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="autopack", description="Autonomous, budgeted, audited software builds.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def api_arg(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--api", help="API base URL (default: AUTOPACK_API_URL or http://127.0.0.1:8000)")
+
+    sp = sub.add_parser("up", help="start web, workers and beat as child processes (local profile)")
+    sp.add_argument("--port", type=int, default=8000)
+    sp.set_defaults(func=cmd_up)
+
+    sp = sub.add_parser("web", help="serve the API")
+    sp.add_argument("--port", type=int, default=8000)
+    sp.add_argument("--host", default="127.0.0.1")
+    sp.set_defaults(func=cmd_web)
+
+    sp = sub.add_parser("worker", help="run a Celery worker")
+    sp.add_argument("-Q", "--queues", default="build,ci,audit,agents,events,maintenance")
+    sp.add_argument("-c", "--concurrency", type=int)
+    sp.add_argument("-P", "--pool")
+    sp.add_argument("--loglevel", default="INFO")
+    sp.set_defaults(func=cmd_worker)
+
+    sp = sub.add_parser("beat", help="run celery beat")
+    sp.add_argument("--loglevel", default="INFO")
+    sp.set_defaults(func=cmd_beat)
+
+    sp = sub.add_parser("migrate", help="create or upgrade the database schema")
+    sp.set_defaults(func=cmd_migrate)
+
+    sp = sub.add_parser("project", help="manage projects")
+    psub = sp.add_subparsers(dest="project_command", required=True)
+    a = psub.add_parser("add", help="register a git repository as a project")
+    a.add_argument("name")
+    a.add_argument("path")
+    a.add_argument("--base-branch")
+    a.set_defaults(func=cmd_project_add)
+    a = psub.add_parser("list", help="list projects")
+    a.set_defaults(func=cmd_project_list)
+
+    sp = sub.add_parser("run", help="submit a plan through the API")
+    sp.add_argument("plan", help="plan file (YAML or JSON)")
+    sp.add_argument("--project", help="project name (overrides the plan's)")
+    sp.add_argument("--wait", action="store_true", help="follow the run; exit 0 only on DONE_SUCCESS")
+    sp.add_argument("--dry-run", action="store_true", help="print the compiled strategy, start nothing")
+    api_arg(sp)
+    sp.set_defaults(func=cmd_run)
+
+    sp = sub.add_parser("status", help="show a run")
+    sp.add_argument("run_id")
+    sp.add_argument("--json", action="store_true")
+    api_arg(sp)
+    sp.set_defaults(func=cmd_status)
+
+    sp = sub.add_parser("cancel", help="cancel a run")
+    sp.add_argument("run_id")
+    api_arg(sp)
+    sp.set_defaults(func=cmd_cancel)
+
+    sp = sub.add_parser("demo", help="run the example plan on a fresh demo repository, offline")
+    sp.add_argument("--json", action="store_true", help="end with one JSON summary line")
+    sp.add_argument("--live", action="store_true", help="call real models (ANTHROPIC_API_KEY or OPENAI_API_KEY) and record a new cassette")
+    sp.add_argument("--cassette", help="cassette to replay or record (default: the recorded demo cassette)")
+    sp.add_argument("--port", type=int, default=0, help="API port (default: a free one)")
+    sp.add_argument("--script", help=argparse.SUPPRESS)  # author a cassette with a scripted model (maintainers)
+    sp.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = get_settings()
+    try:
+        return int(args.func(args, settings) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except subprocess.CalledProcessError as exc:
+        _err(str(exc))
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""A small HTTP client for the CLI (standard library only)."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from typing import Any
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
+        msg = body.get("message") or body
+        field = body.get("field")
+        super().__init__(f"HTTP {status}: {msg}" + (f" (field: {field})" if field else ""))
+        self.status = status
+        self.body = body
+
+
+class ApiClient:
+    def __init__(self, base_url: str, timeout: float = 30.0) -> None:
+        self.base = base_url.rstrip("/")
+        self.timeout = timeout
+
+    def request(self, method: str, path: str, body: Any = None) -> tuple[int, dict[str, Any]]:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.base + path, data=data, method=method, headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310 - operator-given API URL
+                return resp.status, json.loads(resp.read() or b"{}")
+        except urllib.error.HTTPError as exc:
+            try:
+                payload = json.loads(exc.read() or b"{}")
+            except json.JSONDecodeError:
+                payload = {"message": exc.reason}
+            raise ApiError(exc.code, payload) from None
+
+    def submit(self, plan: dict[str, Any], dry_run: bool = False) -> dict[str, Any]:
+        return self.request("POST", "/runs" + ("?dry_run=true" if dry_run else ""), plan)[1]
+
+    def run(self, run_id: str) -> dict[str, Any]:
+        return self.request("GET", f"/runs/{run_id}")[1]
+
+    def events(self, run_id: str, after: int) -> dict[str, Any]:
+        return self.request("GET", f"/runs/{run_id}/events?after={after}")[1]
+
+    def cancel(self, run_id: str) -> dict[str, Any]:
+        return self.request("POST", f"/runs/{run_id}/cancel")[1]

@@ -1,0 +1,104 @@
+"""Operator configuration from ``config/``: models, pricing, strategy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from autopack.errors import ConfigError
+from autopack.strategy import StrategyConfig, load_strategy_config
+
+Role = Literal["builder", "auditor"]
+
+
+class ProviderConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["anthropic", "openai", "openai_compatible"]
+    api_key_env: str | None = None
+    base_url: str | None = None
+
+
+class ModelEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    provider: str
+
+
+class RoleModels(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    low: str
+    medium: str
+    high: str
+    fallback: list[str] = Field(default_factory=list)
+
+    def for_complexity(self, complexity: str) -> str:
+        return {"low": self.low, "medium": self.medium, "high": self.high}[complexity]
+
+
+class ModelsConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    providers: dict[str, ProviderConfig]
+    models: dict[str, ModelEntry]
+    roles: dict[str, RoleModels]
+
+    def provider_of(self, model: str) -> str:
+        try:
+            return self.models[model].provider
+        except KeyError:
+            raise ConfigError(f"model {model!r} is not listed in models.yaml") from None
+
+
+class Price(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+
+
+class PricingConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    default: Price
+    models: dict[str, Price] = Field(default_factory=dict)
+
+    def price(self, model: str) -> Price:
+        return self.models.get(model, self.default)
+
+    def cost(self, model: str, input_tokens: int, output_tokens: int) -> float:
+        p = self.price(model)
+        return (input_tokens * p.input + output_tokens * p.output) / 1_000_000
+
+
+class AppConfig(BaseModel):
+    models: ModelsConfig
+    pricing: PricingConfig
+    strategy: StrategyConfig
+
+
+def _load_yaml(path: Path) -> object:
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"configuration file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def load_config(config_dir: Path) -> AppConfig:
+    try:
+        models = ModelsConfig.model_validate(_load_yaml(config_dir / "models.yaml"))
+        pricing = PricingConfig.model_validate(_load_yaml(config_dir / "pricing.yaml"))
+    except ValidationError as exc:
+        raise ConfigError(str(exc)) from None
+    for role in models.roles.values():
+        for m in [role.low, role.medium, role.high, *role.fallback]:
+            prov = models.provider_of(m)
+            if prov not in models.providers:
+                raise ConfigError(f"model {m!r} names unknown provider {prov!r}")
+    return AppConfig(models=models, pricing=pricing, strategy=load_strategy_config(config_dir / "strategy.yaml"))

@@ -1,0 +1,178 @@
+"""Creating, cancelling and describing runs (used by the API and the CLI)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from autopack.config import AppConfig
+from autopack.db.models import Attempt, Event, Phase, Project, Run, Tier
+from autopack.engine.store import emit, transition
+from autopack.errors import Conflict, NotFound
+from autopack.plan import Plan
+from autopack.states import RunState, is_terminal_run
+from autopack.strategy import CompiledStrategy, compile_strategy
+
+
+def get_project(session: Session, name: str) -> Project:
+    project = session.scalar(select(Project).where(Project.name == name))
+    if project is None:
+        raise NotFound(f"project {name!r} is not registered (autopack project add {name} PATH)")
+    return project
+
+
+def get_run(session: Session, run_id: str) -> Run:
+    run = session.get(Run, run_id)
+    if run is None:
+        raise NotFound(f"run {run_id!r} not found")
+    return run
+
+
+def compile_for(plan: Plan, config: AppConfig) -> CompiledStrategy:
+    return compile_strategy(plan, config.strategy)
+
+
+def create_run(session: Session, plan: Plan, config: AppConfig) -> Run:
+    """Insert a QUEUED run with its tiers and phases; the caller commits and then enqueues ``start_run``."""
+    project = get_project(session, plan.project)
+    strategy = compile_for(plan, config)
+    run = Run(
+        project_id=project.id,
+        state=RunState.QUEUED,
+        plan=plan.model_dump(mode="json"),
+        strategy=strategy.model_dump(mode="json"),
+        base_branch=plan.base_branch or project.base_branch,
+        branch="",
+        commit_epoch=int(time.time()),
+        token_cap=strategy.run.token_cap,
+        cost_cap_usd=strategy.run.cost_cap_usd,
+    )
+    session.add(run)
+    session.flush()
+    run.branch = f"autopack/{run.id}"
+    index = 0
+    for t_index, tier in enumerate(plan.tiers):
+        tier_row = Tier(run_id=run.id, key=tier.id, name=tier.name, index=t_index)
+        session.add(tier_row)
+        session.flush()
+        for phase in tier.phases:
+            budget = strategy.for_phase(phase.id)
+            session.add(
+                Phase(
+                    run_id=run.id,
+                    tier_id=tier_row.id,
+                    key=phase.id,
+                    index=index,
+                    spec=phase.model_dump(mode="json"),
+                    budget=budget.model_dump(mode="json"),
+                    max_attempts=budget.max_attempts,
+                )
+            )
+            index += 1
+    session.flush()
+    emit(session, run.id, "run.queued", project=project.name, phases=index)
+    return run
+
+
+def cancel_run(session: Session, run_id: str) -> Run:
+    run = get_run(session, run_id)
+    if is_terminal_run(run.state):
+        raise Conflict(f"run {run_id} already finished ({run.state})")
+    from autopack.db.models import utcnow
+
+    transition(session, run, RunState.CANCELLED, finished_at=utcnow(), failure_reason="cancelled by request")
+    emit(session, run.id, "run.cancelled")
+    return run
+
+
+def _attempt_view(a: Attempt) -> dict[str, Any]:
+    gate = a.gate or {}
+    tr = a.test_result or {}
+    return {
+        "number": a.number,
+        "state": a.state,
+        "model": a.model,
+        "parent_commit": a.parent_commit,
+        "commit": a.candidate_commit,
+        "decision": a.decision,
+        "failure": a.failure,
+        "failure_class": a.failure_class,
+        "refusals": a.refusals or [],
+        "edit_rounds": a.edit_rounds or [],
+        "test_summary": tr.get("summary"),
+        "gate": gate,
+        "audit": a.audit,
+        "tokens": a.tokens_used,
+        "cost_usd": round(a.cost_usd, 6),
+    }
+
+
+def run_view(session: Session, run: Run) -> dict[str, Any]:
+    tiers = []
+    for tier in run.tiers:
+        phases = []
+        for ph in tier.phases:
+            phases.append(
+                {
+                    "id": ph.key,
+                    "state": ph.state,
+                    "attempts": ph.attempts_used,
+                    "max_attempts": ph.max_attempts,
+                    "commit": ph.commit_sha,
+                    "tokens": ph.tokens_used,
+                    "cost_usd": round(ph.cost_usd, 6),
+                    "category": ph.spec.get("category"),
+                    "attempt_details": [_attempt_view(a) for a in ph.attempts],
+                }
+            )
+        tiers.append({"id": tier.key, "name": tier.name, "state": tier.state, "phases": phases})
+    return {
+        "id": run.id,
+        "project": run.project.name,
+        "state": run.state,
+        "failure_reason": run.failure_reason,
+        "base_branch": run.base_branch,
+        "base_commit": run.base_commit,
+        "branch": run.branch,
+        "head_commit": run.head_commit,
+        "tokens": run.tokens_used,
+        "token_cap": run.token_cap,
+        "cost_usd": round(run.cost_usd, 6),
+        "cost_cap_usd": run.cost_cap_usd,
+        "created_at": run.created_at.isoformat(),
+        "finished_at": run.finished_at.isoformat() if run.finished_at else None,
+        "tiers": tiers,
+    }
+
+
+def run_summary(run: Run) -> dict[str, Any]:
+    return {
+        "id": run.id,
+        "project": run.project.name,
+        "state": run.state,
+        "branch": run.branch,
+        "tokens": run.tokens_used,
+        "cost_usd": round(run.cost_usd, 6),
+        "created_at": run.created_at.isoformat(),
+    }
+
+
+def list_events(session: Session, run_id: str, after: int = 0, limit: int = 500) -> list[dict[str, Any]]:
+    get_run(session, run_id)
+    rows = session.scalars(
+        select(Event).where(Event.run_id == run_id, Event.seq > after).order_by(Event.seq).limit(limit)
+    )
+    return [
+        {
+            "seq": e.seq,
+            "type": e.type,
+            "phase": e.phase_key,
+            "attempt_id": e.attempt_id,
+            "payload": e.payload,
+            "at": e.created_at.isoformat(),
+        }
+        for e in rows
+    ]

@@ -1,0 +1,621 @@
+"""The phase pipeline, one function per step (see DESIGN.md):
+
+start_run → baseline → build → probe → audit → decide → (build of the next phase | retry | end)
+
+Every step returns the steps to enqueue next as ``(step name, id)`` pairs; the task shell sends them
+after this function's transaction has committed.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import re
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from autopack import gate as gatelib
+from autopack.auditor import VerdictError, parse_verdict, render_auditor_prompt
+from autopack.builder import PhaseContext, render_builder_prompt, run_builder
+from autopack.db.models import Attempt, ModelCall, Phase, Project, Run, Tier, utcnow
+from autopack.db.session import session_scope
+from autopack.decide import AttemptOutcome, decide
+from autopack.edits.govern import EditPolicy, default_protected
+from autopack.engine.ledger import estimate_tokens, reserve, settle
+from autopack.engine.services import Services
+from autopack.engine.store import StaleState, emit, transition
+from autopack.errors import AutopackError, BudgetExceeded, GitError, ProviderError, SandboxUnavailable
+from autopack.llm.base import LLMRequest, LLMResponse, Message
+from autopack.sandbox.junit import JUnitError, parse_junit
+from autopack.sandbox.limits import SandboxLimits
+from autopack.states import PhaseState, RunState, TierState, is_terminal_run
+from autopack.workspace import worktree as wt
+from autopack.workspace.git import Git
+
+log = logging.getLogger("autopack.engine")
+
+Step = tuple[str, Any]
+JUNIT = "autopack-junit.xml"
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+
+
+def _worktree_path(services: Services, run: Run) -> Path:
+    return services.settings.worktrees_dir / run.id
+
+
+def _end_run(session: Session, run: Run, state: str, reason: str) -> None:
+    transition(session, run, state, failure_reason=reason or None, finished_at=utcnow())
+    emit(session, run.id, "run.finished", state=state, reason=reason)
+
+
+def _fail_run_now(services: Services, run_id: str, state: str, reason: str) -> None:
+    with session_scope(services.db_url) as s:
+        run = s.get(Run, run_id)
+        if run is not None and not is_terminal_run(run.state):
+            _end_run(s, run, state, reason)
+
+
+def _test_argv(services: Services, strategy: dict[str, Any], selection: list[str] | None = None) -> list[str]:
+    argv = [a.replace("{python}", services.python) for a in strategy["test_command"]]
+    argv += ["--junitxml", JUNIT]
+    if selection:
+        argv += selection
+    return argv
+
+
+def _limits(strategy: dict[str, Any]) -> SandboxLimits:
+    timeout = int(strategy["run"]["test_timeout_s"])
+    return SandboxLimits(timeout_s=timeout, cpu_s=timeout)
+
+
+def _run_tests(services: Services, repo: Path, commit: str, argv: list[str], limits: SandboxLimits) -> dict[str, Any]:
+    """Run the test command on a throw-away copy of ``commit`` in the sandbox; outcomes from JUnit."""
+    with tempfile.TemporaryDirectory(prefix="autopack-tree-") as tmp:
+        tree = wt.export_tree(repo, commit, Path(tmp) / "tree")
+        res = services.sandbox.run(tree, argv, limits, collect=[JUNIT])
+    outcomes: dict[str, str] = {}
+    error = None
+    xml = res.files.get(JUNIT)
+    if xml:
+        try:
+            outcomes = parse_junit(xml)
+        except JUnitError as exc:
+            error = f"unreadable JUnit report: {exc}"
+    else:
+        error = "the test command wrote no JUnit report"
+    counts: dict[str, int] = {}
+    for o in outcomes.values():
+        counts[o] = counts.get(o, 0) + 1
+    summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "no tests"
+    if res.killed:
+        summary += f" (killed: {res.killed})"
+    return {
+        "outcomes": outcomes,
+        "exit_code": res.exit_code,
+        "killed": res.killed,
+        "duration_s": round(res.duration_s, 3),
+        "summary": summary,
+        "error": error,
+        "output_tail": stable_output((res.stdout[-3000:] + ("\n" + res.stderr[-2000:] if res.stderr else "")).strip()),
+    }
+
+
+_DURATION = re.compile(r"\b\d+(?:\.\d+)?s\b")
+
+
+def stable_output(text: str) -> str:
+    """Test output with timings masked, so feedback built from it (and the prompts that carry it)
+    is the same on every machine and every replay."""
+    return _DURATION.sub("<t>s", text)
+
+
+def _matches(path: str, patterns: list[str]) -> bool:
+    for pat in patterns:
+        if pat.endswith("/**"):
+            if path == pat[:-3] or path.startswith(pat[:-2]):
+                return True
+        if fnmatch.fnmatchcase(path, pat) or path == pat:
+            return True
+    return False
+
+
+def _acceptance_files(spec: dict[str, Any], files: list[str]) -> list[str]:
+    out = []
+    for entry in spec.get("acceptance_tests", []):
+        path = entry.split("::", 1)[0]
+        out += [f for f in files if f == path or (f.startswith(path.rstrip("/") + "/") and f.endswith(".py"))]
+    return sorted(set(out))
+
+
+def _policy(spec: dict[str, Any], files: list[str]) -> EditPolicy:
+    return EditPolicy(scope=tuple(spec["scope"]), protected=default_protected(_acceptance_files(spec, files)))
+
+
+# ----------------------------------------------------------------------------------------------
+# model calls: reserve, call, record, settle
+
+
+@dataclass
+class CallScope:
+    run_id: str
+    phase_id: int | None
+    attempt_id: int | None
+    role: str
+    model: str
+    phase_token_cap: int | None
+
+
+def make_call(services: Services, scope: CallScope) -> Callable[[str, list[Message], int], LLMResponse]:
+    client = services.clients(scope.model)
+    pricing = services.config.pricing
+
+    def call(system: str, messages: list[Message], max_tokens: int) -> LLMResponse:
+        req = LLMRequest(model=scope.model, system=system, messages=messages, max_tokens=max_tokens)
+        est_in = estimate_tokens(system + "".join(m.content for m in messages))
+        worst_tokens = est_in + max_tokens
+        worst_cost = pricing.cost(scope.model, est_in, max_tokens)
+        with session_scope(services.db_url) as s:
+            reserve(s, scope.run_id, scope.phase_id, worst_tokens, worst_cost, scope.phase_token_cap)
+        prompt = {"system": system, "messages": [m.model_dump() for m in messages]}
+        try:
+            resp = client.complete(req)
+        except Exception as exc:
+            with session_scope(services.db_url) as s:
+                settle(s, scope.run_id, scope.phase_id, worst_tokens, worst_cost, 0, 0.0)
+                s.add(
+                    ModelCall(
+                        run_id=scope.run_id, phase_id=scope.phase_id, attempt_id=scope.attempt_id, role=scope.role,
+                        provider=getattr(client, "provider", "?"), model=scope.model, request_key=_key(req),
+                        prompt=prompt, max_tokens=max_tokens, error=f"{type(exc).__name__}: {exc}",
+                    )
+                )
+            raise
+        used = resp.usage.input_tokens + resp.usage.output_tokens
+        cost = pricing.cost(scope.model, resp.usage.input_tokens, resp.usage.output_tokens)
+        with session_scope(services.db_url) as s:
+            settle(s, scope.run_id, scope.phase_id, worst_tokens, worst_cost, used, cost)
+            s.add(
+                ModelCall(
+                    run_id=scope.run_id, phase_id=scope.phase_id, attempt_id=scope.attempt_id, role=scope.role,
+                    provider=resp.provider, model=resp.model, request_key=_key(req), prompt=prompt,
+                    response_text=resp.text, stop_reason=resp.stop_reason, max_tokens=max_tokens,
+                    input_tokens=resp.usage.input_tokens, output_tokens=resp.usage.output_tokens, cost_usd=cost,
+                )
+            )
+            if scope.attempt_id is not None:
+                a = s.get(Attempt, scope.attempt_id)
+                if a is not None:
+                    a.tokens_used += used
+                    a.cost_usd += cost
+        return resp
+
+    return call
+
+
+def _key(req: LLMRequest) -> str:
+    from autopack.llm.cassette import request_key
+
+    return request_key(req)
+
+
+# ----------------------------------------------------------------------------------------------
+# steps
+
+
+def start_run(services: Services, run_id: str) -> list[Step]:
+    """QUEUED → PLANNING: resolve the base commit, create the run's branch and worktree."""
+    with session_scope(services.db_url) as s:
+        run = s.get(Run, run_id)
+        if run is None or run.state != RunState.QUEUED:
+            return []
+        transition(s, run, RunState.PLANNING)
+        emit(s, run.id, "run.planning")
+        repo = Path(run.project.repo_path)
+        base_branch, branch = run.base_branch, run.branch
+    try:
+        base = Git(repo).rev_parse(f"refs/heads/{base_branch}")
+        if base is None:
+            raise GitError(f"base branch {base_branch!r} does not exist in {repo.name}")
+        wt.create_branch(repo, branch, base)
+        wt.ensure_worktree(repo, services.settings.worktrees_dir / run_id, base)
+    except (GitError, OSError) as exc:
+        _fail_run_now(services, run_id, RunState.DONE_FAILED_SETUP, f"repository setup failed: {exc}")
+        return []
+    with session_scope(services.db_url) as s:
+        run = s.get(Run, run_id)
+        assert run is not None
+        if run.state != RunState.PLANNING:
+            return []
+        run.base_commit = base
+        run.head_commit = base
+        emit(s, run.id, "run.branch_created", branch=branch, base_commit=base)
+    return [("baseline", run_id)]
+
+
+def take_baseline(services: Services, run_id: str) -> list[Step]:
+    """T0: the test suite on the base commit, once per run. PLANNING → RUNNING."""
+    with session_scope(services.db_url) as s:
+        run = s.get(Run, run_id)
+        if run is None or run.state != RunState.PLANNING or run.baseline is not None or run.base_commit is None:
+            return []
+        repo, base, strategy = Path(run.project.repo_path), run.base_commit, run.strategy
+    try:
+        result = _run_tests(services, repo, base, _test_argv(services, strategy), _limits(strategy))
+    except SandboxUnavailable as exc:
+        _fail_run_now(services, run_id, RunState.DONE_FAILED_SETUP, str(exc))
+        return []
+    with session_scope(services.db_url) as s:
+        run = s.get(Run, run_id)
+        assert run is not None
+        if run.state != RunState.PLANNING:
+            return []
+        run.baseline = result
+        emit(s, run.id, "run.baseline", summary=result["summary"], error=result["error"])
+        transition(s, run, RunState.RUNNING)
+        emit(s, run.id, "run.running")
+        return _start_next_tier(s, run)
+
+
+def _start_next_tier(s: Session, run: Run) -> list[Step]:
+    for tier in run.tiers:
+        if tier.state == TierState.PENDING:
+            transition(s, tier, TierState.RUNNING)
+            emit(s, run.id, "tier.started", tier=tier.key)
+            return _start_next_phase(s, run, tier)
+    _end_run(s, run, RunState.DONE_SUCCESS, "")
+    return []
+
+
+def _start_next_phase(s: Session, run: Run, tier: Tier) -> list[Step]:
+    for ph in tier.phases:
+        if ph.state == PhaseState.QUEUED:
+            emit(s, run.id, "phase.queued", phase_key=ph.key)
+            return [("build", ph.id)]
+    transition(s, tier, TierState.COMPLETE)
+    emit(s, run.id, "tier.complete", tier=tier.key)
+    return _start_next_tier(s, run)
+
+
+def _context(services: Services, repo: Path, commit: str, spec: dict[str, Any], feedback: str | None) -> tuple[PhaseContext, list[str]]:
+    git = Git(repo)
+    entries = git.list_entries(commit)
+    files = sorted(entries)
+    scope = list(spec["scope"])
+    in_scope = {f: git.read_blob(commit, f) or "" for f in files if _matches(f, scope) and entries[f] == "100644"}
+    acc = _acceptance_files(spec, files)
+    acc_files = {f: git.read_blob(commit, f) or "" for f in acc}
+    ctx = PhaseContext(
+        phase_id=spec["id"],
+        goal=spec["goal"],
+        category=spec["category"],
+        complexity=spec["complexity"],
+        description=spec.get("description", ""),
+        scope=tuple(scope),
+        deliverables=tuple(spec.get("deliverables", [])),
+        acceptance=tuple(spec.get("acceptance_tests", [])),
+        tree=tuple(files),
+        files=in_scope,
+        acceptance_files=acc_files,
+        feedback=feedback,
+    )
+    return ctx, files
+
+
+def build_phase(services: Services, phase_id: int) -> list[Step]:
+    """QUEUED|RETRY → EXECUTING: a new attempt; Builder → governed edits → deterministic candidate commit."""
+    with session_scope(services.db_url) as s:
+        ph = s.get(Phase, phase_id)
+        if ph is None:
+            return []
+        run = ph.run
+        if is_terminal_run(run.state) or ph.state not in (PhaseState.QUEUED, PhaseState.RETRY):
+            return []
+        model = services.model_for("builder", ph.spec["complexity"])
+        transition(s, ph, PhaseState.EXECUTING, attempts_used=ph.attempts_used + 1)
+        attempt = Attempt(phase_id=ph.id, run_id=run.id, number=ph.attempts_used, model=model, parent_commit=run.head_commit)
+        s.add(attempt)
+        s.flush()
+        ph.current_attempt_id = attempt.id
+        emit(s, run.id, "attempt.started", phase_key=ph.key, attempt_id=attempt.id, number=attempt.number, model=model)
+        repo, head, spec, feedback = Path(run.project.repo_path), run.head_commit, dict(ph.spec), ph.feedback
+        budget, run_id, epoch, index = dict(ph.budget), run.id, run.commit_epoch, ph.index
+        attempt_id, number = attempt.id, attempt.number
+        worktree_path = _worktree_path(services, run)
+    assert head is not None
+    ctx, files = _context(services, repo, head, spec, feedback)
+    system, user = render_builder_prompt(services.prompts, ctx)
+    git = Git(repo)
+    call = make_call(services, CallScope(run_id, phase_id, attempt_id, "builder", model, int(budget["token_cap"])))
+    try:
+        outcome = run_builder(
+            lib=services.prompts,
+            system=system,
+            user=user,
+            call=call,
+            read=lambda p: git.read_blob(head, p),
+            policy=_policy(spec, files),
+            max_tokens=int(budget["builder_max_tokens"]),
+            fix_rounds=int(budget["edit_fix_rounds"]),
+        )
+    except BudgetExceeded as exc:
+        return _budget_stop(services, phase_id, attempt_id, exc)
+    except ProviderError as exc:
+        return _attempt_failed(services, attempt_id, "provider_error", str(exc))
+    rounds = [r.__dict__ for r in outcome.rounds]
+    if not outcome.ok or outcome.changes is None:
+        return _attempt_failed(services, attempt_id, outcome.failure_class or "edit_invalid", outcome.failure or "", rounds)
+    trailers = {"Autopack-Run": run_id, "Autopack-Phase": spec["id"], "Autopack-Attempt": str(number)}
+    goal_line = spec["goal"].strip().splitlines()[0][:72]
+    try:
+        wt.ensure_worktree(repo, worktree_path, head)
+        sha = wt.commit_candidate(
+            worktree_path, head, outcome.changes, message=f"{spec['id']}: {goal_line}", trailers=trailers, timestamp=epoch + 60 * index
+        )
+        wt.keep_ref(repo, f"refs/autopack/{run_id}/{spec['id']}/{number}", sha)
+    except GitError as exc:
+        return _attempt_failed(services, attempt_id, "edit_refused", f"apply failed: {exc}", rounds)
+    with session_scope(services.db_url) as s:
+        a = s.get(Attempt, attempt_id)
+        ph = s.get(Phase, phase_id)
+        assert a is not None and ph is not None
+        if is_terminal_run(ph.run.state) or ph.state != PhaseState.EXECUTING:
+            return []
+        a.state = "BUILT"
+        a.candidate_commit = sha
+        a.edits = sorted(outcome.changes)
+        a.edit_rounds = rounds
+        a.refusals = [list(r) for r in outcome.refusals]
+        transition(s, ph, PhaseState.GATE)
+        emit(s, ph.run_id, "attempt.built", phase_key=ph.key, attempt_id=a.id, commit=sha, files=a.edits, rounds=len(rounds))
+    return [("probe", attempt_id)]
+
+
+def _attempt_failed(services: Services, attempt_id: int, failure_class: str, failure: str, rounds: list[dict[str, Any]] | None = None) -> list[Step]:
+    with session_scope(services.db_url) as s:
+        a = s.get(Attempt, attempt_id)
+        assert a is not None
+        if a.decision is not None:
+            return []
+        a.state = "FAILED"
+        a.failure_class = failure_class
+        a.failure = failure
+        if rounds is not None:
+            a.edit_rounds = rounds
+            a.refusals = [r for rd in rounds for r in rd.get("refusals", [])]
+        emit(s, a.run_id, "attempt.build_failed", phase_key=a.phase.key, attempt_id=a.id, failure_class=failure_class, failure=failure[:2000])
+    return [("decide", attempt_id)]
+
+
+def _budget_stop(services: Services, phase_id: int, attempt_id: int, exc: BudgetExceeded) -> list[Step]:
+    state = RunState.DONE_FAILED_TOKEN_CAP_EXCEEDED if exc.kind == "tokens" else RunState.DONE_FAILED_BUDGET_EXHAUSTED
+    with session_scope(services.db_url) as s:
+        a = s.get(Attempt, attempt_id)
+        ph = s.get(Phase, phase_id)
+        assert a is not None and ph is not None
+        a.state = "FAILED"
+        a.failure_class = "budget"
+        a.failure = str(exc)
+        a.decision = "fail"
+        a.finished_at = utcnow()
+        run = ph.run
+        if is_terminal_run(run.state):
+            return []
+        if ph.state not in (PhaseState.COMPLETE, PhaseState.FAILED, PhaseState.SKIPPED):
+            transition(s, ph, PhaseState.FAILED)
+        emit(s, run.id, "phase.failed", phase_key=ph.key, attempt_id=a.id, reason=str(exc))
+        if ph.tier.state == TierState.RUNNING:
+            transition(s, ph.tier, TierState.BLOCKED)
+        _end_run(s, run, state, f"phase {ph.key}: {exc}")
+    return []
+
+
+def probe(services: Services, attempt_id: int) -> list[Step]:
+    """The test gate: the candidate's tests in the sandbox against the T0 baseline, flaky re-run once."""
+    with session_scope(services.db_url) as s:
+        a = s.get(Attempt, attempt_id)
+        if a is None or a.test_result is not None or a.candidate_commit is None:
+            return []
+        ph, run = a.phase, a.phase.run
+        if is_terminal_run(run.state) or ph.state != PhaseState.GATE:
+            return []
+        repo, sha, strategy, spec = Path(run.project.repo_path), a.candidate_commit, dict(run.strategy), dict(ph.spec)
+        baseline = (run.baseline or {}).get("outcomes", {})
+        ci_profile, audit_mode = ph.budget["ci_profile"], ph.budget["audit"]
+    limits = _limits(strategy)
+    try:
+        result = _run_tests(services, repo, sha, _test_argv(services, strategy), limits)
+        rerun_ids = gatelib.tests_to_rerun(baseline, result["outcomes"])
+        rerun = None
+        if rerun_ids and not result["killed"]:
+            rr = _run_tests(services, repo, sha, _test_argv(services, strategy, rerun_ids), limits)
+            rerun = rr["outcomes"]
+            result["rerun"] = {"tests": rerun_ids, "outcomes": rerun}
+    except SandboxUnavailable as exc:
+        _fail_run_now(services, run_id=a.run_id, state=RunState.DONE_FAILED_SETUP, reason=str(exc))
+        return []
+    entries = Git(repo).list_entries(sha)
+    missing = tuple(d for d in spec.get("deliverables", []) if d not in entries)
+    verdict = gatelib.evaluate(
+        gatelib.GateInput(
+            baseline=baseline,
+            candidate=result["outcomes"],
+            rerun=rerun,
+            acceptance=tuple(spec.get("acceptance_tests", [])),
+            missing_deliverables=missing,
+            killed=result["killed"],
+        )
+    )
+    passed = verdict.passed and not (ci_profile == "strict" and verdict.flaky)
+    reason = verdict.reason if passed == verdict.passed else f"strict CI: flaky tests block ({', '.join(verdict.flaky)})"
+    gate = {
+        "passed": passed,
+        "reason": reason,
+        "regressions": list(verdict.regressions),
+        "flaky": list(verdict.flaky),
+        "acceptance_failed": list(verdict.acceptance_failed),
+        "acceptance_missing": list(verdict.acceptance_missing),
+        "missing_deliverables": list(verdict.missing_deliverables),
+        "ci_profile": ci_profile,
+    }
+    with session_scope(services.db_url) as s:
+        a = s.get(Attempt, attempt_id)
+        assert a is not None
+        if a.test_result is not None:
+            return []
+        result["outcomes_count"] = len(result["outcomes"])
+        a.test_result = result
+        a.gate = gate
+        a.state = "TESTED"
+        if not passed:
+            a.failure_class = "regression" if verdict.regressions else "test_failure"
+            a.failure = reason + ("\n\nTest output (tail):\n" + result["output_tail"][-2500:] if result["output_tail"] else "")
+        emit(s, a.run_id, "attempt.tested", phase_key=a.phase.key, attempt_id=a.id, passed=passed, summary=result["summary"], reason=reason)
+    if passed and audit_mode != "off":
+        return [("audit", attempt_id)]
+    return [("decide", attempt_id)]
+
+
+def audit(services: Services, attempt_id: int) -> list[Step]:
+    """One Auditor reviews the diff and the gate result and returns a typed verdict."""
+    with session_scope(services.db_url) as s:
+        a = s.get(Attempt, attempt_id)
+        if a is None or a.audit is not None or a.candidate_commit is None or a.parent_commit is None:
+            return []
+        ph, run = a.phase, a.phase.run
+        if is_terminal_run(run.state) or ph.state != PhaseState.GATE:
+            return []
+        repo, spec, gate = Path(run.project.repo_path), dict(ph.spec), dict(a.gate or {})
+        parent, sha, run_id, phase_id = a.parent_commit, a.candidate_commit, run.id, ph.id
+        model = services.model_for("auditor", spec["complexity"])
+        summary = (a.test_result or {}).get("summary", "")
+    diff = wt.diff(repo, parent, sha)
+    gate_text = f"{'passed' if gate.get('passed') else 'failed'}: {gate.get('reason', '')}; tests: {summary}"
+    system, user = render_auditor_prompt(
+        services.prompts, phase_id=spec["id"], goal=spec["goal"], category=spec["category"],
+        deliverables=spec.get("deliverables", []), gate=gate_text, diff=diff,
+    )
+    call = make_call(services, CallScope(run_id, phase_id, attempt_id, "auditor", model, None))
+    try:
+        resp = call(system, [Message(role="user", content=user)], 1500)
+        try:
+            verdict = parse_verdict(resp.text)
+            record: dict[str, Any] = {"model": model, **verdict.model_dump(), "approved": verdict.approved}
+        except VerdictError as exc:
+            record = {"model": model, "verdict": "invalid", "approved": None, "summary": str(exc), "issues": []}
+    except BudgetExceeded as exc:
+        return _budget_stop(services, phase_id, attempt_id, exc)
+    except ProviderError as exc:
+        record = {"model": model, "verdict": "error", "approved": None, "summary": str(exc), "issues": []}
+    with session_scope(services.db_url) as s:
+        a = s.get(Attempt, attempt_id)
+        assert a is not None
+        if a.audit is not None:
+            return []
+        a.audit = record
+        emit(s, a.run_id, "attempt.audited", phase_key=a.phase.key, attempt_id=a.id, verdict=record["verdict"], summary=record["summary"])
+    return [("decide", attempt_id)]
+
+
+def decide_attempt(services: Services, attempt_id: int) -> list[Step]:
+    """Complete the phase (move the branch by compare-and-set), retry with feedback, or fail."""
+    with session_scope(services.db_url) as s:
+        a = s.get(Attempt, attempt_id)
+        if a is None or a.decision is not None:
+            return []
+        ph, run = a.phase, a.phase.run
+        if is_terminal_run(run.state) or ph.state not in (PhaseState.EXECUTING, PhaseState.GATE):
+            return []
+        gate, aud = a.gate or {}, a.audit or {}
+        outcome = AttemptOutcome(
+            built=a.candidate_commit is not None and a.failure_class not in ("edit_invalid", "edit_refused", "truncated", "provider_error"),
+            build_failure=a.failure,
+            failure_class=a.failure_class,
+            gate_passed=gate.get("passed") if gate else None,
+            gate_reason=a.failure or gate.get("reason", ""),
+            audit_mode=ph.budget["audit"],
+            audit_approved=aud.get("approved") if aud else None,
+            audit_summary=_audit_text(aud),
+            attempts_used=ph.attempts_used,
+            max_attempts=ph.max_attempts,
+        )
+        decision = decide(outcome)
+        repo, branch, head, sha = Path(run.project.repo_path), run.branch, run.head_commit, a.candidate_commit
+    if decision.action == "complete":
+        assert sha is not None and head is not None
+        try:
+            wt.update_ref_cas(repo, f"refs/heads/{branch}", sha, head)
+        except GitError as exc:
+            _fail_run_now(services, a.run_id, RunState.DONE_FAILED_SETUP, f"integration branch moved unexpectedly: {exc}")
+            return []
+    with session_scope(services.db_url) as s:
+        a = s.get(Attempt, attempt_id)
+        assert a is not None
+        ph, run = a.phase, a.phase.run
+        if a.decision is not None or is_terminal_run(run.state):
+            return []
+        a.decision = decision.action
+        a.finished_at = utcnow()
+        if decision.action == "complete":
+            a.state = "ACCEPTED"
+            run.head_commit = sha
+            transition(s, ph, PhaseState.COMPLETE, commit_sha=sha, feedback=None)
+            emit(s, run.id, "phase.complete", phase_key=ph.key, attempt_id=a.id, commit=sha, reason=decision.reason)
+            return _start_next_phase(s, run, ph.tier)
+        if a.state not in ("FAILED",):
+            a.state = "REJECTED"
+        if decision.action == "retry":
+            transition(s, ph, PhaseState.RETRY, feedback=decision.feedback)
+            emit(s, run.id, "phase.retry", phase_key=ph.key, attempt_id=a.id, reason=decision.reason)
+            return [("build", ph.id)]
+        transition(s, ph, PhaseState.FAILED, feedback=decision.feedback)
+        emit(s, run.id, "phase.failed", phase_key=ph.key, attempt_id=a.id, reason=decision.reason)
+        transition(s, ph.tier, TierState.BLOCKED)
+        emit(s, run.id, "tier.blocked", tier=ph.tier.key)
+        _end_run(s, run, RunState.DONE_FAILED_TIER_BLOCKED, f"phase {ph.key} failed: {decision.reason}")
+    return []
+
+
+def _audit_text(aud: dict[str, Any]) -> str:
+    if not aud:
+        return ""
+    issues = "; ".join(f"[{i.get('severity')}] {i.get('summary')}" for i in aud.get("issues", []))
+    return (aud.get("summary") or "") + (f" — issues: {issues}" if issues else "")
+
+
+def run_id_of(services: Services, step: str, arg: Any) -> str | None:
+    """The run a step's argument belongs to."""
+    with session_scope(services.db_url) as s:
+        if step in ("start_run", "baseline"):
+            return str(arg)
+        if step == "build":
+            ph = s.get(Phase, int(arg))
+            return ph.run_id if ph else None
+        a = s.get(Attempt, int(arg))
+        return a.run_id if a else None
+
+
+def fail_step(services: Services, step: str, arg: Any, exc: BaseException) -> None:
+    """A step failed in a way no retry cures: end its run with the reason instead of stranding it."""
+    run_id = run_id_of(services, step, arg)
+    if run_id is not None:
+        _fail_run_now(services, run_id, RunState.DONE_FAILED_INFRASTRUCTURE, f"step {step}({arg}) failed: {type(exc).__name__}: {exc}"[:4000])
+
+
+STEPS: dict[str, Callable[[Services, Any], list[Step]]] = {
+    "start_run": start_run,
+    "baseline": take_baseline,
+    "build": build_phase,
+    "probe": probe,
+    "audit": audit,
+    "decide": decide_attempt,
+}

@@ -1,0 +1,92 @@
+"""Child processes for ``autopack up`` and ``autopack demo``: start together, stop together."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# Worker groups of the local profile: (name, queues, pool, concurrency).
+WORKER_GROUPS: tuple[tuple[str, str, str, int], ...] = (
+    ("build", "build,audit", "threads", 4),
+    ("ci", "ci", "prefork", 2),
+    ("events", "events,agents,maintenance", "prefork", 2),
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def worker_argv(name: str, queues: str, pool: str, concurrency: int) -> list[str]:
+    return [
+        sys.executable, "-m", "celery", "-A", "tasks", "worker",
+        "-Q", queues, "-P", pool, "-c", str(concurrency), "-n", f"{name}@%h",
+        "-E", "--loglevel", "INFO", "--without-mingle", "--without-gossip",
+    ]
+
+
+@dataclass
+class ProcessGroup:
+    log_dir: Path
+    env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+    procs: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+
+    def start(self, name: str, argv: list[str], *, quiet: bool = True) -> subprocess.Popen[bytes]:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        out = open(self.log_dir / f"{name}.log", "ab") if quiet else None  # noqa: SIM115 - lives with the child
+        proc = subprocess.Popen(argv, env=self.env, stdout=out, stderr=subprocess.STDOUT if quiet else None, start_new_session=True)
+        self.procs.append((name, proc))
+        return proc
+
+    def failed(self) -> list[str]:
+        return [f"{n} exited with {p.returncode}" for n, p in self.procs if p.poll() is not None]
+
+    def stop(self, timeout: float = 15.0) -> None:
+        # SIGTERM to each leader only: a Celery worker then shuts its own pool down warmly
+        # (signalling the whole group would kill pool children under it and stall the shutdown).
+        for _, p in self.procs:
+            if p.poll() is None:
+                p.terminate()
+        deadline = time.monotonic() + timeout
+        for _, p in self.procs:
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(p.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                p.wait()
+            try:  # anything the child left behind in its session
+                os.killpg(p.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        self.procs.clear()
+
+
+def wait_http(url: str, timeout: float = 30.0, group: ProcessGroup | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        if group is not None and group.failed():
+            raise RuntimeError("; ".join(group.failed()))
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - loopback URL we built
+                if resp.status == 200:
+                    return
+        except urllib.error.HTTPError as exc:
+            last = f"HTTP {exc.code}"
+        except OSError as exc:
+            last = str(exc)
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} did not answer in {timeout:.0f}s ({last})")

@@ -1,0 +1,3 @@
+"""calc: a tiny calculator library."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,11 @@
+"""Queue ``events``: engine decisions."""
+
+from __future__ import annotations
+
+from tasks.app import app
+from tasks.runtime import StepTask, run_step
+
+
+@app.task(name="autopack.decide", base=StepTask, step="decide")
+def decide(attempt_id: int) -> list:
+    return run_step(app, "decide", attempt_id)

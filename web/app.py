@@ -1,0 +1,168 @@
+"""Flask app factory: a thin shell that translates HTTP to the engine and back."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from flask import Flask, Response, jsonify, request
+from sqlalchemy import select, text
+from werkzeug.exceptions import HTTPException
+
+from autopack.config import AppConfig, load_config
+from autopack.db.models import Project, Run
+from autopack.db.session import session_scope
+from autopack.engine import runs as runsvc
+from autopack.errors import Conflict, NotFound, PlanError
+from autopack.plan import parse_plan
+from autopack.settings import Settings, get_settings
+from autopack.states import RunState
+from web.openapi import build_openapi
+
+Enqueue = Callable[[list[tuple[str, Any]]], None]
+BrokerCheck = Callable[[], None]
+
+
+def _default_enqueue(steps: list[tuple[str, Any]]) -> None:
+    from tasks.app import app as celery
+    from tasks.runtime import enqueue
+
+    enqueue(celery, steps)
+
+
+def _default_broker_check() -> None:
+    from tasks.app import app as celery
+
+    with celery.connection_for_write() as conn:
+        conn.ensure_connection(max_retries=1, timeout=2)
+
+
+def _error(status: int, kind: str, message: str, field: str | None = None) -> tuple[Response, int]:
+    body: dict[str, Any] = {"error": kind, "message": message}
+    if field is not None:
+        body["field"] = field
+    return jsonify(body), status
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    config: AppConfig | None = None,
+    enqueue: Enqueue | None = None,
+    broker_check: BrokerCheck | None = None,
+) -> Flask:
+    settings = settings or get_settings()
+    config = config or load_config(settings.config_dir)
+    enqueue = enqueue or _default_enqueue
+    broker_check = broker_check or _default_broker_check
+    db = settings.db_url
+    app = Flask("autopack")
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+
+    @app.errorhandler(NotFound)
+    def _404(exc: NotFound):  # type: ignore[no-untyped-def]
+        return _error(404, "not_found", str(exc))
+
+    @app.errorhandler(Conflict)
+    def _409(exc: Conflict):  # type: ignore[no-untyped-def]
+        return _error(409, "conflict", str(exc))
+
+    @app.errorhandler(PlanError)
+    def _422(exc: PlanError):  # type: ignore[no-untyped-def]
+        return _error(422, "invalid_plan", exc.message, exc.field)
+
+    @app.errorhandler(HTTPException)
+    def _http(exc: HTTPException):  # type: ignore[no-untyped-def]
+        return _error(exc.code or 500, exc.name.lower().replace(" ", "_"), exc.description or exc.name)
+
+    def _json_body() -> Any:
+        raw = request.get_data(cache=False, as_text=True)
+        if not raw.strip():
+            raise PlanError("body", "empty body: send the plan as JSON")
+        try:
+            return json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise PlanError("body", f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+
+    def _int_arg(name: str, default: int, low: int = 0, high: int = 10**9) -> int:
+        raw = request.args.get(name)
+        if raw is None:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise PlanError(name, "must be an integer") from None
+        if not low <= value <= high:
+            raise PlanError(name, f"must be between {low} and {high}")
+        return value
+
+    @app.post("/runs")
+    def create_run():  # type: ignore[no-untyped-def]
+        plan = parse_plan(_json_body())
+        dry = request.args.get("dry_run", "false").lower() in ("1", "true", "yes")
+        with session_scope(db) as s:
+            runsvc.get_project(s, plan.project)
+            if dry:
+                strategy = runsvc.compile_for(plan, config)
+                return jsonify({"dry_run": True, "strategy": strategy.model_dump(mode="json")}), 200
+            run = runsvc.create_run(s, plan, config)
+            run_id, branch = run.id, run.branch
+        enqueue([("start_run", run_id)])
+        body = {"id": run_id, "state": RunState.QUEUED.value, "branch": branch, "url": f"/runs/{run_id}"}
+        return jsonify(body), 202, {"Location": f"/runs/{run_id}"}
+
+    @app.get("/runs")
+    def list_runs():  # type: ignore[no-untyped-def]
+        limit = _int_arg("limit", 50, 1, 1000)
+        with session_scope(db) as s:
+            q = select(Run).order_by(Run.created_at.desc()).limit(limit)
+            if state := request.args.get("state"):
+                if state not in RunState.__members__:
+                    raise PlanError("state", f"unknown run state {state!r}")
+                q = q.where(Run.state == state)
+            if project := request.args.get("project"):
+                q = q.join(Project).where(Project.name == project)
+            return jsonify({"runs": [runsvc.run_summary(r) for r in s.scalars(q)]})
+
+    @app.get("/runs/<run_id>")
+    def get_run(run_id: str):  # type: ignore[no-untyped-def]
+        with session_scope(db) as s:
+            return jsonify(runsvc.run_view(s, runsvc.get_run(s, run_id)))
+
+    @app.post("/runs/<run_id>/cancel")
+    def cancel(run_id: str):  # type: ignore[no-untyped-def]
+        with session_scope(db) as s:
+            run = runsvc.cancel_run(s, run_id)
+            return jsonify(runsvc.run_view(s, run))
+
+    @app.get("/runs/<run_id>/events")
+    def events(run_id: str):  # type: ignore[no-untyped-def]
+        after = _int_arg("after", 0)
+        with session_scope(db) as s:
+            evs = runsvc.list_events(s, run_id, after=after)
+        return jsonify({"run_id": run_id, "events": evs, "last_seq": evs[-1]["seq"] if evs else after})
+
+    @app.get("/health")
+    def health():  # type: ignore[no-untyped-def]
+        db_state = broker_state = "ok"
+        try:
+            with session_scope(db) as s:
+                s.execute(text("SELECT 1"))
+        except Exception as exc:  # noqa: BLE001 - reported, not raised
+            db_state = f"error: {type(exc).__name__}"
+        try:
+            broker_check()
+        except Exception as exc:  # noqa: BLE001
+            broker_state = f"error: {type(exc).__name__}"
+        ok = db_state == "ok" and broker_state == "ok"
+        body = {"ok": ok, "database": db_state, "broker": broker_state, "profile": settings.profile}
+        return jsonify(body), 200 if ok else 503
+
+    spec = build_openapi()
+
+    @app.get("/openapi.json")
+    def openapi():  # type: ignore[no-untyped-def]
+        return jsonify(spec)
+
+    return app

@@ -1,0 +1,78 @@
+"""The OpenAPI 3.1 document, generated from the pydantic models in ``web.schemas``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic.json_schema import models_json_schema
+
+import autopack
+from web.schemas import SCHEMAS
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _resp(name: str, description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ref(name)}}}
+
+
+ERR = {
+    "404": _resp("Error", "unknown id"),
+    "409": _resp("Error", "illegal transition"),
+    "422": _resp("Error", "invalid body; `field` names the offending field"),
+}
+
+
+def build_openapi() -> dict[str, Any]:
+    _, defs = models_json_schema([(m, "validation") for m in SCHEMAS.values()], ref_template="#/components/schemas/{model}")
+    schemas = defs.get("$defs", {})
+    run_id = {"name": "run_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Autopack API", "version": autopack.__version__},
+        "paths": {
+            "/runs": {
+                "post": {
+                    "summary": "Submit a plan; 202 with the run id (200 with the compiled strategy when dry_run=true)",
+                    "parameters": [{"name": "dry_run", "in": "query", "schema": {"type": "boolean", "default": False}}],
+                    "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("Plan")}}},
+                    "responses": {
+                        "202": _resp("RunCreated", "run queued"),
+                        "200": _resp("DryRun", "compiled strategy, nothing started"),
+                        "404": ERR["404"],
+                        "422": ERR["422"],
+                    },
+                },
+                "get": {
+                    "summary": "List runs",
+                    "parameters": [
+                        {"name": "state", "in": "query", "schema": {"type": "string"}},
+                        {"name": "project", "in": "query", "schema": {"type": "string"}},
+                        {"name": "limit", "in": "query", "schema": {"type": "integer", "default": 50}},
+                    ],
+                    "responses": {"200": _resp("RunList", "runs, newest first"), "422": ERR["422"]},
+                },
+            },
+            "/runs/{run_id}": {
+                "get": {"summary": "A run with its tiers, phases and attempts", "parameters": [run_id],
+                        "responses": {"200": _resp("Run", "the run"), "404": ERR["404"]}},
+            },
+            "/runs/{run_id}/cancel": {
+                "post": {"summary": "Cancel a run", "parameters": [run_id],
+                         "responses": {"200": _resp("Run", "cancelled"), "404": ERR["404"], "409": ERR["409"]}},
+            },
+            "/runs/{run_id}/events": {
+                "get": {
+                    "summary": "The run's events in order, after sequence number `after`",
+                    "parameters": [run_id, {"name": "after", "in": "query", "schema": {"type": "integer", "default": 0}}],
+                    "responses": {"200": _resp("EventList", "events"), "404": ERR["404"], "422": ERR["422"]},
+                },
+            },
+            "/health": {"get": {"summary": "Database and broker health",
+                                "responses": {"200": _resp("Health", "healthy"), "503": _resp("Health", "unhealthy")}}},
+            "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}}}},
+        },
+        "components": {"schemas": schemas},
+    }
