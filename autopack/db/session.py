@@ -10,8 +10,17 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 
+_URLS: set[str] = set()
+
+
+def known_urls() -> set[str]:
+    """URLs an engine was created for in this process."""
+    return set(_URLS)
+
+
 @lru_cache(maxsize=8)
 def get_engine(url: str) -> Engine:
+    _URLS.add(url)
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
 

@@ -28,6 +28,8 @@ class Services:
     sandbox: Sandbox
     clients: Callable[[str], LLMClient]  # model name -> client
     python: str = sys.executable
+    # Live providers: skip a model whose provider has no key set (False for cassettes and scripts).
+    check_keys: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -42,7 +44,7 @@ class Services:
         except KeyError:
             raise ConfigError(f"models.yaml has no role {role!r}") from None
         chosen = role_models.for_complexity(complexity)
-        if self.settings.llm_mode == "replay" or self.settings.llm_script:
+        if not self.check_keys:
             return chosen
         for model in [chosen, *role_models.fallback]:
             prov = self.config.models.providers[self.config.models.provider_of(model)]
@@ -119,4 +121,5 @@ def build_services(settings: Settings) -> Services:
         prompts=PromptLibrary(settings.prompts_dir),
         sandbox=make_sandbox(settings),
         clients=make_client_provider(settings, config),
+        check_keys=settings.llm_mode != "replay" and settings.llm_script is None,
     )

@@ -291,7 +291,7 @@ def _context(services: Services, repo: Path, commit: str, spec: dict[str, Any], 
     entries = git.list_entries(commit)
     files = sorted(entries)
     scope = list(spec["scope"])
-    in_scope = {f: git.read_blob(commit, f) or "" for f in files if _matches(f, scope) and entries[f] == "100644"}
+    in_scope = {f: git.read_blob(commit, f) or "" for f in files if _matches(f, scope) and entries[f] in ("100644", "100755")}
     acc = _acceptance_files(spec, files)
     acc_files = {f: git.read_blob(commit, f) or "" for f in acc}
     ctx = PhaseContext(

@@ -1,0 +1,88 @@
+"""Test support: engine services with a scripted model and a step driver that plays the queues
+in-process, one step at a time, in the order a single worker would take them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from autopack.config import load_config
+from autopack.db.models import Project
+from autopack.db.session import session_scope
+from autopack.engine import runs
+from autopack.engine.services import Services
+from autopack.engine.steps import STEPS, Step
+from autopack.llm.base import LLMRequest, LLMResponse
+from autopack.llm.cassette import ScriptedClient
+from autopack.plan import Plan, load_plan_file, parse_plan
+from autopack.prompts import PromptLibrary
+from autopack.sandbox.runner import BwrapSandbox
+from autopack.settings import ROOT, Settings
+
+DEMO = ROOT / "examples" / "demo"
+Respond = Callable[[LLMRequest], "str | LLMResponse"]
+
+
+def demo_model() -> Respond:
+    from autopack.engine.services import load_script
+
+    return load_script(DEMO / "model.py")
+
+
+def make_services(settings: Settings, respond: Respond, config=None) -> tuple[Services, ScriptedClient]:  # type: ignore[no-untyped-def]
+    client = ScriptedClient(respond)
+    services = Services(
+        settings=settings,
+        config=config or load_config(settings.config_dir),
+        prompts=PromptLibrary(settings.prompts_dir),
+        sandbox=BwrapSandbox(),
+        clients=lambda _model: client,
+    )
+    return services, client
+
+
+def register(settings: Settings, repo: Path, name: str = "demo") -> None:
+    with session_scope(settings.db_url) as s:
+        s.add(Project(name=name, repo_path=str(repo), base_branch="main"))
+
+
+def demo_plan(**phase_overrides: Any) -> Plan:
+    plan = load_plan_file(DEMO / "plan.yaml")
+    if not phase_overrides:
+        return plan
+    data = plan.model_dump()
+    for tier in data["tiers"]:
+        for ph in tier["phases"]:
+            ph.update(phase_overrides.get(ph["id"], {}))
+    return parse_plan(data)
+
+
+def submit(services: Services, plan: Plan) -> str:
+    with session_scope(services.db_url) as s:
+        return runs.create_run(s, plan, services.config).id
+
+
+def drive(services: Services, first: Step, limit: int = 200) -> list[Step]:
+    """Run steps until none is left; return the steps in the order they ran."""
+    queue: list[Step] = [first]
+    done: list[Step] = []
+    while queue:
+        step = queue.pop(0)
+        done.append(step)
+        assert len(done) <= limit, f"pipeline did not settle after {limit} steps: {done[-10:]}"
+        queue += STEPS[step[0]](services, step[1])
+    return done
+
+
+def view(services: Services, run_id: str) -> dict[str, Any]:
+    with session_scope(services.db_url) as s:
+        return runs.run_view(s, runs.get_run(s, run_id))
+
+
+def phase(view_: dict[str, Any], key: str) -> dict[str, Any]:
+    for tier in view_["tiers"]:
+        for ph in tier["phases"]:
+            if ph["id"] == key:
+                return ph
+    raise KeyError(key)

@@ -1,0 +1,75 @@
+"""A plan submitted through the Flask API runs on a real Celery worker (in a thread, filesystem
+transport) to DONE_SUCCESS: the tasks are thin shells that enqueue the next step by id."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from celery.contrib.testing.worker import start_worker
+
+from autopack.plan import load_plan_file
+from tasks.app import QUEUES, ROUTES, app
+from tasks.runtime import set_services
+from tests.engine.harness import DEMO, demo_model, make_services, register, view
+from web import create_app
+
+pytestmark = pytest.mark.sandbox
+
+
+def wait_terminal(services, run_id: str, timeout: float = 120.0) -> dict:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = view(services, run_id)
+        if v["state"].startswith("DONE_") or v["state"] == "CANCELLED":
+            return v
+        time.sleep(0.1)
+    raise AssertionError(f"run {run_id} not terminal after {timeout}s: {view(services, run_id)['state']}")
+
+
+def test_every_step_is_routed_to_its_queue() -> None:
+    for step, (name, queue) in ROUTES.items():
+        assert name in app.tasks, step
+        assert queue in QUEUES
+        assert app.conf.task_routes[name] == {"queue": queue}
+    assert app.conf.task_acks_late and app.conf.worker_prefetch_multiplier == 1
+    assert app.conf.accept_content == ["json"] and app.conf.task_serializer == "json"
+
+
+def test_run_through_api_and_worker(local_settings, demo_repo: Path) -> None:
+    services, _ = make_services(local_settings, demo_model())
+    register(local_settings, demo_repo)
+    set_services(services)
+    client = create_app(local_settings, config=services.config).test_client()
+    try:
+        with start_worker(app, pool="threads", concurrency=4, perform_ping_check=False, queues=list(QUEUES), shutdown_timeout=30):
+            resp = client.post("/runs", json=load_plan_file(DEMO / "plan.yaml").model_dump(mode="json"))
+            assert resp.status_code == 202, resp.get_json()
+            run_id = resp.get_json()["id"]
+            v = wait_terminal(services, run_id)
+    finally:
+        set_services(None)
+    assert v["state"] == "DONE_SUCCESS", v["failure_reason"]
+    assert [p["attempts"] for t in v["tiers"] for p in t["phases"]] == [1, 2, 1]
+    events = client.get(f"/runs/{run_id}/events").get_json()["events"]
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    assert events[-1]["type"] == "run.finished" and events[-1]["payload"]["state"] == "DONE_SUCCESS"
+
+
+def test_a_step_that_fails_for_good_ends_the_run(local_settings, demo_repo: Path) -> None:
+    def respond(req):  # type: ignore[no-untyped-def]
+        raise RuntimeError("model exploded")
+
+    services, _ = make_services(local_settings, respond)
+    register(local_settings, demo_repo)
+    set_services(services)
+    client = create_app(local_settings, config=services.config).test_client()
+    try:
+        with start_worker(app, pool="threads", concurrency=2, perform_ping_check=False, queues=list(QUEUES), shutdown_timeout=30):
+            run_id = client.post("/runs", json=load_plan_file(DEMO / "plan.yaml").model_dump(mode="json")).get_json()["id"]
+            v = wait_terminal(services, run_id)
+    finally:
+        set_services(None)
+    assert v["state"] == "DONE_FAILED_INFRASTRUCTURE"
+    assert "model exploded" in v["failure_reason"] and "build" in v["failure_reason"]
