@@ -1,0 +1,62 @@
+"""The README's first command, as a user runs it: `autopack demo --json` in a fresh folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from autopack.workspace.git import Git
+from autopack.workspace.worktree import branch_log
+
+pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
+
+
+def autopack(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "autopack.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def clean_env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUTOPACK_")}
+    env["AUTOPACK_STATE_DIR"] = str(tmp_path / ".autopack")
+    return env
+
+
+def test_demo_replays_to_done_success(tmp_path: Path) -> None:
+    proc = autopack(["demo", "--json"], tmp_path, clean_env(tmp_path))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(summary) >= {"run_id", "state", "repo", "branch", "base_branch", "phases", "tokens", "cost_usd"}
+    assert summary["state"] == "DONE_SUCCESS"
+    assert summary["branch"] == f"autopack/{summary['run_id']}"
+    assert [(p["id"], p["state"], p["attempts"]) for p in summary["phases"]] == [
+        ("stats", "COMPLETE", 1), ("parse", "COMPLETE", 2), ("cli", "COMPLETE", 1)]
+    assert summary["tokens"] > 0 and summary["cost_usd"] > 0
+
+    repo = Path(summary["repo"])
+    git = Git(repo)
+    # Base branch unchanged: still the single import commit.
+    assert [e["subject"] for e in git.log("main")] == ["calc: initial import"]
+    log = branch_log(repo, summary["base_branch"], summary["branch"])
+    assert [e["trailers"]["Autopack-Phase"] for e in log] == ["stats", "parse", "cli"]
+    assert [e["trailers"]["Autopack-Attempt"] for e in log] == ["1", "2", "1"]
+    assert {e["trailers"]["Autopack-Run"] for e in log} == {summary["run_id"]}
+    # The progress was shown as it happened.
+    assert "phase.retry" in proc.stdout and "run.finished" in proc.stdout
+
+
+def test_demo_with_a_cassette_that_does_not_match_fails_loudly(tmp_path: Path) -> None:
+    from autopack.settings import ROOT
+
+    lines = (ROOT / "examples" / "demo" / "cassette.jsonl").read_text().splitlines()
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text("\n".join(lines[:1]) + "\n")  # only the first exchange
+    proc = autopack(["demo", "--json", "--cassette", str(broken)], tmp_path, clean_env(tmp_path))
+    assert proc.returncode == 1
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["state"] == "DONE_FAILED_INFRASTRUCTURE"
+    assert "no recorded exchange" in proc.stdout

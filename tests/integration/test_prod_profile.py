@@ -1,0 +1,59 @@
+"""The demo plan on the prod profile: Redis broker, PostgreSQL, one worker process per queue,
+submitted with `autopack run --wait` through the API — the same end state as the local profile."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import redis
+
+from autopack.procs import ProcessGroup, free_port, wait_http, worker_argv
+from autopack.settings import ROOT
+from autopack.workspace.worktree import branch_log
+from tasks.app import QUEUES
+
+pytestmark = [pytest.mark.sandbox, pytest.mark.slow, pytest.mark.redis, pytest.mark.postgres]
+
+
+def test_demo_plan_on_redis_and_postgres(tmp_path: Path, redis_url: str, pg_url: str, demo_repo: Path) -> None:
+    broker = redis_url.rsplit("/", 1)[0] + "/14"
+    redis.Redis.from_url(broker).flushdb()
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUTOPACK_")}
+    env.update(
+        AUTOPACK_PROFILE="prod",
+        AUTOPACK_STATE_DIR=str(tmp_path / "state"),
+        AUTOPACK_REDIS_URL=broker,
+        AUTOPACK_POSTGRES_URL=pg_url,
+        AUTOPACK_LLM_MODE="replay",
+        AUTOPACK_CASSETTE=str(ROOT / "examples" / "demo" / "cassette.jsonl"),
+        AUTOPACK_API_URL=f"http://127.0.0.1:{port}",
+    )
+
+    def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "autopack.cli", *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+    assert cli("migrate").returncode == 0
+    added = cli("project", "add", "demo", str(demo_repo))
+    assert added.returncode == 0, added.stderr
+    group = ProcessGroup(log_dir=tmp_path / "logs", env=env)
+    try:
+        group.start("web", [sys.executable, "-m", "autopack.cli", "web", "--port", str(port)])
+        for q in QUEUES:
+            group.start(f"worker-{q}", worker_argv(q, q, "prefork", 1))
+        wait_http(f"http://127.0.0.1:{port}/health", 60, group)
+        proc = cli("run", str(ROOT / "examples" / "demo" / "plan.yaml"), "--project", "demo", "--wait", timeout=300)
+    finally:
+        group.stop()
+        redis.Redis.from_url(broker).flushdb()
+    logs = "".join(p.read_text()[-2000:] for p in (tmp_path / "logs").glob("*.log"))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:] + logs
+    assert "DONE_SUCCESS" in proc.stdout
+    run_id = next(line.split()[1] for line in proc.stdout.splitlines() if line.startswith("run ") and "queued" in line)
+    log = branch_log(demo_repo, "main", f"autopack/{run_id}")
+    assert [e["trailers"]["Autopack-Phase"] for e in log] == ["stats", "parse", "cli"]
+    assert [e["trailers"]["Autopack-Attempt"] for e in log] == ["1", "2", "1"]
