@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Set up Autopack in this checkout: a virtual environment in .venv with the project and its test
+# tools, and bubblewrap (the test sandbox). Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip >/dev/null
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+
+if ! command -v bwrap >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing bubblewrap (the test sandbox) …"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null
+  else
+    echo "autopack: bubblewrap is missing; install it with:  sudo apt-get install -y bubblewrap" >&2
+    echo "          (or run without a sandbox, with no isolation: export AUTOPACK_SANDBOX=none)" >&2
+    exit 1
+  fi
+fi
+echo "setup done: .venv ready, $(bwrap --version)"
