@@ -254,6 +254,11 @@ def take_baseline(services: Services, run_id: str) -> list[Step]:
     except SandboxUnavailable as exc:
         _fail_run_now(services, run_id, RunState.DONE_FAILED_SETUP, str(exc))
         return []
+    if result["error"] or result["killed"]:
+        # Without a readable T0 report no phase could be judged: stop before spending on models.
+        problem = result["error"] or f"killed: {result['killed']}"
+        _fail_run_now(services, run_id, RunState.DONE_FAILED_SETUP, f"baseline tests could not run ({problem}):\n{result['output_tail'][-1500:]}")
+        return []
     with session_scope(services.db_url) as s:
         run = s.get(Run, run_id)
         assert run is not None

@@ -212,11 +212,12 @@ def bwrap_command(
             cmd += ["--symlink", os.readlink(path), path]
         elif os.path.isdir(path):
             cmd += ["--ro-bind", path, path]
-    for src, dest in binds:
-        cmd += ["--ro-bind", src, dest]
     tmpfs_size = str(limits.memory_mb * _MIB)
     cmd += ["--proc", "/proc", "--dev", "/dev"]
     cmd += ["--size", tmpfs_size, "--tmpfs", "/tmp", "--size", tmpfs_size, "--tmpfs", "/dev/shm"]
+    # After the tmpfs mounts: a Python installation may live under /tmp (a CI checkout's venv).
+    for src, dest in binds:
+        cmd += ["--ro-bind", src, dest]
     cmd += ["--bind", str(workspace), WORKSPACE, "--chdir", WORKSPACE]
     if info_fd is not None:
         cmd += ["--info-fd", str(info_fd)]

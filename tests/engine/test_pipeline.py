@@ -211,3 +211,15 @@ def test_regression_blocks_and_is_named(local_settings, demo_repo: Path) -> None
     with session_scope(local_settings.db_url) as s:
         a = s.scalar(select(Attempt).where(Attempt.run_id == run_id).order_by(Attempt.id))
         assert a is not None and a.test_result["rerun"]["outcomes"]["tests/test_core.py::test_add"] == "failed"
+
+
+def test_a_baseline_that_cannot_run_stops_the_run_before_any_model_call(local_settings, demo_repo: Path) -> None:
+    services, client = make_services(local_settings, demo_model())
+    register(local_settings, demo_repo)
+    plan = demo_plan().model_copy(update={"test_command": ["/nonexistent/python", "-m", "pytest"]})
+    run_id = submit(services, plan)
+    drive(services, ("start_run", run_id))
+    v = view(services, run_id)
+    assert v["state"] == "DONE_FAILED_SETUP"
+    assert "baseline tests could not run" in v["failure_reason"] and "JUnit" in v["failure_reason"]
+    assert client.calls == []

@@ -159,3 +159,19 @@ def test_runs_as_an_unprivileged_uid_of_its_own(sandbox: BwrapSandbox, workdir: 
     else:
         assert first["uid"] == second["uid"] == os.getuid()
     assert first["owner"] == first["uid"]  # the copy belongs to the sandbox's uid
+
+
+def test_python_installed_under_tmp_runs_inside(tmp_path: Path, workdir: Path) -> None:
+    """A checkout (and its venv) under /tmp: the sandbox's own /tmp must not hide it."""
+    import subprocess
+    import sys as _sys
+
+    from autopack.sandbox.limits import SandboxLimits
+
+    assert str(tmp_path).startswith("/tmp/")
+    venv = tmp_path / "venv"
+    subprocess.run([_sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    box = BwrapSandbox(python_paths=[venv, _sys.base_prefix])
+    res = box.run(workdir, [str(venv / "bin" / "python"), "-c", "import sys; print('prefix', sys.prefix)"], SandboxLimits(timeout_s=20))
+    assert res.exit_code == 0, res.stderr
+    assert f"prefix {venv}" in res.stdout
