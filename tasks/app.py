@@ -24,6 +24,13 @@ ROUTES: dict[str, tuple[str, str]] = {
 }
 
 
+def queue_time_limit(settings: Settings, queue: str) -> int:
+    """The hard time limit (seconds) of the tasks on ``queue``."""
+    return {"build": settings.build_time_limit, "ci": settings.ci_time_limit, "audit": settings.audit_time_limit}.get(
+        queue, settings.default_time_limit
+    )
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     if settings.profile == "local" and settings.celery_broker_url.startswith("filesystem://"):
         settings.ensure_dirs()
@@ -39,6 +46,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_default_queue": "events",
         "task_queues": [Queue(q, routing_key=q) for q in QUEUES],
         "task_routes": {name: {"queue": queue} for name, queue in ROUTES.values()},
+        # Per-queue limits: hard kills the pool process, soft raises in the task a little earlier.
+        "task_annotations": {
+            name: {"time_limit": limit, "soft_time_limit": max(1, limit - 30)}
+            for name, queue in ROUTES.values()
+            for limit in [queue_time_limit(settings, queue)]
+        },
         "task_track_started": True,
         "result_expires": 24 * 3600,
         "worker_send_task_events": True,

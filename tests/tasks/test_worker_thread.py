@@ -35,6 +35,16 @@ def test_every_step_is_routed_to_its_queue() -> None:
         assert app.conf.task_routes[name] == {"queue": queue}
     assert app.conf.task_acks_late and app.conf.worker_prefetch_multiplier == 1
     assert app.conf.accept_content == ["json"] and app.conf.task_serializer == "json"
+    # Per-queue hard limits reach the task objects (soft limit a little earlier).
+    from autopack.settings import get_settings
+    from tasks.app import queue_time_limit
+
+    settings = get_settings()
+    for name, queue in ROUTES.values():
+        task = app.tasks[name]
+        assert task.time_limit == queue_time_limit(settings, queue)
+        assert task.soft_time_limit < task.time_limit
+    assert app.tasks["autopack.probe"].time_limit == settings.ci_time_limit != settings.default_time_limit
 
 
 def test_run_through_api_and_worker(local_settings, demo_repo: Path) -> None:
