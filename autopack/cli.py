@@ -280,6 +280,20 @@ def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
+    """What the beat-scheduled reconciler does, by hand: re-enqueue lost steps, end overdue runs."""
+    from autopack.engine.runner import reconcile
+    from autopack.engine.services import build_services
+    from tasks.app import app
+    from tasks.runtime import enqueue
+
+    report = reconcile(build_services(settings))
+    enqueue(app, report.requeued)
+    _out(json.dumps(report.as_dict()) if args.json else
+         f"re-enqueued {len(report.requeued)} step(s), ended {len(report.timed_out)} overdue run(s), closed {report.closed_steps} step(s) of finished runs")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from autopack.demo import run_demo
 
@@ -347,6 +361,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("run_id")
     api_arg(sp)
     sp.set_defaults(func=cmd_cancel)
+
+    sp = sub.add_parser("reconcile", help="re-enqueue lost steps and end overdue runs (beat does this every 30 s)")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_reconcile)
 
     sp = sub.add_parser("demo", help="run the example plan on a fresh demo repository, offline")
     sp.add_argument("--json", action="store_true", help="end with one JSON summary line")

@@ -46,6 +46,14 @@ class Settings(BaseSettings):
     visibility_timeout: int = 4 * 3600
     worker_name_prefix: str = Field(default="autopack")
 
+    # Leases: a claimed step's lease lasts this long and is renewed every third of it while the
+    # worker is alive; the reconciler re-enqueues steps whose lease expired or that no worker
+    # picked up within the grace period; a step delivered this many times is given up.
+    lease_ttl_s: float = 60.0
+    pickup_grace_s: float = 120.0
+    max_deliveries: int = 3
+    reconcile_interval_s: float = 30.0
+
     @property
     def state_path(self) -> Path:
         return self.state_dir.resolve()

@@ -32,6 +32,7 @@ class RunBudget(BaseModel):
     max_phases: int = Field(50, gt=0)
     test_command: list[str] = Field(default_factory=lambda: ["{python}", "-m", "pytest", "-q", "-p", "no:cacheprovider", "--continue-on-collection-errors"])
     test_timeout_s: int = Field(300, gt=0)
+    max_runtime_s: int = Field(6 * 3600, gt=0)
 
 
 class StrategyConfig(BaseModel):

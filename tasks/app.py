@@ -45,7 +45,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_prefetch_multiplier": 1,
         "task_default_queue": "events",
         "task_queues": [Queue(q, routing_key=q) for q in QUEUES],
-        "task_routes": {name: {"queue": queue} for name, queue in ROUTES.values()},
+        "task_routes": {
+            **{name: {"queue": queue} for name, queue in ROUTES.values()},
+            "autopack.maintenance.reconcile": {"queue": "maintenance"},
+            "autopack.agents.ping": {"queue": "agents"},
+        },
         # Per-queue limits: hard kills the pool process, soft raises in the task a little earlier.
         "task_annotations": {
             name: {"time_limit": limit, "soft_time_limit": max(1, limit - 30)}

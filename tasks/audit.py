@@ -6,6 +6,6 @@ from tasks.app import app
 from tasks.runtime import StepTask, run_step
 
 
-@app.task(name="autopack.audit", base=StepTask, step="audit")
-def audit(attempt_id: int) -> list:
-    return run_step(app, "audit", attempt_id)
+@app.task(name="autopack.audit", base=StepTask)
+def audit(step_id: int) -> list:
+    return run_step(app, step_id)

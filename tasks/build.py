@@ -6,11 +6,11 @@ from tasks.app import app
 from tasks.runtime import StepTask, run_step
 
 
-@app.task(name="autopack.start_run", base=StepTask, step="start_run")
-def start_run(run_id: str) -> list:
-    return run_step(app, "start_run", run_id)
+@app.task(name="autopack.start_run", base=StepTask)
+def start_run(step_id: int) -> list:
+    return run_step(app, step_id)
 
 
-@app.task(name="autopack.build_phase", base=StepTask, step="build")
-def build_phase(phase_id: int) -> list:
-    return run_step(app, "build", phase_id)
+@app.task(name="autopack.build_phase", base=StepTask)
+def build_phase(step_id: int) -> list:
+    return run_step(app, step_id)

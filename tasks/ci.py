@@ -6,11 +6,11 @@ from tasks.app import app
 from tasks.runtime import StepTask, run_step
 
 
-@app.task(name="autopack.baseline", base=StepTask, step="baseline")
-def baseline(run_id: str) -> list:
-    return run_step(app, "baseline", run_id)
+@app.task(name="autopack.baseline", base=StepTask)
+def baseline(step_id: int) -> list:
+    return run_step(app, step_id)
 
 
-@app.task(name="autopack.probe", base=StepTask, step="probe")
-def probe(attempt_id: int) -> list:
-    return run_step(app, "probe", attempt_id)
+@app.task(name="autopack.probe", base=StepTask)
+def probe(step_id: int) -> list:
+    return run_step(app, step_id)

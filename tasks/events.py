@@ -6,6 +6,6 @@ from tasks.app import app
 from tasks.runtime import StepTask, run_step
 
 
-@app.task(name="autopack.decide", base=StepTask, step="decide")
-def decide(attempt_id: int) -> list:
-    return run_step(app, "decide", attempt_id)
+@app.task(name="autopack.decide", base=StepTask)
+def decide(step_id: int) -> list:
+    return run_step(app, step_id)

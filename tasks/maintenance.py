@@ -1,16 +1,27 @@
-"""Queue ``maintenance``: beat-scheduled upkeep."""
+"""Queue ``maintenance``: beat-scheduled upkeep — the reconciler."""
 
 from __future__ import annotations
 
+from typing import Any
+
+from autopack.engine.runner import reconcile as reconcile_runs
+from autopack.settings import get_settings
 from tasks.app import app
+from tasks.runtime import enqueue, services
 
 
-@app.task(name="autopack.maintenance.heartbeat")
-def heartbeat() -> str:
-    """Scheduled by beat so an operator can see beat and the maintenance pool are alive."""
-    return "ok"
+@app.task(name="autopack.maintenance.reconcile")
+def reconcile() -> dict[str, Any]:
+    """Re-enqueue steps whose lease expired or that no worker picked up; end overdue runs."""
+    report = reconcile_runs(services())
+    enqueue(app, report.requeued)
+    return report.as_dict()
 
 
 app.conf.beat_schedule = {
-    "maintenance-heartbeat": {"task": "autopack.maintenance.heartbeat", "schedule": 300.0, "options": {"queue": "maintenance"}},
+    "reconcile": {
+        "task": "autopack.maintenance.reconcile",
+        "schedule": get_settings().reconcile_interval_s,
+        "options": {"queue": "maintenance", "expires": get_settings().reconcile_interval_s},
+    },
 }

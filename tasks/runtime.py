@@ -8,14 +8,17 @@ from typing import Any
 
 from celery import Celery, Task
 
+from autopack.engine.faults import crash_point
+from autopack.engine.runner import execute, fail_step_row
 from autopack.engine.services import Services, build_services
-from autopack.engine.steps import STEPS, Step, fail_step
 from autopack.errors import RetryableError
 from autopack.settings import get_settings
 
 log = logging.getLogger("autopack.tasks")
 _services: Services | None = None
 _lock = threading.Lock()
+
+StepRef = tuple[int, str]  # (step id, step name)
 
 
 def services() -> Services:
@@ -33,19 +36,21 @@ def set_services(value: Services | None) -> None:
         _services = value
 
 
-def enqueue(celery: Celery, steps: list[Step]) -> None:
+def enqueue(celery: Celery, steps: list[StepRef]) -> None:
+    """Ring the doorbell of committed step rows: the message carries the step id only."""
     from tasks.app import ROUTES
 
-    for step, arg in steps:
-        name, queue = ROUTES[step]
-        celery.send_task(name, args=[arg], queue=queue)
+    for step_id, name in steps:
+        task, queue = ROUTES[name]
+        celery.send_task(task, args=[step_id], queue=queue)
 
 
-def run_step(celery: Celery, step: str, arg: Any) -> list[Step]:
-    """Run one engine step and enqueue what comes next (after the step's own commit)."""
-    nxt = STEPS[step](services(), arg)
-    log.info("step %s(%s) -> %s", step, arg, nxt)
+def run_step(celery: Celery, step_id: int) -> list[StepRef]:
+    """Run one step row under its lease and enqueue what it created (already committed)."""
+    nxt = execute(services(), step_id)
+    log.info("step %s -> %s", step_id, nxt)
     enqueue(celery, nxt)
+    crash_point("before_ack")
     return nxt
 
 
@@ -57,11 +62,10 @@ class StepTask(Task):  # type: ignore[misc]
     retry_backoff = True
     retry_backoff_max = 60
     max_retries = 5
-    step: str = ""
 
     def on_failure(self, exc, task_id, args, kwargs, einfo):  # type: ignore[no-untyped-def]
         try:
-            fail_step(services(), self.step, args[0], exc)
+            fail_step_row(services(), int(args[0]), exc)
         except Exception:  # noqa: BLE001 - the failure itself is already logged by Celery
             log.exception("could not record the failure of %s%s", self.name, tuple(args))
 

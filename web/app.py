@@ -14,17 +14,18 @@ from autopack.config import AppConfig, load_config
 from autopack.db.models import Project, Run
 from autopack.db.session import session_scope
 from autopack.engine import runs as runsvc
+from autopack.engine.leases import add_steps
 from autopack.errors import Conflict, NotFound, PlanError
 from autopack.plan import parse_plan
 from autopack.settings import Settings, get_settings
 from autopack.states import RunState
 from web.openapi import build_openapi
 
-Enqueue = Callable[[list[tuple[str, Any]]], None]
+Enqueue = Callable[[list[tuple[int, str]]], None]  # committed (step id, step name) pairs
 BrokerCheck = Callable[[], None]
 
 
-def _default_enqueue(steps: list[tuple[str, Any]]) -> None:
+def _default_enqueue(steps: list[tuple[int, str]]) -> None:
     from tasks.app import app as celery
     from tasks.runtime import enqueue
 
@@ -108,7 +109,9 @@ def create_app(
                 return jsonify({"dry_run": True, "strategy": strategy.model_dump(mode="json")}), 200
             run = runsvc.create_run(s, plan, config)
             run_id, branch = run.id, run.branch
-        enqueue([("start_run", run_id)])
+            start = add_steps(s, run_id, [("start_run", run_id)])[0]
+            first = [(start.id, start.name)]
+        enqueue(first)
         body = {"id": run_id, "state": RunState.QUEUED.value, "branch": branch, "url": f"/runs/{run_id}"}
         return jsonify(body), 202, {"Location": f"/runs/{run_id}"}
 

@@ -28,6 +28,8 @@ from autopack.db.models import Attempt, ModelCall, Phase, Project, Run, Tier, ut
 from autopack.db.session import session_scope
 from autopack.decide import AttemptOutcome, decide
 from autopack.edits.govern import EditPolicy, default_protected
+from autopack.engine.faults import crash_point
+from autopack.engine.leases import StepContext
 from autopack.engine.ledger import estimate_tokens, reserve, settle
 from autopack.engine.services import Services
 from autopack.engine.store import StaleState, emit, transition
@@ -58,11 +60,16 @@ def _end_run(session: Session, run: Run, state: str, reason: str) -> None:
     emit(session, run.id, "run.finished", state=state, reason=reason)
 
 
-def _fail_run_now(services: Services, run_id: str, state: str, reason: str) -> None:
+def _fail_run_now(services: Services, ctx: StepContext | None, run_id: str, state: str, reason: str) -> None:
+    """End the run now (fenced by ``ctx`` when a step does it)."""
     with session_scope(services.db_url) as s:
+        if ctx is not None:
+            ctx.guard(s)
         run = s.get(Run, run_id)
         if run is not None and not is_terminal_run(run.state):
             _end_run(s, run, state, reason)
+        if ctx is not None:
+            ctx.finish(s, [], outcome="failed")
 
 
 def _test_argv(services: Services, strategy: dict[str, Any], selection: list[str] | None = None) -> list[str]:
@@ -197,6 +204,7 @@ def make_call(services: Services, scope: CallScope) -> Callable[[str, list[Messa
                 if a is not None:
                     a.tokens_used += used
                     a.cost_usd += cost
+        crash_point("after_model_answer")
         return resp
 
     return call
@@ -212,14 +220,18 @@ def _key(req: LLMRequest) -> str:
 # steps
 
 
-def start_run(services: Services, run_id: str) -> list[Step]:
+def start_run(services: Services, run_id: str, ctx: StepContext) -> list[Step]:
     """QUEUED → PLANNING: resolve the base commit, create the run's branch and worktree."""
     with session_scope(services.db_url) as s:
+        ctx.guard(s)
         run = s.get(Run, run_id)
-        if run is None or run.state != RunState.QUEUED:
+        if run is None:
             return []
-        transition(s, run, RunState.PLANNING)
-        emit(s, run.id, "run.planning")
+        if run.state == RunState.QUEUED:
+            transition(s, run, RunState.PLANNING)
+            emit(s, run.id, "run.planning")
+        elif not (run.state == RunState.PLANNING and run.base_commit is None):
+            return []  # already past this step
         repo = Path(run.project.repo_path)
         base_branch, branch = run.base_branch, run.branch
     try:
@@ -229,20 +241,21 @@ def start_run(services: Services, run_id: str) -> list[Step]:
         wt.create_branch(repo, branch, base)
         wt.ensure_worktree(repo, services.settings.worktrees_dir / run_id, base)
     except (GitError, OSError) as exc:
-        _fail_run_now(services, run_id, RunState.DONE_FAILED_SETUP, f"repository setup failed: {exc}")
+        _fail_run_now(services, ctx, run_id, RunState.DONE_FAILED_SETUP, f"repository setup failed: {exc}")
         return []
     with session_scope(services.db_url) as s:
         run = s.get(Run, run_id)
         assert run is not None
+        ctx.guard(s)
         if run.state != RunState.PLANNING:
             return []
         run.base_commit = base
         run.head_commit = base
         emit(s, run.id, "run.branch_created", branch=branch, base_commit=base)
-    return [("baseline", run_id)]
+        return ctx.finish(s, [("baseline", run_id)])
 
 
-def take_baseline(services: Services, run_id: str) -> list[Step]:
+def take_baseline(services: Services, run_id: str, ctx: StepContext) -> list[Step]:
     """T0: the test suite on the base commit, once per run. PLANNING → RUNNING."""
     with session_scope(services.db_url) as s:
         run = s.get(Run, run_id)
@@ -252,14 +265,15 @@ def take_baseline(services: Services, run_id: str) -> list[Step]:
     try:
         result = _run_tests(services, repo, base, _test_argv(services, strategy), _limits(strategy))
     except SandboxUnavailable as exc:
-        _fail_run_now(services, run_id, RunState.DONE_FAILED_SETUP, str(exc))
+        _fail_run_now(services, ctx, run_id, RunState.DONE_FAILED_SETUP, str(exc))
         return []
     if result["error"] or result["killed"]:
         # Without a readable T0 report no phase could be judged: stop before spending on models.
         problem = result["error"] or f"killed: {result['killed']}"
-        _fail_run_now(services, run_id, RunState.DONE_FAILED_SETUP, f"baseline tests could not run ({problem}):\n{result['output_tail'][-1500:]}")
+        _fail_run_now(services, ctx, run_id, RunState.DONE_FAILED_SETUP, f"baseline tests could not run ({problem}):\n{result['output_tail'][-1500:]}")
         return []
     with session_scope(services.db_url) as s:
+        ctx.guard(s)
         run = s.get(Run, run_id)
         assert run is not None
         if run.state != RunState.PLANNING:
@@ -268,7 +282,7 @@ def take_baseline(services: Services, run_id: str) -> list[Step]:
         emit(s, run.id, "run.baseline", summary=result["summary"], error=result["error"])
         transition(s, run, RunState.RUNNING)
         emit(s, run.id, "run.running")
-        return _start_next_tier(s, run)
+        return ctx.finish(s, _start_next_tier(s, run))
 
 
 def _start_next_tier(s: Session, run: Run) -> list[Step]:
@@ -316,29 +330,41 @@ def _context(services: Services, repo: Path, commit: str, spec: dict[str, Any], 
     return ctx, files
 
 
-def build_phase(services: Services, phase_id: int) -> list[Step]:
-    """QUEUED|RETRY → EXECUTING: a new attempt; Builder → governed edits → deterministic candidate commit."""
+def build_phase(services: Services, phase_id: int, ctx: StepContext) -> list[Step]:
+    """QUEUED|RETRY → EXECUTING: a new attempt; Builder → governed edits → deterministic candidate commit.
+
+    A redelivered build (the worker died mid-step) continues the same attempt: the same inputs give
+    the same candidate commit."""
     with session_scope(services.db_url) as s:
+        ctx.guard(s)
         ph = s.get(Phase, phase_id)
         if ph is None:
             return []
         run = ph.run
-        if is_terminal_run(run.state) or ph.state not in (PhaseState.QUEUED, PhaseState.RETRY):
+        if is_terminal_run(run.state):
             return []
-        model = services.model_for("builder", ph.spec["complexity"])
-        transition(s, ph, PhaseState.EXECUTING, attempts_used=ph.attempts_used + 1)
-        attempt = Attempt(phase_id=ph.id, run_id=run.id, number=ph.attempts_used, model=model, parent_commit=run.head_commit)
-        s.add(attempt)
-        s.flush()
-        ph.current_attempt_id = attempt.id
-        emit(s, run.id, "attempt.started", phase_key=ph.key, attempt_id=attempt.id, number=attempt.number, model=model)
-        repo, head, spec, feedback = Path(run.project.repo_path), run.head_commit, dict(ph.spec), ph.feedback
+        current = s.get(Attempt, ph.current_attempt_id) if ph.current_attempt_id else None
+        if ph.state in (PhaseState.QUEUED, PhaseState.RETRY):
+            model = services.model_for("builder", ph.spec["complexity"])
+            transition(s, ph, PhaseState.EXECUTING, attempts_used=ph.attempts_used + 1)
+            attempt = Attempt(phase_id=ph.id, run_id=run.id, number=ph.attempts_used, model=model, parent_commit=run.head_commit)
+            s.add(attempt)
+            s.flush()
+            ph.current_attempt_id = attempt.id
+            emit(s, run.id, "attempt.started", phase_key=ph.key, attempt_id=attempt.id, number=attempt.number, model=model)
+        elif ph.state == PhaseState.EXECUTING and current is not None and current.decision is None and current.failure_class is None:
+            attempt = current  # redelivery: the same attempt again
+            model = attempt.model or services.model_for("builder", ph.spec["complexity"])
+            emit(s, run.id, "attempt.resumed", phase_key=ph.key, attempt_id=attempt.id, number=attempt.number)
+        else:
+            return []
+        repo, head, spec, feedback = Path(run.project.repo_path), attempt.parent_commit, dict(ph.spec), ph.feedback
         budget, run_id, epoch, index = dict(ph.budget), run.id, run.commit_epoch, ph.index
         attempt_id, number = attempt.id, attempt.number
         worktree_path = _worktree_path(services, run)
     assert head is not None
-    ctx, files = _context(services, repo, head, spec, feedback)
-    system, user = render_builder_prompt(services.prompts, ctx)
+    ctx_, files = _context(services, repo, head, spec, feedback)
+    system, user = render_builder_prompt(services.prompts, ctx_)
     git = Git(repo)
     call = make_call(services, CallScope(run_id, phase_id, attempt_id, "builder", model, int(budget["token_cap"])))
     try:
@@ -353,12 +379,12 @@ def build_phase(services: Services, phase_id: int) -> list[Step]:
             fix_rounds=int(budget["edit_fix_rounds"]),
         )
     except BudgetExceeded as exc:
-        return _budget_stop(services, phase_id, attempt_id, exc)
+        return _budget_stop(services, ctx, phase_id, attempt_id, exc)
     except ProviderError as exc:
-        return _attempt_failed(services, attempt_id, "provider_error", str(exc))
+        return _attempt_failed(services, ctx, attempt_id, "provider_error", str(exc))
     rounds = [r.__dict__ for r in outcome.rounds]
     if not outcome.ok or outcome.changes is None:
-        return _attempt_failed(services, attempt_id, outcome.failure_class or "edit_invalid", outcome.failure or "", rounds)
+        return _attempt_failed(services, ctx, attempt_id, outcome.failure_class or "edit_invalid", outcome.failure or "", rounds)
     trailers = {"Autopack-Run": run_id, "Autopack-Phase": spec["id"], "Autopack-Attempt": str(number)}
     goal_line = spec["goal"].strip().splitlines()[0][:72]
     try:
@@ -368,8 +394,10 @@ def build_phase(services: Services, phase_id: int) -> list[Step]:
         )
         wt.keep_ref(repo, f"refs/autopack/{run_id}/{spec['id']}/{number}", sha)
     except GitError as exc:
-        return _attempt_failed(services, attempt_id, "edit_refused", f"apply failed: {exc}", rounds)
+        return _attempt_failed(services, ctx, attempt_id, "edit_refused", f"apply failed: {exc}", rounds)
+    crash_point("after_commit")
     with session_scope(services.db_url) as s:
+        ctx.guard(s)
         a = s.get(Attempt, attempt_id)
         ph = s.get(Phase, phase_id)
         assert a is not None and ph is not None
@@ -382,11 +410,14 @@ def build_phase(services: Services, phase_id: int) -> list[Step]:
         a.refusals = [list(r) for r in outcome.refusals]
         transition(s, ph, PhaseState.GATE)
         emit(s, ph.run_id, "attempt.built", phase_key=ph.key, attempt_id=a.id, commit=sha, files=a.edits, rounds=len(rounds))
-    return [("probe", attempt_id)]
+        return ctx.finish(s, [("probe", attempt_id)])
 
 
-def _attempt_failed(services: Services, attempt_id: int, failure_class: str, failure: str, rounds: list[dict[str, Any]] | None = None) -> list[Step]:
+def _attempt_failed(
+    services: Services, ctx: StepContext, attempt_id: int, failure_class: str, failure: str, rounds: list[dict[str, Any]] | None = None
+) -> list[Step]:
     with session_scope(services.db_url) as s:
+        ctx.guard(s)
         a = s.get(Attempt, attempt_id)
         assert a is not None
         if a.decision is not None:
@@ -398,12 +429,13 @@ def _attempt_failed(services: Services, attempt_id: int, failure_class: str, fai
             a.edit_rounds = rounds
             a.refusals = [r for rd in rounds for r in rd.get("refusals", [])]
         emit(s, a.run_id, "attempt.build_failed", phase_key=a.phase.key, attempt_id=a.id, failure_class=failure_class, failure=failure[:2000])
-    return [("decide", attempt_id)]
+        return ctx.finish(s, [("decide", attempt_id)])
 
 
-def _budget_stop(services: Services, phase_id: int, attempt_id: int, exc: BudgetExceeded) -> list[Step]:
+def _budget_stop(services: Services, ctx: StepContext, phase_id: int, attempt_id: int, exc: BudgetExceeded) -> list[Step]:
     state = RunState.DONE_FAILED_TOKEN_CAP_EXCEEDED if exc.kind == "tokens" else RunState.DONE_FAILED_BUDGET_EXHAUSTED
     with session_scope(services.db_url) as s:
+        ctx.guard(s)
         a = s.get(Attempt, attempt_id)
         ph = s.get(Phase, phase_id)
         assert a is not None and ph is not None
@@ -413,18 +445,17 @@ def _budget_stop(services: Services, phase_id: int, attempt_id: int, exc: Budget
         a.decision = "fail"
         a.finished_at = utcnow()
         run = ph.run
-        if is_terminal_run(run.state):
-            return []
-        if ph.state not in (PhaseState.COMPLETE, PhaseState.FAILED, PhaseState.SKIPPED):
-            transition(s, ph, PhaseState.FAILED)
-        emit(s, run.id, "phase.failed", phase_key=ph.key, attempt_id=a.id, reason=str(exc))
-        if ph.tier.state == TierState.RUNNING:
-            transition(s, ph.tier, TierState.BLOCKED)
-        _end_run(s, run, state, f"phase {ph.key}: {exc}")
-    return []
+        if not is_terminal_run(run.state):
+            if ph.state not in (PhaseState.COMPLETE, PhaseState.FAILED, PhaseState.SKIPPED):
+                transition(s, ph, PhaseState.FAILED)
+            emit(s, run.id, "phase.failed", phase_key=ph.key, attempt_id=a.id, reason=str(exc))
+            if ph.tier.state == TierState.RUNNING:
+                transition(s, ph.tier, TierState.BLOCKED)
+            _end_run(s, run, state, f"phase {ph.key}: {exc}")
+        return ctx.finish(s, [], outcome="budget")
 
 
-def probe(services: Services, attempt_id: int) -> list[Step]:
+def probe(services: Services, attempt_id: int, ctx: StepContext) -> list[Step]:
     """The test gate: the candidate's tests in the sandbox against the T0 baseline, flaky re-run once."""
     with session_scope(services.db_url) as s:
         a = s.get(Attempt, attempt_id)
@@ -446,7 +477,7 @@ def probe(services: Services, attempt_id: int) -> list[Step]:
             rerun = rr["outcomes"]
             result["rerun"] = {"tests": rerun_ids, "outcomes": rerun}
     except SandboxUnavailable as exc:
-        _fail_run_now(services, run_id=a.run_id, state=RunState.DONE_FAILED_SETUP, reason=str(exc))
+        _fail_run_now(services, ctx, a.run_id, RunState.DONE_FAILED_SETUP, str(exc))
         return []
     entries = Git(repo).list_entries(sha)
     missing = tuple(d for d in spec.get("deliverables", []) if d not in entries)
@@ -473,6 +504,7 @@ def probe(services: Services, attempt_id: int) -> list[Step]:
         "ci_profile": ci_profile,
     }
     with session_scope(services.db_url) as s:
+        ctx.guard(s)
         a = s.get(Attempt, attempt_id)
         assert a is not None
         if a.test_result is not None:
@@ -485,12 +517,10 @@ def probe(services: Services, attempt_id: int) -> list[Step]:
             a.failure_class = "regression" if verdict.regressions else "test_failure"
             a.failure = reason + ("\n\nTest output (tail):\n" + result["output_tail"][-2500:] if result["output_tail"] else "")
         emit(s, a.run_id, "attempt.tested", phase_key=a.phase.key, attempt_id=a.id, passed=passed, summary=result["summary"], reason=reason)
-    if passed and audit_mode != "off":
-        return [("audit", attempt_id)]
-    return [("decide", attempt_id)]
+        return ctx.finish(s, [("audit" if passed and audit_mode != "off" else "decide", attempt_id)])
 
 
-def audit(services: Services, attempt_id: int) -> list[Step]:
+def audit(services: Services, attempt_id: int, ctx: StepContext) -> list[Step]:
     """One Auditor reviews the diff and the gate result and returns a typed verdict."""
     with session_scope(services.db_url) as s:
         a = s.get(Attempt, attempt_id)
@@ -518,20 +548,21 @@ def audit(services: Services, attempt_id: int) -> list[Step]:
         except VerdictError as exc:
             record = {"model": model, "verdict": "invalid", "approved": None, "summary": str(exc), "issues": []}
     except BudgetExceeded as exc:
-        return _budget_stop(services, phase_id, attempt_id, exc)
+        return _budget_stop(services, ctx, phase_id, attempt_id, exc)
     except ProviderError as exc:
         record = {"model": model, "verdict": "error", "approved": None, "summary": str(exc), "issues": []}
     with session_scope(services.db_url) as s:
+        ctx.guard(s)
         a = s.get(Attempt, attempt_id)
         assert a is not None
         if a.audit is not None:
             return []
         a.audit = record
         emit(s, a.run_id, "attempt.audited", phase_key=a.phase.key, attempt_id=a.id, verdict=record["verdict"], summary=record["summary"])
-    return [("decide", attempt_id)]
+        return ctx.finish(s, [("decide", attempt_id)])
 
 
-def decide_attempt(services: Services, attempt_id: int) -> list[Step]:
+def decide_attempt(services: Services, attempt_id: int, ctx: StepContext) -> list[Step]:
     """Complete the phase (move the branch by compare-and-set), retry with feedback, or fail."""
     with session_scope(services.db_url) as s:
         a = s.get(Attempt, attempt_id)
@@ -560,9 +591,12 @@ def decide_attempt(services: Services, attempt_id: int) -> list[Step]:
         try:
             wt.update_ref_cas(repo, f"refs/heads/{branch}", sha, head)
         except GitError as exc:
-            _fail_run_now(services, a.run_id, RunState.DONE_FAILED_SETUP, f"integration branch moved unexpectedly: {exc}")
+            # A worker whose lease was taken over finds the ref moved on: it stops here, silently.
+            _fail_run_now(services, ctx, a.run_id, RunState.DONE_FAILED_INFRASTRUCTURE, f"integration branch moved unexpectedly: {exc}")
             return []
+        crash_point("after_ref_moved")
     with session_scope(services.db_url) as s:
+        ctx.guard(s)
         a = s.get(Attempt, attempt_id)
         assert a is not None
         ph, run = a.phase, a.phase.run
@@ -575,19 +609,19 @@ def decide_attempt(services: Services, attempt_id: int) -> list[Step]:
             run.head_commit = sha
             transition(s, ph, PhaseState.COMPLETE, commit_sha=sha, feedback=None)
             emit(s, run.id, "phase.complete", phase_key=ph.key, attempt_id=a.id, commit=sha, reason=decision.reason)
-            return _start_next_phase(s, run, ph.tier)
+            return ctx.finish(s, _start_next_phase(s, run, ph.tier))
         if a.state not in ("FAILED",):
             a.state = "REJECTED"
         if decision.action == "retry":
             transition(s, ph, PhaseState.RETRY, feedback=decision.feedback)
             emit(s, run.id, "phase.retry", phase_key=ph.key, attempt_id=a.id, reason=decision.reason)
-            return [("build", ph.id)]
+            return ctx.finish(s, [("build", ph.id)])
         transition(s, ph, PhaseState.FAILED, feedback=decision.feedback)
         emit(s, run.id, "phase.failed", phase_key=ph.key, attempt_id=a.id, reason=decision.reason)
         transition(s, ph.tier, TierState.BLOCKED)
         emit(s, run.id, "tier.blocked", tier=ph.tier.key)
         _end_run(s, run, RunState.DONE_FAILED_TIER_BLOCKED, f"phase {ph.key} failed: {decision.reason}")
-    return []
+        return ctx.finish(s, [])
 
 
 def _audit_text(aud: dict[str, Any]) -> str:
@@ -613,10 +647,10 @@ def fail_step(services: Services, step: str, arg: Any, exc: BaseException) -> No
     """A step failed in a way no retry cures: end its run with the reason instead of stranding it."""
     run_id = run_id_of(services, step, arg)
     if run_id is not None:
-        _fail_run_now(services, run_id, RunState.DONE_FAILED_INFRASTRUCTURE, f"step {step}({arg}) failed: {type(exc).__name__}: {exc}"[:4000])
+        _fail_run_now(services, None, run_id, RunState.DONE_FAILED_INFRASTRUCTURE, f"step {step}({arg}) failed: {type(exc).__name__}: {exc}"[:4000])
 
 
-STEPS: dict[str, Callable[[Services, Any], list[Step]]] = {
+STEPS: dict[str, Callable[[Services, Any, StepContext], list[Step]]] = {
     "start_run": start_run,
     "baseline": take_baseline,
     "build": build_phase,

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-28 17:44:53.769152
+Create Date: 2026-11-28
 """
 
 from __future__ import annotations
@@ -75,6 +75,26 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('events', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_events_run_id'), ['run_id'], unique=False)
+
+    op.create_table('steps',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('run_id', sa.String(length=32), nullable=False),
+    sa.Column('name', sa.String(length=32), nullable=False),
+    sa.Column('arg', sa.String(length=64), nullable=False),
+    sa.Column('fence', sa.Integer(), nullable=False),
+    sa.Column('lease_owner', sa.String(length=200), nullable=True),
+    sa.Column('lease_expires_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('deliveries', sa.Integer(), nullable=False),
+    sa.Column('enqueued_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('done_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('outcome', sa.String(length=32), nullable=True),
+    sa.ForeignKeyConstraint(['run_id'], ['runs.id'], ),
+    sa.PrimaryKeyConstraint('id')
+    )
+    with op.batch_alter_table('steps', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_steps_done_at'), ['done_at'], unique=False)
+        batch_op.create_index(batch_op.f('ix_steps_run_id'), ['run_id'], unique=False)
 
     op.create_table('tiers',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -201,6 +221,11 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_tiers_run_id'))
 
     op.drop_table('tiers')
+    with op.batch_alter_table('steps', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_steps_run_id'))
+        batch_op.drop_index(batch_op.f('ix_steps_done_at'))
+
+    op.drop_table('steps')
     with op.batch_alter_table('events', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_events_run_id'))
 

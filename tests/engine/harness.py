@@ -12,7 +12,7 @@ from autopack.db.models import Project
 from autopack.db.session import session_scope
 from autopack.engine import runs
 from autopack.engine.services import Services
-from autopack.engine.steps import STEPS, Step
+from autopack.engine.steps import Step
 from autopack.llm.base import LLMRequest, LLMResponse
 from autopack.llm.cassette import ScriptedClient
 from autopack.plan import Plan, load_plan_file, parse_plan
@@ -64,15 +64,40 @@ def submit(services: Services, plan: Plan) -> str:
 
 
 def drive(services: Services, first: Step, limit: int = 200) -> list[Step]:
-    """Run steps until none is left; return the steps in the order they ran."""
-    queue: list[Step] = [first]
+    """Run steps until none is left, each as a step row under a lease exactly as a worker does;
+    return the (name, arg) of the steps in the order they ran."""
+    from autopack.db.models import StepRow
+    from autopack.engine.runner import create_step, execute
+
+    run_id = first[1] if first[0] in ("start_run", "baseline") else None
+    if run_id is None:
+        raise ValueError("drive starts from a run-level step")
+    queue = [create_step(services.db_url, str(run_id), first[0], first[1])]
     done: list[Step] = []
     while queue:
-        step = queue.pop(0)
-        done.append(step)
+        step_id, _name = queue.pop(0)
+        with session_scope(services.db_url) as s:
+            row = s.get(StepRow, step_id)
+            assert row is not None
+            done.append((row.name, row.arg))
         assert len(done) <= limit, f"pipeline did not settle after {limit} steps: {done[-10:]}"
-        queue += STEPS[step[0]](services, step[1])
+        queue += execute(services, step_id, owner="test-driver")
     return done
+
+
+def call_step(services: Services, run_id: str, name: str, arg: Any) -> list[Step]:
+    """Run one step (a fresh step row) as a worker would; return the (name, arg) steps it created."""
+    from autopack.db.models import StepRow
+    from autopack.engine.runner import create_step, execute
+
+    step_id, _ = create_step(services.db_url, run_id, name, arg)
+    out = []
+    for sid, _n in execute(services, step_id, owner="test-driver"):
+        with session_scope(services.db_url) as s:
+            row = s.get(StepRow, sid)
+            assert row is not None
+            out.append((row.name, int(row.arg) if row.name in ("build", "probe", "audit", "decide") else row.arg))
+    return out
 
 
 def view(services: Services, run_id: str) -> dict[str, Any]:

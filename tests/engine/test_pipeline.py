@@ -10,11 +10,10 @@ from sqlalchemy import func, select
 from autopack.db.models import Attempt, Event, ModelCall, Run
 from autopack.db.session import session_scope
 from autopack.engine import runs as runsvc
-from autopack.engine.steps import STEPS
 from autopack.llm.base import LLMResponse, Usage
 from autopack.workspace.git import Git
 from autopack.workspace.worktree import branch_log
-from tests.engine.harness import demo_model, demo_plan, drive, make_services, phase, register, submit, view
+from tests.engine.harness import call_step, demo_model, demo_plan, drive, make_services, phase, register, submit, view
 
 pytestmark = pytest.mark.sandbox
 
@@ -69,9 +68,10 @@ def test_retrying_a_finished_step_changes_nothing(local_settings, demo_repo: Pat
     before = view(services, run_id)
     with session_scope(local_settings.db_url) as s:
         events_before = s.scalar(select(func.count()).select_from(Event))
-    # A redelivered message for every step already done is a no-op.
+    # A new delivery of every step already done (a fresh step row, as a duplicate message
+    # would find) is a no-op.
     for name, arg in steps:
-        assert STEPS[name](services, arg) == []
+        assert call_step(services, run_id, name, int(arg) if name in ("build", "probe", "audit", "decide") else arg) == []
     assert view(services, run_id) == before
     with session_scope(local_settings.db_url) as s:
         assert s.scalar(select(func.count()).select_from(Event)) == events_before
@@ -175,12 +175,12 @@ def test_cancel_stops_the_pipeline(local_settings, demo_repo: Path) -> None:
     services, client = make_services(local_settings, demo_model())
     register(local_settings, demo_repo)
     run_id = submit(services, demo_plan())
-    nxt = STEPS["start_run"](services, run_id)
-    nxt = STEPS["baseline"](services, nxt[0][1])
+    nxt = call_step(services, run_id, "start_run", run_id)
+    nxt = call_step(services, run_id, "baseline", nxt[0][1])
     assert nxt and nxt[0][0] == "build"
     with session_scope(local_settings.db_url) as s:
         runsvc.cancel_run(s, run_id)
-    assert STEPS["build"](services, nxt[0][1]) == []
+    assert call_step(services, run_id, "build", nxt[0][1]) == []
     assert view(services, run_id)["state"] == "CANCELLED"
     assert client.calls == []
 

@@ -1,0 +1,157 @@
+"""Running a step row under a lease, giving up on a step that keeps killing its worker, and the
+reconciler that re-enqueues lost steps and drives overdue runs to a terminal state."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from dataclasses import dataclass, field
+from datetime import timedelta, timezone
+from typing import Any
+
+from sqlalchemy import and_, or_, select, update
+
+from autopack.db.models import Attempt, Phase, Run, StepRow
+from autopack.db.session import session_scope
+from autopack.engine.faults import crash_point
+from autopack.engine.leases import Claim, Heartbeat, StaleLease, StepContext, add_steps, claim, mark_done, now_utc
+from autopack.engine.services import Services
+from autopack.engine.steps import STEPS, _end_run
+from autopack.engine.store import emit, transition
+from autopack.states import PHASE_TERMINAL, PhaseState, RunState, TierState, is_terminal_run
+
+log = logging.getLogger("autopack.runner")
+
+INT_ARGS = frozenset({"build", "probe", "audit", "decide"})
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
+
+
+def create_step(db_url: str, run_id: str, name: str, arg: Any) -> tuple[int, str]:
+    with session_scope(db_url) as s:
+        return add_steps(s, run_id, [(name, arg)])[0].id, name
+
+
+def execute(services: Services, step_id: int, owner: str | None = None) -> list[tuple[int, str]]:
+    """Claim ``step_id``, run its engine function under a heartbeated lease, and return the ids of
+    the steps it created (to enqueue after this returns: they are already committed)."""
+    settings = services.settings
+    got = claim(services.db_url, step_id, owner or worker_id(), settings.lease_ttl_s)
+    if got is None:
+        return []  # done, or another worker holds a live lease
+    if got.deliveries > settings.max_deliveries:
+        return give_up(services, got)
+    ctx = StepContext(step_id, got.token, got.run_id)
+    arg: Any = int(got.arg) if got.name in INT_ARGS else got.arg
+    try:
+        with Heartbeat(services.db_url, step_id, got.token, settings.lease_ttl_s):
+            STEPS[got.name](services, arg, ctx)
+            if not ctx.finished:
+                with session_scope(services.db_url) as s:
+                    ctx.finish(s, [], outcome="noop")
+    except StaleLease as exc:
+        log.warning("step %s (%s %s): %s; this worker's result is discarded", step_id, got.name, got.arg, exc)
+        return []
+    crash_point("after_db_commit")
+    return ctx.new_steps
+
+
+def give_up(services: Services, got: Claim) -> list[tuple[int, str]]:
+    """A step delivered more than ``max_deliveries`` times (its worker keeps dying): fail what it
+    was doing so the run ends instead of looping."""
+    reason = f"step {got.name} lost its worker {got.deliveries - 1} times"
+    ctx = StepContext(got.step_id, got.token, got.run_id)
+    with session_scope(services.db_url) as s:
+        ctx.guard(s)
+        run = s.get(Run, got.run_id)
+        if run is not None and not is_terminal_run(run.state):
+            phase = _phase_of(s, got)
+            if phase is not None and phase.state not in PHASE_TERMINAL and run.state == RunState.RUNNING:
+                if phase.current_attempt_id:
+                    a = s.get(Attempt, phase.current_attempt_id)
+                    if a is not None and a.decision is None:
+                        a.state, a.failure_class, a.failure, a.decision = "FAILED", "worker_lost", reason, "fail"
+                transition(s, phase, PhaseState.FAILED, feedback=reason)
+                emit(s, run.id, "phase.failed", phase_key=phase.key, reason=reason)
+                if phase.tier.state == TierState.RUNNING:
+                    transition(s, phase.tier, TierState.BLOCKED)
+                _end_run(s, run, RunState.DONE_FAILED_TIER_BLOCKED, f"phase {phase.key} failed: {reason}")
+            else:
+                _end_run(s, run, RunState.DONE_FAILED_INFRASTRUCTURE, reason)
+        mark_done(s, got.step_id, got.token, "given_up")
+    return []
+
+
+def _phase_of(s: Any, got: Claim) -> Phase | None:
+    if got.name == "build":
+        return s.get(Phase, int(got.arg))
+    if got.name in ("probe", "audit", "decide"):
+        a = s.get(Attempt, int(got.arg))
+        return a.phase if a is not None else None
+    return None
+
+
+def fail_step_row(services: Services, step_id: int, exc: BaseException) -> None:
+    """A step raised an error no retry cures: end its run with the reason instead of stranding it."""
+    with session_scope(services.db_url) as s:
+        row = s.get(StepRow, step_id)
+        if row is None:
+            return
+        run = s.get(Run, row.run_id)
+        if run is not None and not is_terminal_run(run.state):
+            _end_run(s, run, RunState.DONE_FAILED_INFRASTRUCTURE, f"step {row.name}({row.arg}) failed: {type(exc).__name__}: {exc}"[:4000])
+        if row.done_at is None:
+            row.done_at, row.outcome, row.lease_expires_at = now_utc(), "error", None
+
+
+@dataclass
+class ReconcileReport:
+    requeued: list[tuple[int, str]] = field(default_factory=list)
+    timed_out: list[str] = field(default_factory=list)
+    closed_steps: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"requeued": self.requeued, "timed_out": self.timed_out, "closed_steps": self.closed_steps}
+
+
+def reconcile(services: Services, max_runtime_s: float | None = None) -> ReconcileReport:
+    """Find steps whose lease expired or that no worker picked up in time and hand them back for
+    re-enqueueing; end runs past their maximum runtime; close the open steps of finished runs."""
+    settings = services.settings
+    now = now_utc()
+    report = ReconcileReport()
+    with session_scope(services.db_url) as s:
+        # Runs past their maximum runtime end now.
+        for run in s.scalars(select(Run).where(Run.state.in_([RunState.QUEUED, RunState.PLANNING, RunState.RUNNING]))):
+            limit = max_runtime_s if max_runtime_s is not None else float(run.strategy.get("run", {}).get("max_runtime_s", 6 * 3600))
+            created = run.created_at if run.created_at.tzinfo else run.created_at.replace(tzinfo=timezone.utc)
+            if now - created > timedelta(seconds=limit):
+                _end_run(s, run, RunState.DONE_FAILED_TIMEOUT, f"run exceeded its maximum runtime of {limit:.0f}s")
+                report.timed_out.append(run.id)
+        # Open steps of finished runs will never run: close them.
+        finished = select(Run.id).where(Run.state.notin_([RunState.QUEUED, RunState.PLANNING, RunState.RUNNING]))
+        res = s.execute(
+            update(StepRow)
+            .where(StepRow.done_at.is_(None), StepRow.run_id.in_(finished))
+            .values(done_at=now, outcome="run_finished", lease_expires_at=None)
+            .execution_options(synchronize_session=False)
+        )
+        report.closed_steps = res.rowcount  # type: ignore[attr-defined]
+        grace = now - timedelta(seconds=settings.pickup_grace_s)
+        due = s.scalars(
+            select(StepRow).where(
+                StepRow.done_at.is_(None),
+                or_(
+                    StepRow.lease_expires_at < now,  # the worker died or was cut off
+                    and_(StepRow.lease_expires_at.is_(None), StepRow.enqueued_at < grace),  # never picked up
+                ),
+            ).order_by(StepRow.id)
+        ).all()
+        for row in due:
+            row.enqueued_at = now
+            report.requeued.append((row.id, row.name))
+    return report
