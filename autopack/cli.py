@@ -96,6 +96,9 @@ def _start_cluster(settings: Settings, port: int, env: dict[str, str], quiet: bo
     except (TimeoutError, RuntimeError) as exc:
         group.stop()
         raise SystemExit(f"autopack: the cluster did not start: {exc} (logs in {group.log_dir})") from None
+    except BaseException:
+        group.stop()
+        raise
     return group
 
 
@@ -103,6 +106,9 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     if not _check_sandbox(settings):
         return 2
     cmd_migrate(args, settings)
+    from autopack.procs import stop_on_signals
+
+    stop_on_signals()
     group = _start_cluster(settings, args.port, dict(os.environ), quiet=False)
     _out(f"autopack is up on http://127.0.0.1:{args.port} (Ctrl-C stops web, workers and beat)")
     try:

@@ -108,6 +108,9 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
     _say(f"demo repository: {repo}")
     _say(f"model: {'recording to ' if env['AUTOPACK_LLM_MODE'] == 'record' else 'replaying '}{cassette}")
     _say("starting web, workers and beat (local profile) …")
+    from autopack.procs import stop_on_signals
+
+    stop_on_signals()
     group = _start_cluster(ds, port, env, quiet=True)
     try:
         client = ApiClient(f"http://127.0.0.1:{port}")

@@ -90,3 +90,18 @@ def wait_http(url: str, timeout: float = 30.0, group: ProcessGroup | None = None
             last = str(exc)
         time.sleep(0.1)
     raise TimeoutError(f"{url} did not answer in {timeout:.0f}s ({last})")
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, handled like Ctrl-C so the children are stopped too."""
+
+
+def stop_on_signals() -> None:
+    """Make SIGTERM and SIGHUP raise in the main thread like Ctrl-C does, so ``finally`` blocks
+    stop the child processes instead of leaving them orphaned."""
+
+    def _raise(signum: int, _frame: object) -> None:
+        raise Interrupted(signal.Signals(signum).name)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _raise)

@@ -72,3 +72,24 @@ def test_up_runs_a_plan_and_stops_on_ctrl_c(tmp_path: Path, demo_repo: Path) -> 
         alive = {p for p in alive if os.path.exists(f"/proc/{p}") and "zombie" not in Path(f"/proc/{p}/status").read_text().lower()}
         time.sleep(0.1)
     assert not alive, f"children still running after Ctrl-C: {alive}"
+
+
+def test_sigterm_stops_every_child_too(tmp_path: Path) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUTOPACK_")}
+    env["AUTOPACK_STATE_DIR"] = str(tmp_path / "state")
+    up = subprocess.Popen([sys.executable, "-m", "autopack.cli", "up", "--port", str(port)], env=env, cwd=tmp_path,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", 60)
+        children = _children(up.pid)
+        assert len(children) >= 5
+    finally:
+        up.terminate()
+        up.wait(timeout=60)
+    deadline = time.monotonic() + 10
+    alive = set(children)
+    while alive and time.monotonic() < deadline:
+        alive = {p for p in alive if os.path.exists(f"/proc/{p}") and "zombie" not in Path(f"/proc/{p}/status").read_text().lower()}
+        time.sleep(0.1)
+    assert not alive, f"children left running after SIGTERM: {alive}"
