@@ -43,7 +43,13 @@ class Settings(BaseSettings):
     ci_time_limit: int = 1200
     audit_time_limit: int = 600
     default_time_limit: int = 300
+    # Redis redelivers an unacknowledged message after this: above the longest step (the CI limit).
     visibility_timeout: int = 4 * 3600
+    # Worker recycling and deploys: a pool process is replaced after this many tasks or this much
+    # resident memory (KiB); on SIGTERM a worker finishes running steps for up to the soft timeout.
+    max_tasks_per_child: int = 200
+    max_memory_per_child_kb: int = 1_000_000
+    soft_shutdown_timeout_s: float = 60.0
     worker_name_prefix: str = Field(default="autopack")
 
     # Leases: a claimed step's lease lasts this long and is renewed every third of it while the

@@ -62,6 +62,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_send_sent_event": True,
         "broker_connection_retry_on_startup": True,
         "worker_hijack_root_logger": False,
+        "worker_max_tasks_per_child": settings.max_tasks_per_child,
+        "worker_max_memory_per_child": settings.max_memory_per_child_kb,
+        "worker_soft_shutdown_timeout": settings.soft_shutdown_timeout_s,
         "timezone": "UTC",
     }
     if settings.celery_broker_url.startswith("filesystem://"):
@@ -74,8 +77,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "polling_interval": settings.poll_interval,
         }
     else:
-        conf["broker_transport_options"] = {"visibility_timeout": settings.visibility_timeout}
-        conf["result_backend_transport_options"] = {"visibility_timeout": settings.visibility_timeout}
+        # Every place Redis' visibility timeout must be set, above the longest step's hard limit.
+        vt = max(settings.visibility_timeout, settings.ci_time_limit, settings.build_time_limit) + 60
+        conf["broker_transport_options"] = {"visibility_timeout": vt}
+        conf["result_backend_transport_options"] = {"visibility_timeout": vt}
+        conf["visibility_timeout"] = vt
     return conf
 
 

@@ -9,7 +9,7 @@ from typing import Any
 from celery import Celery, Task
 
 from autopack.engine.faults import crash_point
-from autopack.engine.runner import execute, fail_step_row
+from autopack.engine.runner import execute, fail_step_row, is_infrastructure_error
 from autopack.engine.services import Services, build_services
 from autopack.errors import RetryableError
 from autopack.settings import get_settings
@@ -49,7 +49,10 @@ def run_step(celery: Celery, step_id: int) -> list[StepRef]:
     """Run one step row under its lease and enqueue what it created (already committed)."""
     nxt = execute(services(), step_id)
     log.info("step %s -> %s", step_id, nxt)
-    enqueue(celery, nxt)
+    try:
+        enqueue(celery, nxt)
+    except Exception as exc:  # noqa: BLE001 - the steps are committed: the reconciler enqueues them
+        log.warning("could not enqueue %s (%s); the reconciler will", nxt, exc)
     crash_point("before_ack")
     return nxt
 
@@ -64,6 +67,9 @@ class StepTask(Task):  # type: ignore[misc]
     max_retries = 5
 
     def on_failure(self, exc, task_id, args, kwargs, einfo):  # type: ignore[no-untyped-def]
+        if is_infrastructure_error(exc):
+            log.warning("step %s hit an infrastructure error (%s); its lease will expire and the reconciler retries it", args[0], exc)
+            return
         try:
             fail_step_row(services(), int(args[0]), exc)
         except Exception:  # noqa: BLE001 - the failure itself is already logged by Celery

@@ -95,6 +95,22 @@ def _phase_of(s: Any, got: Claim) -> Phase | None:
     return None
 
 
+def is_infrastructure_error(exc: BaseException) -> bool:
+    """The database or the broker went away: the step's lease runs out and the reconciler hands it
+    to another delivery; ending the run for it would turn a restart into a failed build."""
+    from sqlalchemy.exc import DBAPIError, OperationalError
+
+    try:
+        from kombu.exceptions import OperationalError as KombuOperationalError
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+    except ImportError:  # pragma: no cover - both are dependencies
+        return isinstance(exc, OperationalError | ConnectionError)
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, OperationalError | KombuOperationalError | RedisConnectionError | RedisTimeoutError | ConnectionError)
+
+
 def fail_step_row(services: Services, step_id: int, exc: BaseException) -> None:
     """A step raised an error no retry cures: end its run with the reason instead of stranding it."""
     with session_scope(services.db_url) as s:
