@@ -84,6 +84,10 @@ def _warm(**_: Any) -> None:
         log.exception("could not build the engine services")
 
 
-from celery.signals import worker_process_init  # noqa: E402
+from celery.signals import after_setup_logger, after_setup_task_logger, worker_process_init  # noqa: E402
+
+from autopack.logs import setup_celery_logging  # noqa: E402
 
 worker_process_init.connect(_warm, weak=False)
+after_setup_logger.connect(setup_celery_logging, weak=False)
+after_setup_task_logger.connect(setup_celery_logging, weak=False)

@@ -18,6 +18,7 @@ from autopack.db.session import session_scope
 from autopack.engine.faults import crash_point
 from autopack.engine.leases import Claim, Heartbeat, StaleLease, StepContext, add_steps, claim, mark_done, now_utc
 from autopack.engine.services import Services
+from autopack.logs import bind
 from autopack.engine.steps import STEPS, _end_run
 from autopack.engine.store import emit, transition
 from autopack.states import PHASE_TERMINAL, PhaseState, RunState, TierState, is_terminal_run
@@ -47,8 +48,11 @@ def execute(services: Services, step_id: int, owner: str | None = None) -> list[
         return give_up(services, got)
     ctx = StepContext(step_id, got.token, got.run_id)
     arg: Any = int(got.arg) if got.name in INT_ARGS else got.arg
+    fields = {"run": got.run_id, "step": got.name, "step_id": step_id}
+    fields["phase" if got.name == "build" else "attempt"] = got.arg if got.name in INT_ARGS else None
     try:
-        with Heartbeat(services.db_url, step_id, got.token, settings.lease_ttl_s):
+        with bind(**fields), Heartbeat(services.db_url, step_id, got.token, settings.lease_ttl_s):
+            log.info("step %s(%s) claimed with fence %s (delivery %s)", got.name, got.arg, got.token, got.deliveries)
             STEPS[got.name](services, arg, ctx)
             if not ctx.finished:
                 with session_scope(services.db_url) as s:
