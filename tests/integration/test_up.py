@@ -35,6 +35,25 @@ def _children(pid: int) -> set[int]:
     return found
 
 
+def _flower_workers(port: int, timeout: float = 60) -> dict:  # type: ignore[type-arg]
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/api/workers?refresh=1", headers={"Authorization": "Basic b3BzOnB3"})
+            with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - loopback
+                workers = json.loads(resp.read())
+                if len(workers) >= 3:
+                    return workers
+                last = workers
+        except OSError as exc:
+            last = exc
+        time.sleep(0.5)
+    raise AssertionError(f"Flower did not list the workers: {last}")
+
+
 def test_up_runs_a_plan_and_stops_on_ctrl_c(tmp_path: Path, demo_repo: Path) -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("AUTOPACK_")}
@@ -80,11 +99,23 @@ def test_sigterm_stops_every_child_too(tmp_path: Path) -> None:
     env["AUTOPACK_STATE_DIR"] = str(tmp_path / "state")
     up = subprocess.Popen([sys.executable, "-m", "autopack.cli", "up", "--port", str(port)], env=env, cwd=tmp_path,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    flower_port = free_port()
+    flower = None
     try:
         wait_http(f"http://127.0.0.1:{port}/health", 60)
         children = _children(up.pid)
         assert len(children) >= 5
+        # Flower on the local profile: the filesystem transport's control folder carries its
+        # broadcasts, so it lists the workers of every queue.
+        flower = subprocess.Popen([sys.executable, "-m", "celery", "-A", "tasks", "flower", "--address=127.0.0.1", f"--port={flower_port}"],
+                                  env={**env, "FLOWER_BASIC_AUTH": "ops:pw"}, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        workers = _flower_workers(flower_port)
+        served = {q["name"] for info in workers.values() for q in info.get("active_queues", [])}
+        assert served == {"build", "ci", "audit", "agents", "events", "maintenance"}, workers
     finally:
+        if flower is not None:
+            flower.terminate()
+            flower.wait(timeout=30)
         up.terminate()
         up.wait(timeout=60)
     deadline = time.monotonic() + 10
