@@ -11,7 +11,8 @@ from web.schemas import SCHEMAS
 
 
 def _ref(name: str) -> dict[str, Any]:
-    return {"$ref": f"#/components/schemas/{name}"}
+    """A reference to the schema generated for ``SCHEMAS[name]`` (keyed by its class name)."""
+    return {"$ref": f"#/components/schemas/{SCHEMAS[name].__name__}"}
 
 
 def _resp(name: str, description: str) -> dict[str, Any]:

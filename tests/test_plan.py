@@ -1,0 +1,70 @@
+"""Plans are validated with pydantic; unknown fields are refused; errors name the field."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import pytest
+
+from autopack.errors import PlanError
+from autopack.plan import load_plan_file, load_plan_text, parse_plan
+from autopack.settings import ROOT
+
+PLAN = ROOT / "examples" / "demo" / "plan.yaml"
+
+
+def demo_data() -> dict[str, Any]:
+    return load_plan_file(PLAN).model_dump(mode="json")
+
+
+def test_the_demo_plan_loads_from_yaml_and_json() -> None:
+    plan = load_plan_file(PLAN)
+    assert plan.project == "demo"
+    assert [t.id for t in plan.tiers] == ["core", "interface"]
+    assert [p.id for _, p in plan.phases()] == ["stats", "parse", "cli"]
+    assert parse_plan(load_plan_text(json.dumps(plan.model_dump(mode="json")))) == plan
+
+
+def _error(data: Any) -> PlanError:
+    with pytest.raises(PlanError) as err:
+        parse_plan(data)
+    return err.value
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field", "message"),
+    [
+        (lambda d: d["tiers"][0]["phases"][0].pop("goal"), "tiers.0.phases.0.goal", "field required"),
+        (lambda d: d["tiers"][1]["phases"][0].pop("scope"), "tiers.1.phases.0.scope", "field required"),
+        (lambda d: d.pop("project"), "project", "field required"),
+        (lambda d: d.update(bogus=1), "bogus", "unknown field"),
+        (lambda d: d["tiers"][0].update(bogus=1), "tiers.0.bogus", "unknown field"),
+        (lambda d: d["tiers"][0]["phases"][1].update(repo_path="/etc"), "tiers.0.phases.1.repo_path", "unknown field"),
+        (lambda d: d.update(url="http://example.invalid/repo.git"), "url", "unknown field"),
+        (lambda d: d["tiers"][0]["phases"][0].update(complexity="extreme"), "tiers.0.phases.0.complexity", ""),
+        (lambda d: d["tiers"][0]["phases"][0].update(scope=[]), "tiers.0.phases.0.scope", ""),
+        (lambda d: d["tiers"][0]["phases"][0].update(scope=["/etc/passwd"]), "tiers.0.phases.0.scope", "relative"),
+        (lambda d: d["tiers"][0]["phases"][0].update(scope=["src/../../x"]), "tiers.0.phases.0.scope", ".."),
+        (lambda d: d["tiers"][0]["phases"][0].update(scope=[".git/hooks/x"]), "tiers.0.phases.0.scope", ".git"),
+        (lambda d: d["tiers"][0]["phases"][0].update(deliverables=["C:\\x"]), "tiers.0.phases.0.deliverables", "relative"),
+        (lambda d: d["tiers"][0]["phases"][0].update(id="has space"), "tiers.0.phases.0.id", ""),
+        (lambda d: d.update(tiers=[]), "tiers", ""),
+        (lambda d: d["tiers"][1]["phases"][0].update(id="stats"), "plan", "duplicate phase id"),
+    ],
+)
+def test_invalid_plans_name_the_field(mutate, field: str, message: str) -> None:  # type: ignore[no-untyped-def]
+    data = copy.deepcopy(demo_data())
+    mutate(data)
+    err = _error(data)
+    assert err.field == field or (field == "plan" and message in err.message), (err.field, err.message)
+    assert message in err.message
+
+
+def test_non_mapping_and_bad_text() -> None:
+    assert _error([1, 2]).field == "plan"
+    with pytest.raises(PlanError):
+        load_plan_text("tiers: [unclosed")
+    with pytest.raises(PlanError):
+        load_plan_text("- just\n- a list\n")

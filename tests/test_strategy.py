@@ -1,0 +1,98 @@
+"""Compiling a plan into a strategy is pure; the high-risk categories get strict CI, 2 attempts and
+a mandatory audit whatever the file says."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from autopack.config import load_config
+from autopack.errors import ConfigError, PlanError
+from autopack.plan import load_plan_file, parse_plan
+from autopack.settings import ROOT
+from autopack.strategy import StrategyConfig, compile_strategy, load_strategy_config
+
+HIGH_RISK = ["cross_cutting_refactor", "index_registry_change", "schema_contract_change", "bulk_multi_file_operation", "security_auth_change"]
+CONFIG = ROOT / "config"
+
+
+def _plan(categories: list[str]):  # type: ignore[no-untyped-def]
+    return parse_plan({"project": "p", "tiers": [{"id": "t", "phases": [
+        {"id": f"p{i}", "goal": "g", "category": c, "scope": ["src/**"]} for i, c in enumerate(categories)]}]})
+
+
+def test_compile_is_pure_and_deterministic() -> None:
+    cfg = load_strategy_config(CONFIG / "strategy.yaml")
+    plan = load_plan_file(ROOT / "examples" / "demo" / "plan.yaml")
+    before_plan, before_cfg = copy.deepcopy(plan.model_dump()), copy.deepcopy(cfg.model_dump())
+    a, b = compile_strategy(plan, cfg), compile_strategy(plan, cfg)
+    assert a == b
+    assert plan.model_dump() == before_plan and cfg.model_dump() == before_cfg
+    assert [p.phase_id for p in a.phases] == ["stats", "parse", "cli"]
+    assert a.for_phase("parse").tier_id == "core"
+
+
+@pytest.mark.parametrize("category", HIGH_RISK)
+def test_high_risk_floor_holds_even_against_a_loose_config(category: str) -> None:
+    loose = StrategyConfig.model_validate({
+        "defaults": {"max_attempts": 5, "ci_profile": "normal", "audit": "off"},
+        "high_risk_categories": HIGH_RISK,
+        "high_risk": {"max_attempts": 9, "ci_profile": "normal", "audit": "advisory"},
+        "categories": {category: {"max_attempts": 7, "audit": "off"}},
+    })
+    for cfg in (loose, load_strategy_config(CONFIG / "strategy.yaml")):
+        ph = compile_strategy(_plan([category]), cfg).phases[0]
+        assert (ph.ci_profile, ph.max_attempts, ph.audit, ph.high_risk) == ("strict", 2, "required", True)
+
+
+def test_category_overrides_merge_over_defaults() -> None:
+    cfg = StrategyConfig.model_validate({"defaults": {"max_attempts": 3, "token_cap": 1000, "audit": "advisory"},
+                                         "categories": {"docs": {"token_cap": 50}}})
+    docs, other = compile_strategy(_plan(["docs", "unheard_of"]), cfg).phases
+    assert (docs.token_cap, docs.max_attempts, docs.audit, docs.high_risk) == (50, 3, "advisory", False)
+    assert (other.token_cap, other.max_attempts) == (1000, 3)
+
+
+def test_too_many_phases_is_a_plan_error() -> None:
+    cfg = StrategyConfig.model_validate({"run": {"max_phases": 2}})
+    with pytest.raises(PlanError) as err:
+        compile_strategy(_plan(["a", "b", "c"]), cfg)
+    assert err.value.field == "tiers"
+
+
+def test_plan_test_command_overrides_the_default() -> None:
+    cfg = load_strategy_config(CONFIG / "strategy.yaml")
+    plan = _plan(["feature"]).model_copy(update={"test_command": ["make", "test"]})
+    assert compile_strategy(plan, cfg).test_command == ["make", "test"]
+    assert "--continue-on-collection-errors" in compile_strategy(_plan(["feature"]), cfg).test_command
+
+
+def test_bad_configs_are_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError):
+        load_strategy_config(tmp_path / "missing.yaml")
+    (tmp_path / "strategy.yaml").write_text("defaults: {max_attempts: 0}\nbogus: 1\n")
+    with pytest.raises(ConfigError):
+        load_strategy_config(tmp_path / "strategy.yaml")
+    cfg = StrategyConfig.model_validate({"defaults": {"ci_profile": "sloppy"}})
+    with pytest.raises(ConfigError):
+        compile_strategy(_plan(["x"]), cfg)
+
+
+def test_load_config_checks_models_and_providers(tmp_path: Path) -> None:
+    cfg = load_config(CONFIG)
+    assert cfg.models.provider_of(cfg.models.roles["builder"].low) in cfg.models.providers
+    assert cfg.pricing.cost("claude-haiku-4-5", 1_000_000, 0) == cfg.pricing.models["claude-haiku-4-5"].input
+    assert cfg.pricing.price("unknown-model") == cfg.pricing.default
+    for name in ("models.yaml", "pricing.yaml", "strategy.yaml"):
+        (tmp_path / name).write_text((CONFIG / name).read_text())
+    models = yaml.safe_load((CONFIG / "models.yaml").read_text())
+    models["models"]["claude-haiku-4-5"]["provider"] = "nowhere"
+    (tmp_path / "models.yaml").write_text(yaml.safe_dump(models))
+    with pytest.raises(ConfigError, match="nowhere"):
+        load_config(tmp_path)
+    (tmp_path / "pricing.yaml").unlink()
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path)

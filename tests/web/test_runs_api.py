@@ -1,0 +1,176 @@
+"""The Flask API: submit, list, show, cancel, events, errors (422 naming the field, 404, 409)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from autopack.db.migrate import upgrade
+from autopack.db.models import Project, Run, StepRow
+from autopack.db.session import session_scope
+from autopack.plan import load_plan_file
+from autopack.settings import ROOT, Settings
+from web import create_app
+
+PLAN = load_plan_file(ROOT / "examples" / "demo" / "plan.yaml").model_dump(mode="json")
+
+
+def _client(settings: Settings, repo: Path) -> tuple[Any, list[Any]]:
+    with session_scope(settings.db_url) as s:
+        s.add(Project(name="demo", repo_path=str(repo), base_branch="main"))
+    sent: list[Any] = []
+    app = create_app(settings, enqueue=sent.extend, broker_check=lambda: None)
+    return app.test_client(), sent
+
+
+@pytest.fixture()
+def api(local_settings: Settings, tmp_path: Path):  # type: ignore[no-untyped-def]
+    return _client(local_settings, tmp_path)
+
+
+def test_submit_show_list(api) -> None:  # type: ignore[no-untyped-def]
+    client, sent = api
+    resp = client.post("/runs", json=PLAN)
+    assert resp.status_code == 202
+    body = resp.get_json()
+    run_id = body["id"]
+    assert body["state"] == "QUEUED" and body["branch"] == f"autopack/{run_id}"
+    assert resp.headers["Location"] == f"/runs/{run_id}"
+    # One committed step row for start_run, and its id is what was enqueued.
+    assert len(sent) == 1 and sent[0][1] == "start_run"
+    run = client.get(f"/runs/{run_id}").get_json()
+    assert [(t["id"], t["state"]) for t in run["tiers"]] == [("core", "PENDING"), ("interface", "PENDING")]
+    assert [(p["id"], p["state"], p["attempts"]) for t in run["tiers"] for p in t["phases"]] == [
+        ("stats", "QUEUED", 0), ("parse", "QUEUED", 0), ("cli", "QUEUED", 0)]
+    listed = client.get("/runs").get_json()["runs"]
+    assert [r["id"] for r in listed] == [run_id]
+    assert client.get("/runs?state=QUEUED&project=demo").get_json()["runs"][0]["id"] == run_id
+    assert client.get("/runs?state=RUNNING").get_json()["runs"] == []
+    assert client.get("/runs?project=other").get_json()["runs"] == []
+    bad = client.get("/runs?state=SLEEPING")
+    assert bad.status_code == 422 and bad.get_json()["field"] == "state"
+
+
+def test_dry_run_compiles_without_starting(api, local_settings: Settings) -> None:  # type: ignore[no-untyped-def]
+    client, sent = api
+    resp = client.post("/runs?dry_run=true", json=PLAN)
+    assert resp.status_code == 200
+    strategy = resp.get_json()["strategy"]
+    assert [p["phase_id"] for p in strategy["phases"]] == ["stats", "parse", "cli"]
+    assert all({"max_attempts", "token_cap", "ci_profile", "audit"} <= set(p) for p in strategy["phases"])
+    assert sent == []
+    with session_scope(local_settings.db_url) as s:
+        assert s.scalar(select(func.count()).select_from(Run)) == 0
+        assert s.scalar(select(func.count()).select_from(StepRow)) == 0
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        (lambda d: d["tiers"][0]["phases"][0].pop("goal"), "tiers.0.phases.0.goal"),
+        (lambda d: d.update(repo_path="/etc"), "repo_path"),
+        (lambda d: d["tiers"][0]["phases"][0].update(scope=["../outside"]), "tiers.0.phases.0.scope"),
+        (lambda d: d["tiers"][0]["phases"][0].update(scope=["/abs/path"]), "tiers.0.phases.0.scope"),
+    ],
+)
+def test_bad_plans_are_422_naming_the_field(api, mutate, field: str) -> None:  # type: ignore[no-untyped-def]
+    client, sent = api
+    data = copy.deepcopy(PLAN)
+    mutate(data)
+    resp = client.post("/runs", json=data)
+    assert resp.status_code == 422
+    body = resp.get_json()
+    assert body["error"] == "invalid_plan" and body["field"] == field
+    assert sent == []
+
+
+def test_bad_bodies(api) -> None:  # type: ignore[no-untyped-def]
+    client, _ = api
+    resp = client.post("/runs", data="{not json", content_type="application/json")
+    assert resp.status_code == 422 and resp.get_json()["field"] == "body"
+    resp = client.post("/runs", data="", content_type="application/json")
+    assert resp.status_code == 422 and resp.get_json()["field"] == "body"
+    resp = client.post("/runs", json=[1, 2])
+    assert resp.status_code == 422 and resp.get_json()["field"] == "plan"
+    resp = client.post("/runs", json={**PLAN, "project": "nope"})
+    assert resp.status_code == 404 and "nope" in resp.get_json()["message"]
+
+
+def test_unknown_ids_are_404(api) -> None:  # type: ignore[no-untyped-def]
+    client, _ = api
+    for method, path in (("get", "/runs/unknown"), ("post", "/runs/unknown/cancel"), ("get", "/runs/unknown/events")):
+        resp = getattr(client, method)(path)
+        assert resp.status_code == 404 and resp.get_json()["error"] == "not_found"
+    assert client.get("/nowhere").status_code == 404
+
+
+def test_cancel_twice_is_409(api) -> None:  # type: ignore[no-untyped-def]
+    client, _ = api
+    run_id = client.post("/runs", json=PLAN).get_json()["id"]
+    first = client.post(f"/runs/{run_id}/cancel")
+    assert first.status_code == 200 and first.get_json()["state"] == "CANCELLED"
+    second = client.post(f"/runs/{run_id}/cancel")
+    assert second.status_code == 409 and second.get_json()["error"] == "conflict"
+
+
+def test_events_in_order_after_n(api) -> None:  # type: ignore[no-untyped-def]
+    client, _ = api
+    run_id = client.post("/runs", json=PLAN).get_json()["id"]
+    client.post(f"/runs/{run_id}/cancel")
+    events = client.get(f"/runs/{run_id}/events").get_json()
+    assert [e["seq"] for e in events["events"]] == [1, 2] and events["last_seq"] == 2
+    assert [e["type"] for e in events["events"]] == ["run.queued", "run.cancelled"]
+    later = client.get(f"/runs/{run_id}/events?after=1").get_json()["events"]
+    assert [e["seq"] for e in later] == [2]
+    bad = client.get(f"/runs/{run_id}/events?after=abc")
+    assert bad.status_code == 422 and bad.get_json()["field"] == "after"
+
+
+def test_health(local_settings: Settings, tmp_path: Path) -> None:
+    ok = create_app(local_settings, broker_check=lambda: None).test_client().get("/health")
+    assert ok.status_code == 200 and ok.get_json() == {"ok": True, "database": "ok", "broker": "ok", "profile": "local"}
+
+    def broken() -> None:
+        raise ConnectionRefusedError("no broker")
+
+    down = create_app(local_settings, broker_check=broken).test_client().get("/health")
+    assert down.status_code == 503 and down.get_json()["broker"].startswith("error: ConnectionRefusedError")
+    nodb = Settings(state_dir=tmp_path / "x", database_url="sqlite:////nonexistent/dir/x.db")
+    resp = create_app(nodb, broker_check=lambda: None).test_client().get("/health")
+    assert resp.status_code == 503 and resp.get_json()["database"].startswith("error")
+
+
+def test_openapi_document(api) -> None:  # type: ignore[no-untyped-def]
+    client, _ = api
+    doc = client.get("/openapi.json").get_json()
+    assert doc["openapi"].startswith("3.1")
+    assert {"/runs", "/runs/{run_id}", "/runs/{run_id}/cancel", "/runs/{run_id}/events", "/health"} <= set(doc["paths"])
+    schemas = doc["components"]["schemas"]
+    assert schemas["Plan"]["additionalProperties"] is False
+
+    def refs(node: Any) -> list[str]:
+        if isinstance(node, dict):
+            own = [node["$ref"]] if "$ref" in node else []
+            return own + [r for v in node.values() for r in refs(v)]
+        if isinstance(node, list):
+            return [r for v in node for r in refs(v)]
+        return []
+
+    for ref in refs(doc):
+        assert ref.startswith("#/components/schemas/") and ref.rsplit("/", 1)[1] in schemas, ref
+
+
+@pytest.mark.postgres
+def test_submit_and_cancel_on_postgres(pg_url: str, tmp_path: Path) -> None:
+    upgrade(pg_url)
+    settings = Settings(state_dir=tmp_path / "state", profile="prod", database_url=pg_url)
+    client, sent = _client(settings, tmp_path)
+    run_id = client.post("/runs", json=PLAN).get_json()["id"]
+    assert client.get(f"/runs/{run_id}").get_json()["state"] == "QUEUED"
+    assert client.post(f"/runs/{run_id}/cancel").status_code == 200
+    assert client.post(f"/runs/{run_id}/cancel").status_code == 409
+    assert len(sent) == 1
