@@ -295,6 +295,8 @@ def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
 
     report = reconcile(build_services(settings))
     enqueue(app, report.requeued)
+    for run_id in report.undispatched_runs:
+        app.send_task("autopack.events.dispatch", args=[run_id], queue="events")
     _out(json.dumps(report.as_dict()) if args.json else
          f"re-enqueued {len(report.requeued)} step(s), ended {len(report.timed_out)} overdue run(s), closed {report.closed_steps} step(s) of finished runs")
     return 0

@@ -58,6 +58,21 @@ def summary(run: dict[str, Any], repo: Path) -> dict[str, Any]:
     }
 
 
+def wait_postmortem(client: Any, run_id: str, timeout: float = 20.0) -> str | None:
+    """The run's postmortem once the event dispatcher has written it (Markdown), or None."""
+    from autopack.client import ApiError
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            return str(client.request("GET", f"/runs/{run_id}/postmortem?format=json")[1]["markdown"])
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+        time.sleep(0.2)
+    return None
+
+
 def run_demo(args: argparse.Namespace, settings: Settings) -> int:
     from autopack.cli import _check_sandbox, _print_run, _start_cluster, follow
     from autopack.client import ApiClient
@@ -119,8 +134,14 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
         created = client.submit(plan)
         _say(f"run {created['id']} queued; following it:")
         run = follow(client, created["id"], timeout=600)
+        postmortem = wait_postmortem(client, run["id"])
     finally:
         group.stop()
+    if postmortem:
+        path = ds.state_path / "postmortems" / f"{run['id']}.md"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(postmortem)
+        _say(f"postmortem: {path}")
     _print_run(run)
     _say(f"done in {time.monotonic() - started:.1f}s · inspect with: git -C {repo} log --format='%h %s%n%(trailers)' {run['branch']}")
     if args.json:

@@ -49,6 +49,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             **{name: {"queue": queue} for name, queue in ROUTES.values()},
             "autopack.maintenance.reconcile": {"queue": "maintenance"},
             "autopack.agents.ping": {"queue": "agents"},
+            "autopack.events.dispatch": {"queue": "events"},
         },
         # Per-queue limits: hard kills the pool process, soft raises in the task a little earlier.
         "task_annotations": {

@@ -15,6 +15,8 @@ def reconcile() -> dict[str, Any]:
     """Re-enqueue steps whose lease expired or that no worker picked up; end overdue runs."""
     report = reconcile_runs(services())
     enqueue(app, report.requeued)
+    for run_id in report.undispatched_runs:  # events a dispatcher did not finish
+        app.send_task("autopack.events.dispatch", args=[run_id], queue="events")
     return report.as_dict()
 
 

@@ -9,7 +9,7 @@ from typing import Any
 from celery import Celery, Task
 
 from autopack.engine.faults import crash_point
-from autopack.engine.runner import execute, fail_step_row, is_infrastructure_error
+from autopack.engine.runner import execute, fail_step_row, is_infrastructure_error, run_of_step
 from autopack.engine.services import Services, build_services
 from autopack.errors import RetryableError
 from autopack.settings import get_settings
@@ -51,7 +51,10 @@ def run_step(celery: Celery, step_id: int) -> list[StepRef]:
     log.info("step %s -> %s", step_id, nxt)
     try:
         enqueue(celery, nxt)
-    except Exception as exc:  # noqa: BLE001 - the steps are committed: the reconciler enqueues them
+        run_id = run_of_step(services().db_url, step_id)
+        if run_id is not None:
+            celery.send_task("autopack.events.dispatch", args=[run_id], queue="events")
+    except Exception as exc:  # noqa: BLE001 - all is committed: the reconciler enqueues it
         log.warning("could not enqueue %s (%s); the reconciler will", nxt, exc)
     crash_point("before_ack")
     return nxt

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -11,7 +12,7 @@ from sqlalchemy import select, text
 from werkzeug.exceptions import HTTPException
 
 from autopack.config import AppConfig, load_config
-from autopack.db.models import Project, Run
+from autopack.db.models import Postmortem, Project, Run
 from autopack.db.session import session_scope
 from autopack.engine import runs as runsvc
 from autopack.engine.leases import add_steps
@@ -145,6 +146,49 @@ def create_app(
         with session_scope(db) as s:
             evs = runsvc.list_events(s, run_id, after=after)
         return jsonify({"run_id": run_id, "events": evs, "last_seq": evs[-1]["seq"] if evs else after})
+
+    @app.get("/runs/<run_id>/events/stream")
+    def event_stream(run_id: str):  # type: ignore[no-untyped-def]
+        """Server-sent events: the run's events from ``after`` (or Last-Event-ID) on, following a
+        live run until it ends."""
+        header = request.headers.get("Last-Event-ID")
+        after = _int_arg("after", int(header) if header and header.isdigit() else 0)
+        poll = float(request.args.get("poll", "0.5"))
+        with session_scope(db) as s:
+            runsvc.get_run(s, run_id)
+
+        def generate():  # type: ignore[no-untyped-def]
+            last = after
+            idle = 0.0
+            while True:
+                with session_scope(db) as s:
+                    evs = runsvc.list_events(s, run_id, after=last)
+                    state = runsvc.get_run(s, run_id).state
+                for ev in evs:
+                    last = ev["seq"]
+                    yield f"id: {ev['seq']}\nevent: {ev['type']}\ndata: {json.dumps(ev)}\n\n"
+                if not evs and (state.startswith("DONE_") or state == "CANCELLED"):
+                    yield f"event: end\ndata: {json.dumps({'state': state})}\n\n"
+                    return
+                if not evs:
+                    idle += poll
+                    if idle >= 15:  # keep proxies from closing an idle stream
+                        idle = 0.0
+                        yield ": keep-alive\n\n"
+                    time.sleep(poll)
+
+        return Response(generate(), mimetype="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    @app.get("/runs/<run_id>/postmortem")
+    def get_postmortem(run_id: str):  # type: ignore[no-untyped-def]
+        with session_scope(db) as s:
+            run = runsvc.get_run(s, run_id)
+            pm = s.get(Postmortem, run_id)
+            if pm is None:
+                raise NotFound(f"run {run_id} has no postmortem yet ({run.state}); it is written when the run ends")
+            if request.args.get("format") == "json":
+                return jsonify({"run_id": run_id, "facts": pm.facts, "markdown": pm.markdown})
+            return Response(pm.markdown, mimetype="text/markdown")
 
     @app.get("/health")
     def health():  # type: ignore[no-untyped-def]

@@ -71,6 +71,20 @@ def build_openapi() -> dict[str, Any]:
                     "responses": {"200": _resp("EventList", "events"), "404": ERR["404"], "422": ERR["422"]},
                 },
             },
+            "/runs/{run_id}/events/stream": {
+                "get": {
+                    "summary": "Server-sent events of the run, following it live until it ends (honours Last-Event-ID)",
+                    "parameters": [run_id, {"name": "after", "in": "query", "schema": {"type": "integer", "default": 0}}],
+                    "responses": {"200": {"description": "text/event-stream"}, "404": ERR["404"]},
+                },
+            },
+            "/runs/{run_id}/postmortem": {
+                "get": {
+                    "summary": "The run's postmortem (Markdown; ?format=json for facts and Markdown)",
+                    "parameters": [run_id, {"name": "format", "in": "query", "schema": {"type": "string", "enum": ["markdown", "json"]}}],
+                    "responses": {"200": {"description": "text/markdown"}, "404": ERR["404"]},
+                },
+            },
             "/health": {"get": {"summary": "Database and broker health",
                                 "responses": {"200": _resp("Health", "healthy"), "503": _resp("Health", "unhealthy")}}},
             "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}}}},

@@ -197,3 +197,24 @@ class StepRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     done_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True, index=True)
     outcome: Mapped[str | None] = mapped_column(String(32), nullable=True)
+
+
+class EventDelivery(Base):
+    """One handler's effect of one event: the unique key makes each (event, handler) happen once."""
+
+    __tablename__ = "event_deliveries"
+    __table_args__ = (UniqueConstraint("event_id", "handler"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    event_id: Mapped[int] = mapped_column(ForeignKey("events.id"), index=True)
+    handler: Mapped[str] = mapped_column(String(64))
+    delivered_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Postmortem(Base):
+    __tablename__ = "postmortems"
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), primary_key=True)
+    markdown: Mapped[str] = mapped_column(Text)
+    facts: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

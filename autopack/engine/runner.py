@@ -37,6 +37,11 @@ def create_step(db_url: str, run_id: str, name: str, arg: Any) -> tuple[int, str
         return add_steps(s, run_id, [(name, arg)])[0].id, name
 
 
+def run_of_step(db_url: str, step_id: int) -> str | None:
+    with session_scope(db_url) as s:
+        return s.scalar(select(StepRow.run_id).where(StepRow.id == step_id))
+
+
 def execute(services: Services, step_id: int, owner: str | None = None) -> list[tuple[int, str]]:
     """Claim ``step_id``, run its engine function under a heartbeated lease, and return the ids of
     the steps it created (to enqueue after this returns: they are already committed)."""
@@ -131,11 +136,13 @@ def fail_step_row(services: Services, step_id: int, exc: BaseException) -> None:
 @dataclass
 class ReconcileReport:
     requeued: list[tuple[int, str]] = field(default_factory=list)
+    undispatched_runs: list[str] = field(default_factory=list)
     timed_out: list[str] = field(default_factory=list)
     closed_steps: int = 0
 
     def as_dict(self) -> dict[str, Any]:
-        return {"requeued": self.requeued, "timed_out": self.timed_out, "closed_steps": self.closed_steps}
+        return {"requeued": self.requeued, "timed_out": self.timed_out, "closed_steps": self.closed_steps,
+                "undispatched_runs": self.undispatched_runs}
 
 
 def reconcile(services: Services, max_runtime_s: float | None = None) -> ReconcileReport:
@@ -174,4 +181,7 @@ def reconcile(services: Services, max_runtime_s: float | None = None) -> Reconci
         for row in due:
             row.enqueued_at = now
             report.requeued.append((row.id, row.name))
+    from autopack.events.dispatch import runs_with_undispatched
+
+    report.undispatched_runs = runs_with_undispatched(services.db_url, older_than_s=min(5.0, settings.pickup_grace_s))
     return report

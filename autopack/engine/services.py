@@ -9,6 +9,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from autopack.config import AppConfig, load_config
 from autopack.errors import ConfigError
@@ -30,6 +31,8 @@ class Services:
     python: str = sys.executable
     # Live providers: skip a model whose provider has no key set (False for cassettes and scripts).
     check_keys: bool = False
+    # The Redis Streams mirror of events (prod profile); None on the local profile.
+    mirror: Any = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -122,4 +125,13 @@ def build_services(settings: Settings) -> Services:
         sandbox=make_sandbox(settings),
         clients=make_client_provider(settings, config),
         check_keys=settings.llm_mode != "replay" and settings.llm_script is None,
+        mirror=_mirror(settings),
     )
+
+
+def _mirror(settings: Settings) -> Any:
+    if settings.profile != "prod":
+        return None
+    from autopack.events.stream import StreamMirror
+
+    return StreamMirror.from_url(settings.redis_url)

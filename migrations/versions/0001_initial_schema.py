@@ -76,6 +76,14 @@ def upgrade() -> None:
     with op.batch_alter_table('events', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_events_run_id'), ['run_id'], unique=False)
 
+    op.create_table('postmortems',
+    sa.Column('run_id', sa.String(length=32), nullable=False),
+    sa.Column('markdown', sa.Text(), nullable=False),
+    sa.Column('facts', sa.JSON(), nullable=False),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['run_id'], ['runs.id'], ),
+    sa.PrimaryKeyConstraint('run_id')
+    )
     op.create_table('steps',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('run_id', sa.String(length=32), nullable=False),
@@ -109,6 +117,18 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('tiers', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_tiers_run_id'), ['run_id'], unique=False)
+
+    op.create_table('event_deliveries',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('event_id', sa.Integer(), nullable=False),
+    sa.Column('handler', sa.String(length=64), nullable=False),
+    sa.Column('delivered_at', sa.DateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['event_id'], ['events.id'], ),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('event_id', 'handler')
+    )
+    with op.batch_alter_table('event_deliveries', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_event_deliveries_event_id'), ['event_id'], unique=False)
 
     op.create_table('phases',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -217,6 +237,10 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_phases_run_id'))
 
     op.drop_table('phases')
+    with op.batch_alter_table('event_deliveries', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_event_deliveries_event_id'))
+
+    op.drop_table('event_deliveries')
     with op.batch_alter_table('tiers', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_tiers_run_id'))
 
@@ -226,6 +250,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_steps_done_at'))
 
     op.drop_table('steps')
+    op.drop_table('postmortems')
     with op.batch_alter_table('events', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_events_run_id'))
 

@@ -47,6 +47,11 @@ def test_demo_replays_to_done_success(tmp_path: Path) -> None:
     assert {e["trailers"]["Autopack-Run"] for e in log} == {summary["run_id"]}
     # The progress was shown as it happened.
     assert "phase.retry" in proc.stdout and "run.finished" in proc.stdout
+    # The event dispatcher wrote the postmortem when the run ended.
+    pm = tmp_path / ".autopack" / "demo" / "postmortems" / f"{summary['run_id']}.md"
+    text = pm.read_text()
+    assert text.startswith(f"# Postmortem of run {summary['run_id']} (demo)")
+    assert "test_failure fixed by attempt 2" in text
 
 
 def test_demo_with_a_cassette_that_does_not_match_fails_loudly(tmp_path: Path) -> None:

@@ -174,3 +174,33 @@ def test_submit_and_cancel_on_postgres(pg_url: str, tmp_path: Path) -> None:
     assert client.post(f"/runs/{run_id}/cancel").status_code == 200
     assert client.post(f"/runs/{run_id}/cancel").status_code == 409
     assert len(sent) == 1
+
+
+def test_server_sent_events_follow_a_run_to_its_end(api) -> None:  # type: ignore[no-untyped-def]
+    client, _ = api
+    run_id = client.post("/runs", json=PLAN).get_json()["id"]
+    client.post(f"/runs/{run_id}/cancel")
+    body = client.get(f"/runs/{run_id}/events/stream?poll=0.05").get_data(as_text=True)
+    blocks = [b for b in body.split("\n\n") if b.strip()]
+    assert [b.splitlines()[0] for b in blocks] == ["id: 1", "id: 2", "event: end"]
+    assert "event: run.cancelled" in blocks[1]
+    resumed = client.get(f"/runs/{run_id}/events/stream?poll=0.05", headers={"Last-Event-ID": "1"}).get_data(as_text=True)
+    assert resumed.startswith("id: 2\nevent: run.cancelled\n")
+    assert client.get("/runs/nope/events/stream").status_code == 404
+
+
+def test_postmortem_endpoint(api, local_settings: Settings) -> None:  # type: ignore[no-untyped-def]
+    from types import SimpleNamespace
+
+    from autopack.events.dispatch import dispatch_pending
+
+    client, _ = api
+    run_id = client.post("/runs", json=PLAN).get_json()["id"]
+    missing = client.get(f"/runs/{run_id}/postmortem")
+    assert missing.status_code == 404 and "no postmortem yet" in missing.get_json()["message"]
+    client.post(f"/runs/{run_id}/cancel")
+    dispatch_pending(SimpleNamespace(db_url=local_settings.db_url))
+    resp = client.get(f"/runs/{run_id}/postmortem")
+    assert resp.status_code == 200 and resp.mimetype == "text/markdown"
+    assert f"# Postmortem of run {run_id}" in resp.get_data(as_text=True)
+    assert client.get(f"/runs/{run_id}/postmortem?format=json").get_json()["facts"]["state"] == "CANCELLED"

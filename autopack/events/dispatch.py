@@ -1,0 +1,104 @@
+"""The event dispatcher: fans each undispatched event out to its subscribed handlers, each exactly
+once in effect (the handler's writes and its (event, handler) delivery row commit together), then
+mirrors it to the Redis Stream (prod) and marks it dispatched. Killed at any point, it can simply
+run again."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from autopack import postmortem
+from autopack.db.models import Event, EventDelivery, Postmortem, Run
+from autopack.db.session import session_scope
+from autopack.engine.faults import crash_point
+
+log = logging.getLogger("autopack.events")
+
+HandlerFn = Callable[[Session, Any, dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class Handler:
+    name: str
+    types: frozenset[str]
+    fn: HandlerFn
+
+
+def _write_postmortem(session: Session, services: Any, event: dict[str, Any]) -> None:
+    run = session.get(Run, event["run_id"])
+    if run is None or session.get(Postmortem, run.id) is not None:
+        return
+    facts = postmortem.collect_facts(session, run)
+    session.add(Postmortem(run_id=run.id, facts=facts, markdown=postmortem.render(facts)))
+
+
+HANDLERS: list[Handler] = [
+    Handler("postmortem", frozenset({"run.finished", "run.cancelled"}), _write_postmortem),
+]
+
+
+def register(handler: Handler) -> None:
+    HANDLERS[:] = [h for h in HANDLERS if h.name != handler.name] + [handler]
+
+
+def event_dict(ev: Event) -> dict[str, Any]:
+    return {"id": ev.id, "run_id": ev.run_id, "seq": ev.seq, "type": ev.type, "phase_key": ev.phase_key,
+            "attempt_id": ev.attempt_id, "payload": ev.payload}
+
+
+@dataclass
+class DispatchReport:
+    events: int = 0
+    deliveries: int = 0
+    mirrored: int = 0
+    skipped: list[str] = field(default_factory=list)
+
+
+def dispatch_pending(services: Any, run_id: str | None = None, *, handlers: list[Handler] | None = None,
+                     mirror: Any = None, limit: int = 500) -> DispatchReport:
+    handlers = HANDLERS if handlers is None else handlers
+    report = DispatchReport()
+    with session_scope(services.db_url) as s:
+        q = select(Event).where(Event.dispatched.is_(False)).order_by(Event.run_id, Event.seq).limit(limit)
+        if run_id is not None:
+            q = q.where(Event.run_id == run_id)
+        events = [event_dict(e) for e in s.scalars(q)]
+    for ev in events:
+        for h in handlers:
+            if ev["type"] not in h.types:
+                continue
+            try:
+                with session_scope(services.db_url) as s:
+                    done = s.scalar(select(EventDelivery.id).where(EventDelivery.event_id == ev["id"], EventDelivery.handler == h.name))
+                    if done is not None:
+                        report.skipped.append(f"{ev['id']}:{h.name}")
+                        continue
+                    s.add(EventDelivery(event_id=ev["id"], handler=h.name))
+                    s.flush()
+                    h.fn(s, services, ev)
+                report.deliveries += 1
+            except IntegrityError:  # another dispatcher delivered it first
+                report.skipped.append(f"{ev['id']}:{h.name}")
+            crash_point("mid_fanout")
+        if mirror is not None:
+            if mirror.append(ev) is not None:
+                report.mirrored += 1
+        with session_scope(services.db_url) as s:
+            s.execute(update(Event).where(Event.id == ev["id"]).values(dispatched=True).execution_options(synchronize_session=False))
+        report.events += 1
+    return report
+
+
+def runs_with_undispatched(db_url: str, older_than_s: float = 5.0) -> list[str]:
+    from datetime import datetime, timedelta, timezone
+
+    cutoff = datetime.now(timezone.utc) - timedelta(seconds=older_than_s)
+    with session_scope(db_url) as s:
+        return list(s.scalars(select(Event.run_id).where(Event.dispatched.is_(False), Event.created_at < cutoff).distinct()))

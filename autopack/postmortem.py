@@ -1,0 +1,76 @@
+"""The postmortem of a finished run: facts computed from the database, rendered as Markdown.
+A model may add a short narrative; with none configured the facts stand alone."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from autopack.db.models import ModelCall, Run
+
+
+def collect_facts(session: Session, run: Run) -> dict[str, Any]:
+    phases = []
+    fixes = []
+    failures: dict[str, int] = defaultdict(int)
+    for ph in run.phases:
+        attempts = []
+        for a in ph.attempts:
+            attempts.append({
+                "number": a.number, "model": a.model, "decision": a.decision, "failure_class": a.failure_class,
+                "failure": (a.failure or "").splitlines()[0][:200] if a.failure else None,
+                "commit": a.candidate_commit, "tokens": a.tokens_used, "cost_usd": round(a.cost_usd, 6),
+                "started": a.created_at.isoformat(), "finished": a.finished_at.isoformat() if a.finished_at else None,
+            })
+            if a.failure_class:
+                failures[a.failure_class] += 1
+        failed = [x for x in attempts if x["failure_class"]]
+        accepted = [x for x in attempts if x["decision"] == "complete"]
+        if failed and accepted:
+            fixes.append({"phase": ph.key, "failed": [f["failure_class"] for f in failed], "fixed_by_attempt": accepted[0]["number"],
+                          "model": accepted[0]["model"]})
+        phases.append({"id": ph.key, "state": ph.state, "attempts": attempts})
+    cost: dict[str, dict[str, float]] = defaultdict(lambda: {"calls": 0, "tokens": 0, "cost_usd": 0.0})
+    for c in session.scalars(select(ModelCall).where(ModelCall.run_id == run.id)):
+        row = cost[f"{c.role} · {c.model}"]
+        row["calls"] += 1
+        row["tokens"] += c.input_tokens + c.output_tokens
+        row["cost_usd"] = round(row["cost_usd"] + c.cost_usd, 6)
+    return {
+        "run_id": run.id, "project": run.project.name, "state": run.state, "failure_reason": run.failure_reason,
+        "branch": run.branch, "base_commit": run.base_commit, "head_commit": run.head_commit,
+        "tokens": run.tokens_used, "cost_usd": round(run.cost_usd, 6), "phases": phases,
+        "failures_by_class": dict(sorted(failures.items())), "fixes": fixes, "cost_by_role_model": dict(sorted(cost.items())),
+        "rules_applied": [], "rules_learned": [], "open_issues": [],
+    }
+
+
+def render(facts: dict[str, Any], narrative: str | None = None) -> str:
+    out = [f"# Postmortem of run {facts['run_id']} ({facts['project']})", ""]
+    out += [f"**Outcome:** {facts['state']}" + (f" — {facts['failure_reason']}" if facts.get("failure_reason") else ""),
+            f"**Branch:** `{facts['branch']}` ({(facts.get('base_commit') or '')[:10]} → {(facts.get('head_commit') or '')[:10]})",
+            f"**Spend:** {facts['tokens']} tokens, ${facts['cost_usd']:.4f}", ""]
+    if narrative:
+        out += ["## Summary", "", narrative.strip(), ""]
+    out += ["## Timeline", ""]
+    for ph in facts["phases"]:
+        out.append(f"- **{ph['id']}** — {ph['state']}")
+        for a in ph["attempts"]:
+            what = a["decision"] or "unfinished"
+            why = f" ({a['failure_class']}: {a['failure']})" if a["failure_class"] else ""
+            out.append(f"  - attempt {a['number']} with {a['model']}: {what}{why}")
+    out += ["", "## Failures and what fixed them", ""]
+    if facts["failures_by_class"]:
+        out += [f"- {cls}: {n}" for cls, n in facts["failures_by_class"].items()]
+        out += [f"- phase {f['phase']}: {', '.join(f['failed'])} fixed by attempt {f['fixed_by_attempt']} ({f['model']})" for f in facts["fixes"]]
+    else:
+        out.append("- none")
+    out += ["", "## Cost by role and model", "", "| role · model | calls | tokens | cost |", "|---|---|---|---|"]
+    out += [f"| {k} | {v['calls']} | {v['tokens']} | ${v['cost_usd']:.4f} |" for k, v in facts["cost_by_role_model"].items()]
+    out += ["", "## Rules", "", f"- applied: {', '.join(facts['rules_applied']) or 'none'}",
+            f"- learned: {', '.join(facts['rules_learned']) or 'none'}", "", "## Open issues", ""]
+    out += [f"- {i}" for i in facts["open_issues"]] or ["- none"]
+    return "\n".join(out) + "\n"

@@ -1,0 +1,74 @@
+"""The dispatcher delivers each event to each subscribed handler once in effect, even when it is
+killed in the middle of a fan-out and run again; postmortems are written when runs end."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+from sqlalchemy import func, select, text
+
+from autopack.db.models import Event, EventDelivery, Postmortem, Project
+from autopack.db.session import session_scope
+from autopack.engine import runs as runsvc
+from autopack.events.dispatch import dispatch_pending
+from autopack.settings import ROOT, Settings
+from tests.engine.harness import demo_plan
+from tests.events.effects import create_table, effect_handlers
+
+
+def _two_runs(settings: Settings) -> list[str]:
+    from autopack.config import load_config
+
+    config = load_config(settings.config_dir)
+    ids = []
+    with session_scope(settings.db_url) as s:
+        s.add(Project(name="demo", repo_path="/nonexistent", base_branch="main"))
+    for _ in range(2):
+        with session_scope(settings.db_url) as s:
+            ids.append(runsvc.create_run(s, demo_plan(), config).id)
+    with session_scope(settings.db_url) as s:
+        runsvc.cancel_run(s, ids[0])
+        create_table(s)
+    return ids
+
+
+def _effects(url: str) -> list[tuple[int, str]]:
+    with session_scope(url) as s:
+        return sorted(tuple(r) for r in s.execute(text("SELECT event_id, handler FROM handler_effects")))  # type: ignore[misc]
+
+
+def test_killed_mid_fanout_then_rerun_delivers_each_once(local_settings: Settings) -> None:
+    _two_runs(local_settings)
+    env = {**os.environ, "AUTOPACK_CRASH_AT": "mid_fanout", "AUTOPACK_CRASH_DIR": str(local_settings.state_path / "crash")}
+    child = subprocess.run([sys.executable, "-m", "tests.events._dispatch_child", local_settings.db_url], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert child.returncode == -9, child.stdout + child.stderr  # killed after the first handler's commit
+    assert _effects(local_settings.db_url) == [(1, "first")]
+    services = SimpleNamespace(db_url=local_settings.db_url)
+    report = dispatch_pending(services, handlers=effect_handlers())
+    assert report.skipped == ["1:first"]
+    with session_scope(local_settings.db_url) as s:
+        events = s.scalars(select(Event).order_by(Event.id)).all()
+        assert all(e.dispatched for e in events) and len(events) == 3
+        ids = [e.id for e in events]
+    assert _effects(local_settings.db_url) == sorted((e, h) for e in ids for h in ("first", "second"))
+    # And again: nothing new.
+    assert dispatch_pending(services, handlers=effect_handlers()).deliveries == 0
+    assert len(_effects(local_settings.db_url)) == 6
+
+
+def test_postmortem_is_written_once_when_a_run_ends(local_settings: Settings) -> None:
+    cancelled, _running = _two_runs(local_settings)
+    services = SimpleNamespace(db_url=local_settings.db_url)
+    dispatch_pending(services)
+    dispatch_pending(services)
+    with session_scope(local_settings.db_url) as s:
+        pms = s.scalars(select(Postmortem)).all()
+        assert [p.run_id for p in pms] == [cancelled]
+        assert pms[0].markdown.startswith(f"# Postmortem of run {cancelled}")
+        assert "**Outcome:** CANCELLED" in pms[0].markdown
+        assert s.scalar(select(func.count()).select_from(EventDelivery)) == 1
