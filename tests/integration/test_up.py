@@ -64,7 +64,8 @@ def test_up_runs_a_plan_and_stops_on_ctrl_c(tmp_path: Path, demo_repo: Path) -> 
         AUTOPACK_API_URL=f"http://127.0.0.1:{port}",
     )
     cli = [sys.executable, "-m", "autopack.cli"]
-    up = subprocess.Popen([*cli, "up", "--port", str(port)], env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    log = tmp_path / "up.log"
+    up = subprocess.Popen([*cli, "up", "--port", str(port)], env=env, cwd=tmp_path, stdout=log.open("wb"), stderr=subprocess.STDOUT)
     try:
         wait_http(f"http://127.0.0.1:{port}/health", 60)
         assert subprocess.run([*cli, "project", "add", "demo", str(demo_repo)], env=env, capture_output=True).returncode == 0
@@ -83,8 +84,8 @@ def test_up_runs_a_plan_and_stops_on_ctrl_c(tmp_path: Path, demo_repo: Path) -> 
         assert len(children) >= 5  # web, 3 workers, beat (and pool children)
     finally:
         up.send_signal(signal.SIGINT)
-        out, _ = up.communicate(timeout=60)
-    assert up.returncode == 0, out.decode()[-2000:]
+        up.wait(timeout=120)
+    assert up.returncode == 0, log.read_text()[-2000:]
     deadline = time.monotonic() + 10
     alive = set(children)
     while alive and time.monotonic() < deadline:
