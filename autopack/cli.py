@@ -375,7 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_reconcile)
 
     sp = sub.add_parser("demo", help="run the example plan on a fresh demo repository, offline")
-    sp.add_argument("--json", action="store_true", help="end with one JSON summary line")
+    sp.add_argument("--json", action="store_true", help="end with one JSON summary line per run")
+    sp.add_argument("--runs", type=int, default=1, help="run the plan this many times on the same project (learning)")
     sp.add_argument("--live", action="store_true", help="call real models (ANTHROPIC_API_KEY or OPENAI_API_KEY) and record a new cassette")
     sp.add_argument("--cassette", help="cassette to replay or record (default: the recorded demo cassette)")
     sp.add_argument("--port", type=int, default=0, help="API port (default: a free one)")

@@ -41,8 +41,23 @@ def create_target_repo(dest: Path) -> Path:
 
 
 def demo_settings(settings: Settings) -> Settings:
-    """The demo keeps its own state folder (database, broker, worktrees) beside the user's."""
-    return settings.model_copy(update={"state_dir": settings.state_path / "demo"})
+    """The demo shares the state folder's database (so `autopack rules --project demo` and
+    `autopack status` see it) but has a private broker folder, so workers of an `autopack up`
+    running beside it never take its tasks."""
+    return settings.model_copy(update={"broker_folder": settings.state_path / "demo" / "broker"})
+
+
+def reset_demo_project(session: Any) -> None:
+    """The demo starts from a clean slate: the demo project's learned hints and rules are cleared
+    (its earlier runs stay), so every demo learns the same way and replays the same cassette."""
+    from sqlalchemy import delete, select
+
+    from autopack.db.models import Hint, Project, Rule
+
+    project = session.scalar(select(Project).where(Project.name == DEMO_PROJECT))
+    if project is not None:
+        session.execute(delete(Rule).where(Rule.project_id == project.id))
+        session.execute(delete(Hint).where(Hint.project_id == project.id))
 
 
 def summary(run: dict[str, Any], repo: Path) -> dict[str, Any]:
@@ -88,10 +103,11 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     env = dict(os.environ)
     env["AUTOPACK_STATE_DIR"] = str(ds.state_path)
+    env["AUTOPACK_BROKER_FOLDER"] = str(ds.broker_dir)
     cassette = Path(args.cassette).resolve() if args.cassette else EXAMPLE / "cassette.jsonl"
     if args.live or getattr(args, "script", None):
         if not args.cassette:
-            cassette = ds.state_path / f"cassette-{int(time.time())}.jsonl"
+            cassette = ds.state_path / "demo" / f"cassette-{int(time.time())}.jsonl"
         env["AUTOPACK_LLM_MODE"] = "record"
         if getattr(args, "script", None):
             env["AUTOPACK_LLM_SCRIPT"] = str(Path(args.script).resolve())
@@ -109,11 +125,13 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
 
     ds.state_path.mkdir(parents=True, exist_ok=True)
     upgrade(ds.db_url)
-    repo_root = ds.state_path / "repos"
+    repo_root = ds.state_path / "demo" / "repos"
     repo_root.mkdir(parents=True, exist_ok=True)
     repo = create_target_repo(repo_root / f"calc-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
     with session_scope(ds.db_url) as s:
         from sqlalchemy import select
+
+        reset_demo_project(s)
 
         project = s.scalar(select(Project).where(Project.name == DEMO_PROJECT))
         if project is None:
@@ -127,23 +145,46 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
 
     stop_on_signals()
     group = _start_cluster(ds, port, env, quiet=True)
+    finished: list[tuple[dict[str, Any], dict[str, Any]]] = []
     try:
         client = ApiClient(f"http://127.0.0.1:{port}")
         plan = load_plan_text((EXAMPLE / "plan.yaml").read_text(encoding="utf-8"))
         plan["project"] = DEMO_PROJECT
-        created = client.submit(plan)
-        _say(f"run {created['id']} queued; following it:")
-        run = follow(client, created["id"], timeout=600)
-        postmortem = wait_postmortem(client, run["id"])
+        for n in range(1, args.runs + 1):
+            created = client.submit(plan)
+            _say(f"run {n} of {args.runs}: {created['id']} queued; following it:")
+            run = follow(client, created["id"], timeout=600)
+            postmortem = wait_postmortem(client, run["id"])
+            if postmortem:
+                path = ds.state_path / "demo" / "postmortems" / f"{run['id']}.md"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(postmortem)
+                _say(f"postmortem: {path}")
+            finished.append((run, learning_figures(ds, run["id"])))
+            _print_run(run)
     finally:
         group.stop()
-    if postmortem:
-        path = ds.state_path / "postmortems" / f"{run['id']}.md"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(postmortem)
-        _say(f"postmortem: {path}")
-    _print_run(run)
-    _say(f"done in {time.monotonic() - started:.1f}s · inspect with: git -C {repo} log --format='%h %s%n%(trailers)' {run['branch']}")
-    if args.json:
-        print(json.dumps(summary(run, repo)), flush=True)
-    return 0 if run["state"] == "DONE_SUCCESS" else 1
+    _say(f"done in {time.monotonic() - started:.1f}s · inspect with: git -C {repo} log --format='%h %s%n%(trailers)' {finished[-1][0]['branch'] if finished else 'main'}")
+    for run, figures in finished:
+        line = summary(run, repo) | figures
+        if args.json:
+            print(json.dumps(line), flush=True)
+        elif args.runs > 1:
+            _say(f"run {run['id']}: {run['state']}, failed attempts {figures['failed_attempts']}, rules applied {figures['rules_applied']}, "
+                 f"rule tokens {figures['rule_tokens']} of {figures['builder_prompt_tokens']} Builder prompt tokens")
+    return 0 if finished and all(r["state"] == "DONE_SUCCESS" for r, _ in finished) else 1
+
+
+def learning_figures(settings: Settings, run_id: str) -> dict[str, Any]:
+    """What the run learned and used: failed attempts, rules its prompts carried, their token share."""
+    from sqlalchemy import select
+
+    from autopack.db.models import Attempt, ModelCall
+    from autopack.db.session import session_scope
+
+    with session_scope(settings.db_url) as s:
+        failed = len(s.scalars(select(Attempt.id).where(Attempt.run_id == run_id, Attempt.failure_class.is_not(None))).all())
+        calls = s.scalars(select(ModelCall).where(ModelCall.run_id == run_id, ModelCall.role == "builder")).all()
+        rules = sorted({r for c in calls for r in (c.rules or [])})
+        return {"failed_attempts": failed, "rules_applied": rules, "rule_tokens": sum(c.rules_tokens for c in calls),
+                "builder_prompt_tokens": sum(c.input_tokens for c in calls)}

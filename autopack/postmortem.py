@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from autopack.db.models import ModelCall, Run
+from autopack.db.models import Event, ModelCall, Rule, Run
 
 
 def collect_facts(session: Session, run: Run) -> dict[str, Any]:
@@ -39,12 +39,23 @@ def collect_facts(session: Session, run: Run) -> dict[str, Any]:
         row["calls"] += 1
         row["tokens"] += c.input_tokens + c.output_tokens
         row["cost_usd"] = round(row["cost_usd"] + c.cost_usd, 6)
+    applied: set[int] = set()
+    prompt_tokens = rule_tokens = 0
+    for c in session.scalars(select(ModelCall).where(ModelCall.run_id == run.id, ModelCall.role == "builder")):
+        applied |= set(c.rules or [])
+        prompt_tokens += c.input_tokens
+        rule_tokens += c.rules_tokens
+    promoted = [e.payload.get("rule_id") for e in session.scalars(select(Event).where(Event.run_id == run.id, Event.type == "rule.promoted"))]
+    learned = [r for r in (session.get(Rule, i) for i in promoted if i is not None) if r is not None]
     return {
+        "rules_applied_ids": sorted(applied), "rule_tokens": rule_tokens, "builder_prompt_tokens": prompt_tokens,
         "run_id": run.id, "project": run.project.name, "state": run.state, "failure_reason": run.failure_reason,
         "branch": run.branch, "base_commit": run.base_commit, "head_commit": run.head_commit,
         "tokens": run.tokens_used, "cost_usd": round(run.cost_usd, 6), "phases": phases,
         "failures_by_class": dict(sorted(failures.items())), "fixes": fixes, "cost_by_role_model": dict(sorted(cost.items())),
-        "rules_applied": [], "rules_learned": [], "open_issues": [],
+        "rules_applied": [f"rule {i}" for i in sorted(applied)],
+        "rules_learned": [f"rule {r.id} ({r.scope_pattern}): {r.text}" for r in learned],
+        "open_issues": [],
     }
 
 
@@ -70,7 +81,8 @@ def render(facts: dict[str, Any], narrative: str | None = None) -> str:
         out.append("- none")
     out += ["", "## Cost by role and model", "", "| role · model | calls | tokens | cost |", "|---|---|---|---|"]
     out += [f"| {k} | {v['calls']} | {v['tokens']} | ${v['cost_usd']:.4f} |" for k, v in facts["cost_by_role_model"].items()]
-    out += ["", "## Rules", "", f"- applied: {', '.join(facts['rules_applied']) or 'none'}",
+    share = f" ({facts['rule_tokens']} of {facts['builder_prompt_tokens']} Builder prompt tokens)" if facts.get("rule_tokens") else ""
+    out += ["", "## Rules", "", f"- applied: {', '.join(facts['rules_applied']) or 'none'}{share}",
             f"- learned: {', '.join(facts['rules_learned']) or 'none'}", "", "## Open issues", ""]
     out += [f"- {i}" for i in facts["open_issues"]] or ["- none"]
     return "\n".join(out) + "\n"

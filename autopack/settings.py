@@ -86,16 +86,21 @@ class Settings(BaseSettings):
             return self.redis_url
         return f"db+sqlite:///{self.state_path / 'results.sqlite'}"
 
+    # The filesystem broker's folder (default: <state>/broker); the demo uses a private one.
+    broker_folder: Path | None = None
+
     @property
     def broker_dir(self) -> Path:
-        return self.state_path / "broker"
+        return (self.broker_folder or self.state_path / "broker").resolve()
 
     @property
     def worktrees_dir(self) -> Path:
         return self.state_path / "worktrees"
 
     def ensure_dirs(self) -> None:
-        for sub in ("broker/queue", "broker/processed", "broker/control", "worktrees", "logs"):
+        for sub in ("queue", "processed", "control"):
+            (self.broker_dir / sub).mkdir(parents=True, exist_ok=True)
+        for sub in ("worktrees", "logs"):
             (self.state_path / sub).mkdir(parents=True, exist_ok=True)
 
 

@@ -35,8 +35,19 @@ class RunBudget(BaseModel):
     max_runtime_s: int = Field(6 * 3600, gt=0)
 
 
+class LearningConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    promotion_threshold: int = Field(2, ge=1)  # occurrences of a failure key in a project before a rule
+    rules_token_cap: int = Field(600, gt=0)  # rules and hints in one prompt stay under this
+    stale_after_days: int = Field(30, gt=0)  # a rule that matched nothing this long retires
+    min_carried: int = Field(3, ge=1)  # carried phases before a rule's effect can retire it
+
+
 class StrategyConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    learning: LearningConfig = Field(default_factory=LearningConfig)
 
     defaults: dict[str, Any] = Field(default_factory=dict)
     high_risk_categories: list[str] = Field(default_factory=list)

@@ -129,6 +129,9 @@ class Attempt(Base):
     decision: Mapped[str | None] = mapped_column(String(32), nullable=True)
     failure: Mapped[str | None] = mapped_column(Text, nullable=True)
     failure_class: Mapped[str | None] = mapped_column(String(48), nullable=True)
+    # Normalised, stable across runs: failure class + hash of the failure's signature.
+    failure_key: Mapped[str | None] = mapped_column(String(80), nullable=True, index=True)
+    failure_signature: Mapped[str | None] = mapped_column(Text, nullable=True)
     tokens_used: Mapped[int] = mapped_column(BigInteger, default=0)
     cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -156,6 +159,10 @@ class ModelCall(Base):
     output_tokens: Mapped[int] = mapped_column(Integer, default=0)
     cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The learned rules (ids) and in-run hints (ids) this prompt carried, and their token share.
+    rules: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
+    hints: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
+    rules_tokens: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -218,3 +225,46 @@ class Postmortem(Base):
     markdown: Mapped[str] = mapped_column(Text)
     facts: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Hint(Base):
+    """A failure that a later attempt of the same phase fixed: the lesson and its evidence."""
+
+    __tablename__ = "hints"
+    __table_args__ = (UniqueConstraint("run_id", "phase_key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), index=True)
+    phase_key: Mapped[str] = mapped_column(String(64))
+    key: Mapped[str] = mapped_column(String(80), index=True)
+    failure_class: Mapped[str] = mapped_column(String(48))
+    signature: Mapped[str] = mapped_column(Text)
+    category: Mapped[str] = mapped_column(String(64))
+    scope: Mapped[list[Any]] = mapped_column(JSON)
+    paths: Mapped[list[Any]] = mapped_column(JSON)
+    lesson: Mapped[str] = mapped_column(Text)
+    evidence: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Rule(Base):
+    """A hint whose failure key recurred in a project, promoted to a rule later prompts carry."""
+
+    __tablename__ = "rules"
+    __table_args__ = (UniqueConstraint("project_id", "key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
+    key: Mapped[str] = mapped_column(String(80))
+    text: Mapped[str] = mapped_column(Text)
+    scope_pattern: Mapped[str] = mapped_column(Text)
+    category: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    provenance: Mapped[dict[str, Any]] = mapped_column(JSON)
+    times_applied: Mapped[int] = mapped_column(Integer, default=0)
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    status_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    effect: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    last_matched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

@@ -9,6 +9,7 @@ after this function's transaction has committed.
 from __future__ import annotations
 
 import fnmatch
+import dataclasses
 import logging
 import re
 import tempfile
@@ -30,12 +31,14 @@ from autopack.decide import AttemptOutcome, decide
 from autopack.edits.govern import EditPolicy, default_protected
 from autopack.engine.faults import crash_point
 from autopack.engine.leases import StepContext
+from autopack.engine.learning import promote, prompt_guidance, record_hint
 from autopack.engine.ledger import estimate_tokens, reserve, settle
 from autopack.engine.services import Services
 from autopack.engine.store import StaleState, emit, transition
 from autopack.errors import AutopackError, BudgetExceeded, GitError, ProviderError, SandboxUnavailable
 from autopack.llm.base import LLMRequest, LLMResponse, Message
-from autopack.sandbox.junit import JUnitError, parse_junit
+from autopack.normalize import failure_key
+from autopack.sandbox.junit import JUnitError, failure_messages, parse_junit
 from autopack.sandbox.limits import SandboxLimits
 from autopack.states import PhaseState, RunState, TierState, is_terminal_run
 from autopack.workspace import worktree as wt
@@ -91,11 +94,13 @@ def _run_tests(services: Services, repo: Path, commit: str, argv: list[str], lim
         tree = wt.export_tree(repo, commit, Path(tmp) / "tree")
         res = services.sandbox.run(tree, argv, limits, collect=[JUNIT])
     outcomes: dict[str, str] = {}
+    messages: dict[str, str] = {}
     error = None
     xml = res.files.get(JUNIT)
     if xml:
         try:
             outcomes = parse_junit(xml)
+            messages = failure_messages(xml)
         except JUnitError as exc:
             error = f"unreadable JUnit report: {exc}"
     else:
@@ -108,6 +113,7 @@ def _run_tests(services: Services, repo: Path, commit: str, argv: list[str], lim
         summary += f" (killed: {res.killed})"
     return {
         "outcomes": outcomes,
+        "messages": {k: stable_output(v) for k, v in messages.items()},
         "exit_code": res.exit_code,
         "killed": res.killed,
         "duration_s": round(res.duration_s, 3),
@@ -160,6 +166,9 @@ class CallScope:
     role: str
     model: str
     phase_token_cap: int | None
+    rules: tuple[int, ...] = ()
+    hints: tuple[int, ...] = ()
+    rules_tokens: int = 0
 
 
 def make_call(services: Services, scope: CallScope) -> Callable[[str, list[Message], int], LLMResponse]:
@@ -197,6 +206,7 @@ def make_call(services: Services, scope: CallScope) -> Callable[[str, list[Messa
                     provider=resp.provider, model=resp.model, request_key=_key(req), prompt=prompt,
                     response_text=resp.text, stop_reason=resp.stop_reason, max_tokens=max_tokens,
                     input_tokens=resp.usage.input_tokens, output_tokens=resp.usage.output_tokens, cost_usd=cost,
+                    rules=list(scope.rules), hints=list(scope.hints), rules_tokens=scope.rules_tokens,
                 )
             )
             if scope.attempt_id is not None:
@@ -358,15 +368,18 @@ def build_phase(services: Services, phase_id: int, ctx: StepContext) -> list[Ste
             emit(s, run.id, "attempt.resumed", phase_key=ph.key, attempt_id=attempt.id, number=attempt.number)
         else:
             return []
+        guidance, rule_ids, hint_ids, guidance_tokens = prompt_guidance(s, ph, services.config.strategy.learning)
         repo, head, spec, feedback = Path(run.project.repo_path), attempt.parent_commit, dict(ph.spec), ph.feedback
         budget, run_id, epoch, index = dict(ph.budget), run.id, run.commit_epoch, ph.index
         attempt_id, number = attempt.id, attempt.number
         worktree_path = _worktree_path(services, run)
     assert head is not None
     ctx_, files = _context(services, repo, head, spec, feedback)
+    ctx_ = dataclasses.replace(ctx_, rules_text=guidance)
     system, user = render_builder_prompt(services.prompts, ctx_)
     git = Git(repo)
-    call = make_call(services, CallScope(run_id, phase_id, attempt_id, "builder", model, int(budget["token_cap"])))
+    call = make_call(services, CallScope(run_id, phase_id, attempt_id, "builder", model, int(budget["token_cap"]),
+                                         tuple(rule_ids), tuple(hint_ids), guidance_tokens))
     try:
         outcome = run_builder(
             lib=services.prompts,
@@ -425,6 +438,8 @@ def _attempt_failed(
         a.state = "FAILED"
         a.failure_class = failure_class
         a.failure = failure
+        a.failure_signature = stable_output(failure.strip().splitlines()[0] if failure.strip() else failure_class)
+        a.failure_key = failure_key(failure_class, a.failure_signature)
         if rounds is not None:
             a.edit_rounds = rounds
             a.refusals = [r for rd in rounds for r in rd.get("refusals", [])]
@@ -515,6 +530,10 @@ def probe(services: Services, attempt_id: int, ctx: StepContext) -> list[Step]:
         a.state = "TESTED"
         if not passed:
             a.failure_class = "regression" if verdict.regressions else "test_failure"
+            failing = [*verdict.regressions, *verdict.acceptance_failed]
+            signature = "\n".join(sorted({result["messages"].get(t, "") for t in failing} - {""})) or reason
+            a.failure_signature = signature
+            a.failure_key = failure_key(a.failure_class, signature)
             a.failure = reason + ("\n\nTest output (tail):\n" + result["output_tail"][-2500:] if result["output_tail"] else "")
         emit(s, a.run_id, "attempt.tested", phase_key=a.phase.key, attempt_id=a.id, passed=passed, summary=result["summary"], reason=reason)
         return ctx.finish(s, [("audit" if passed and audit_mode != "off" else "decide", attempt_id)])
@@ -609,6 +628,11 @@ def decide_attempt(services: Services, attempt_id: int, ctx: StepContext) -> lis
             run.head_commit = sha
             transition(s, ph, PhaseState.COMPLETE, commit_sha=sha, feedback=None)
             emit(s, run.id, "phase.complete", phase_key=ph.key, attempt_id=a.id, commit=sha, reason=decision.reason)
+            # Learn before the next phase is built, so what it is given does not depend on timing.
+            hint = record_hint(s, ph)
+            if hint is not None:
+                emit(s, run.id, "hint.recorded", phase_key=ph.key, hint_id=hint.id, key=hint.key)
+                promote(s, run.project_id, hint.key, services.config.strategy.learning, run_id=run.id)
             return ctx.finish(s, _start_next_phase(s, run, ph.tier))
         if a.state not in ("FAILED",):
             a.state = "REJECTED"

@@ -18,6 +18,7 @@ from autopack import postmortem
 from autopack.db.models import Event, EventDelivery, Postmortem, Run
 from autopack.db.session import session_scope
 from autopack.engine.faults import crash_point
+from autopack.engine.store import emit
 
 log = logging.getLogger("autopack.events")
 
@@ -39,7 +40,24 @@ def _write_postmortem(session: Session, services: Any, event: dict[str, Any]) ->
     session.add(Postmortem(run_id=run.id, facts=facts, markdown=postmortem.render(facts)))
 
 
+def _refresh_rules(session: Session, services: Any, event: dict[str, Any]) -> None:
+    """On run end: measure the effect of the project's rules and retire those that stopped paying.
+    (Hints and promotions are recorded by the engine when a phase completes, before the next phase
+    is built, so a prompt never depends on how fast this dispatcher ran.)"""
+    from autopack.engine.learning import retire_rules
+    from autopack.strategy import LearningConfig
+
+    run = session.get(Run, event["run_id"])
+    if run is None:
+        return
+    config = getattr(services, "config", None)
+    cfg = config.strategy.learning if config is not None else LearningConfig()
+    for rule_id, reason in retire_rules(session, cfg, project_id=run.project_id):
+        emit(session, run.id, "rule.retired", rule_id=rule_id, reason=reason)
+
+
 HANDLERS: list[Handler] = [
+    Handler("rules", frozenset({"run.finished"}), _refresh_rules),
     Handler("postmortem", frozenset({"run.finished", "run.cancelled"}), _write_postmortem),
 ]
 

@@ -85,3 +85,17 @@ def parse_junit(xml: str) -> dict[str, str]:
         if previous is None or _SEVERITY[outcome] > _SEVERITY[previous]:
             outcomes[tid] = outcome
     return outcomes
+
+
+def failure_messages(xml: str) -> dict[str, str]:
+    """The first line of each failing or erroring test case's message (``message`` attribute of
+    its <failure>/<error>), by node id. Call after ``parse_junit`` accepted the report."""
+    root = ET.fromstring(xml)
+    out: dict[str, str] = {}
+    for case in root.iter("testcase"):
+        for child in case:
+            if child.tag in ("failure", "error"):
+                text = (child.get("message") or child.text or child.tag).strip().splitlines()
+                out[node_id(case.get("classname", ""), case.get("name", ""), case.get("file"))] = (text[0] if text else child.tag)[:300]
+                break
+    return out

@@ -2,9 +2,13 @@
 
 The recorded cassette (cassette.jsonl) was made by running the demo with this file as the model
 (`autopack demo --script examples/demo/model.py --cassette examples/demo/cassette.jsonl`); the
-offline demo replays that cassette through the same code path a live model would take. Its first
-answer for phase `parse` is wrong on purpose (it splits on commas only), so the test gate fails the
-first attempt and the retry, which sees the failure, fixes it.
+offline demo replays that cassette through the same code path a live model would take.
+
+Its first answers for phases `stats` and `parse` make the same mistake on purpose: they return
+quietly on bad input where the tests expect a ValueError. The test gate fails both first attempts
+with the same failure; the retries, which see the failure, fix them. Autopack records a hint for
+each fix, and because the failure recurred in two phases it promotes a project rule. A Builder
+prompt that carries that rule (a later run, `autopack demo --runs 2`) gets the right answer first.
 """
 
 from __future__ import annotations
@@ -35,20 +39,50 @@ def median(values: Sequence[float]) -> float:
 ```
 '''
 
+STATS_WRONG = '''=== FILE: calc/stats.py ===
+```python
+"""Descriptive statistics."""
+
+from collections.abc import Sequence
+
+
+def mean(values: Sequence[float]) -> float:
+    if not values:
+        return 0.0
+    return sum(values) / len(values)
+
+
+def median(values: Sequence[float]) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    if len(ordered) % 2:
+        return ordered[mid]
+    return (ordered[mid - 1] + ordered[mid]) / 2
+```
+'''
+
 PARSE_WRONG = '''I'll add the parser.
 
 ```diff
 --- /dev/null
 +++ b/calc/parse.py
-@@ -0,0 +1,9 @@
+@@ -0,0 +1,15 @@
 +"""Parsing numbers from text."""
++
++import re
 +
 +
 +def parse_numbers(text: str) -> list[float]:
-+    try:
-+        return [float(tok) for tok in text.split(",") if tok.strip()]
-+    except ValueError:
-+        raise ValueError("bad number in input") from None
++    numbers = []
++    for token in re.split(r"[,\\s]+", text.strip()):
++        try:
++            numbers.append(float(token))
++        except ValueError:
++            continue  # skip what is not a number
++    return numbers
++
 +
 ```
 '''
@@ -114,11 +148,12 @@ def respond(request) -> str:  # noqa: ANN001 - an LLMRequest
         return APPROVE
     match = re.search(r"^# Phase (\S+):", first, re.MULTILINE)
     phase = match.group(1) if match else ""
-    retry = "## The previous attempt failed" in first
+    # The retry sees the failure; a prompt carrying a learned rule warns about it up front.
+    knows = "## The previous attempt failed" in first or "(learned rule," in first
     if phase == "stats":
-        return STATS
+        return STATS if knows else STATS_WRONG
     if phase == "parse":
-        return PARSE_FIXED if retry else PARSE_WRONG
+        return PARSE_FIXED if knows else PARSE_WRONG
     if phase == "cli":
         return CLI
     raise ValueError(f"the demo model has no answer for phase {phase!r}")

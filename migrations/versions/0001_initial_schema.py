@@ -28,6 +28,28 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('name')
     )
+    op.create_table('rules',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('project_id', sa.Integer(), nullable=False),
+    sa.Column('key', sa.String(length=80), nullable=False),
+    sa.Column('text', sa.Text(), nullable=False),
+    sa.Column('scope_pattern', sa.Text(), nullable=False),
+    sa.Column('category', sa.String(length=64), nullable=True),
+    sa.Column('provenance', sa.JSON(), nullable=False),
+    sa.Column('times_applied', sa.Integer(), nullable=False),
+    sa.Column('status', sa.String(length=16), nullable=False),
+    sa.Column('status_reason', sa.Text(), nullable=True),
+    sa.Column('effect', sa.JSON(), nullable=True),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('last_matched_at', sa.DateTime(timezone=True), nullable=True),
+    sa.ForeignKeyConstraint(['project_id'], ['projects.id'], ),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('project_id', 'key')
+    )
+    with op.batch_alter_table('rules', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_rules_project_id'), ['project_id'], unique=False)
+
     op.create_table('runs',
     sa.Column('id', sa.String(length=32), nullable=False),
     sa.Column('project_id', sa.Integer(), nullable=False),
@@ -75,6 +97,30 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('events', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_events_run_id'), ['run_id'], unique=False)
+
+    op.create_table('hints',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('project_id', sa.Integer(), nullable=False),
+    sa.Column('run_id', sa.String(length=32), nullable=False),
+    sa.Column('phase_key', sa.String(length=64), nullable=False),
+    sa.Column('key', sa.String(length=80), nullable=False),
+    sa.Column('failure_class', sa.String(length=48), nullable=False),
+    sa.Column('signature', sa.Text(), nullable=False),
+    sa.Column('category', sa.String(length=64), nullable=False),
+    sa.Column('scope', sa.JSON(), nullable=False),
+    sa.Column('paths', sa.JSON(), nullable=False),
+    sa.Column('lesson', sa.Text(), nullable=False),
+    sa.Column('evidence', sa.JSON(), nullable=False),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['project_id'], ['projects.id'], ),
+    sa.ForeignKeyConstraint(['run_id'], ['runs.id'], ),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('run_id', 'phase_key')
+    )
+    with op.batch_alter_table('hints', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_hints_key'), ['key'], unique=False)
+        batch_op.create_index(batch_op.f('ix_hints_project_id'), ['project_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_hints_run_id'), ['run_id'], unique=False)
 
     op.create_table('postmortems',
     sa.Column('run_id', sa.String(length=32), nullable=False),
@@ -175,6 +221,8 @@ def upgrade() -> None:
     sa.Column('decision', sa.String(length=32), nullable=True),
     sa.Column('failure', sa.Text(), nullable=True),
     sa.Column('failure_class', sa.String(length=48), nullable=True),
+    sa.Column('failure_key', sa.String(length=80), nullable=True),
+    sa.Column('failure_signature', sa.Text(), nullable=True),
     sa.Column('tokens_used', sa.BigInteger(), nullable=False),
     sa.Column('cost_usd', sa.Float(), nullable=False),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
@@ -185,6 +233,7 @@ def upgrade() -> None:
     sa.UniqueConstraint('phase_id', 'number')
     )
     with op.batch_alter_table('attempts', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_attempts_failure_key'), ['failure_key'], unique=False)
         batch_op.create_index(batch_op.f('ix_attempts_phase_id'), ['phase_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_attempts_run_id'), ['run_id'], unique=False)
 
@@ -205,6 +254,9 @@ def upgrade() -> None:
     sa.Column('output_tokens', sa.Integer(), nullable=False),
     sa.Column('cost_usd', sa.Float(), nullable=False),
     sa.Column('error', sa.Text(), nullable=True),
+    sa.Column('rules', sa.JSON(), nullable=True),
+    sa.Column('hints', sa.JSON(), nullable=True),
+    sa.Column('rules_tokens', sa.Integer(), nullable=False),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['attempt_id'], ['attempts.id'], ),
     sa.ForeignKeyConstraint(['phase_id'], ['phases.id'], ),
@@ -230,6 +282,7 @@ def downgrade() -> None:
     with op.batch_alter_table('attempts', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_attempts_run_id'))
         batch_op.drop_index(batch_op.f('ix_attempts_phase_id'))
+        batch_op.drop_index(batch_op.f('ix_attempts_failure_key'))
 
     op.drop_table('attempts')
     with op.batch_alter_table('phases', schema=None) as batch_op:
@@ -251,6 +304,12 @@ def downgrade() -> None:
 
     op.drop_table('steps')
     op.drop_table('postmortems')
+    with op.batch_alter_table('hints', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_hints_run_id'))
+        batch_op.drop_index(batch_op.f('ix_hints_project_id'))
+        batch_op.drop_index(batch_op.f('ix_hints_key'))
+
+    op.drop_table('hints')
     with op.batch_alter_table('events', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_events_run_id'))
 
@@ -260,5 +319,9 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_runs_project_id'))
 
     op.drop_table('runs')
+    with op.batch_alter_table('rules', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_rules_project_id'))
+
+    op.drop_table('rules')
     op.drop_table('projects')
     # ### end Alembic commands ###

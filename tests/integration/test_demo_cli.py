@@ -34,7 +34,7 @@ def test_demo_replays_to_done_success(tmp_path: Path) -> None:
     assert summary["state"] == "DONE_SUCCESS"
     assert summary["branch"] == f"autopack/{summary['run_id']}"
     assert [(p["id"], p["state"], p["attempts"]) for p in summary["phases"]] == [
-        ("stats", "COMPLETE", 1), ("parse", "COMPLETE", 2), ("cli", "COMPLETE", 1)]
+        ("stats", "COMPLETE", 2), ("parse", "COMPLETE", 2), ("cli", "COMPLETE", 1)]
     assert summary["tokens"] > 0 and summary["cost_usd"] > 0
 
     repo = Path(summary["repo"])
@@ -43,7 +43,7 @@ def test_demo_replays_to_done_success(tmp_path: Path) -> None:
     assert [e["subject"] for e in git.log("main")] == ["calc: initial import"]
     log = branch_log(repo, summary["base_branch"], summary["branch"])
     assert [e["trailers"]["Autopack-Phase"] for e in log] == ["stats", "parse", "cli"]
-    assert [e["trailers"]["Autopack-Attempt"] for e in log] == ["1", "2", "1"]
+    assert [e["trailers"]["Autopack-Attempt"] for e in log] == ["2", "2", "1"]
     assert {e["trailers"]["Autopack-Run"] for e in log} == {summary["run_id"]}
     # The progress was shown as it happened.
     assert "phase.retry" in proc.stdout and "run.finished" in proc.stdout

@@ -56,4 +56,4 @@ def test_demo_plan_on_redis_and_postgres(tmp_path: Path, redis_url: str, pg_url:
     run_id = next(line.split()[1] for line in proc.stdout.splitlines() if line.startswith("run ") and "queued" in line)
     log = branch_log(demo_repo, "main", f"autopack/{run_id}")
     assert [e["trailers"]["Autopack-Phase"] for e in log] == ["stats", "parse", "cli"]
-    assert [e["trailers"]["Autopack-Attempt"] for e in log] == ["1", "2", "1"]
+    assert [e["trailers"]["Autopack-Attempt"] for e in log] == ["2", "2", "1"]

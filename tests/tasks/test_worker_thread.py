@@ -61,7 +61,7 @@ def test_run_through_api_and_worker(local_settings, demo_repo: Path) -> None:
     finally:
         set_services(None)
     assert v["state"] == "DONE_SUCCESS", v["failure_reason"]
-    assert [p["attempts"] for t in v["tiers"] for p in t["phases"]] == [1, 2, 1]
+    assert [p["attempts"] for t in v["tiers"] for p in t["phases"]] == [2, 2, 1]
     events = client.get(f"/runs/{run_id}/events").get_json()["events"]
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
     assert events[-1]["type"] == "run.finished" and events[-1]["payload"]["state"] == "DONE_SUCCESS"

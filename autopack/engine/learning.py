@@ -1,0 +1,145 @@
+"""Learning, wired to the database: hints from fixed failures, promotion to project rules, rule
+selection for prompts, measured effect and retirement."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from autopack import rules as rl
+from autopack.db.models import Hint, ModelCall, Phase, Project, Rule, Run, utcnow
+from autopack.engine.store import emit
+from autopack.strategy import LearningConfig
+
+
+def record_hint(session: Session, phase: Phase) -> Hint | None:
+    """When an attempt of ``phase`` failed and a later one was accepted: the hint (once per phase)."""
+    attempts = sorted(phase.attempts, key=lambda a: a.number)
+    accepted = next((a for a in attempts if a.decision == "complete"), None)
+    failed = [a for a in attempts if a.failure_key and accepted is not None and a.number < accepted.number]
+    if accepted is None or not failed:
+        return None
+    existing = session.scalar(select(Hint).where(Hint.run_id == phase.run_id, Hint.phase_key == phase.key))
+    if existing is not None:
+        return existing
+    last = failed[-1]
+    paths = sorted(accepted.edits or [])
+    hint = Hint(
+        project_id=phase.run.project_id, run_id=phase.run_id, phase_key=phase.key, key=last.failure_key or "",
+        failure_class=last.failure_class or "", signature=last.failure_signature or "", category=phase.spec["category"],
+        scope=list(phase.spec["scope"]), paths=paths,
+        lesson=rl.lesson_for(last.failure_class or "", last.failure_signature or "", paths),
+        evidence={"failed_attempts": [a.id for a in failed], "fixed_by": accepted.id},
+    )
+    session.add(hint)
+    session.flush()
+    return hint
+
+
+def promote(session: Session, project_id: int, key: str, cfg: LearningConfig, run_id: str | None = None) -> Rule | None:
+    """A hint key seen in at least ``promotion_threshold`` phases of the project becomes a rule."""
+    hints = session.scalars(select(Hint).where(Hint.project_id == project_id, Hint.key == key).order_by(Hint.id)).all()
+    if len(hints) < cfg.promotion_threshold:
+        return None
+    provenance = {"hints": [h.id for h in hints], "runs": sorted({h.run_id for h in hints}),
+                  "phases": [f"{h.run_id}/{h.phase_key}" for h in hints]}
+    rule = session.scalar(select(Rule).where(Rule.project_id == project_id, Rule.key == key))
+    if rule is not None:
+        rule.provenance = provenance
+        return rule
+    categories = {h.category for h in hints}
+    rule = Rule(
+        project_id=project_id, key=key, text=hints[-1].lesson,
+        scope_pattern=rl.generalize_scope([p for h in hints for p in (h.paths or h.scope)]),
+        category=categories.pop() if len(categories) == 1 else None, provenance=provenance,
+    )
+    session.add(rule)
+    session.flush()
+    if run_id is not None:
+        emit(session, run_id, "rule.promoted", rule_id=rule.id, key=key, scope=rule.scope_pattern)
+    return rule
+
+
+def prompt_guidance(session: Session, phase: Phase, cfg: LearningConfig) -> tuple[str, list[int], list[int], int]:
+    """(text, rule ids, hint ids, tokens) for the Builder prompt of ``phase``: the project's rules
+    that match its scope and category, then this run's hints from earlier phases that match."""
+    run = phase.run
+    views = [rl.RuleView(r.id, r.text, r.scope_pattern, r.category, len(r.provenance.get("hints", [])), r.status)
+             for r in session.scalars(select(Rule).where(Rule.project_id == run.project_id, Rule.status == "active"))]
+    sel = rl.select_rules(views, phase.spec["scope"], phase.spec["category"], cfg.rules_token_cap)
+    ruled = {r.key for r in session.scalars(select(Rule).where(Rule.id.in_([v.id for v in sel.rules])))} if sel.rules else set()
+    lines = [sel.text] if sel.text else []
+    hint_ids: list[int] = []
+    for h in session.scalars(select(Hint).where(Hint.run_id == run.id).order_by(Hint.id)):
+        if h.key in ruled or h.phase_key == phase.key:
+            continue
+        same_scope = any(rl.scopes_overlap(a, b) for a in h.scope for b in phase.spec["scope"])
+        if not (same_scope or h.category == phase.spec["category"]):
+            continue
+        line = f"- (hint from phase {h.phase_key} of this run) {h.lesson}"
+        if rl.estimate_tokens("\n".join([*lines, line])) > cfg.rules_token_cap:
+            continue
+        lines.append(line)
+        hint_ids.append(h.id)
+    text = "\n".join(lines)
+    now = utcnow()
+    for r in session.scalars(select(Rule).where(Rule.id.in_([v.id for v in sel.rules]))):
+        r.times_applied += 1
+        r.last_matched_at = now
+    return text, [v.id for v in sel.rules], hint_ids, rl.estimate_tokens(text) if text else 0
+
+
+def rule_effect(session: Session, rule: Rule) -> dict[str, Any]:
+    """How often the rule's key occurred in the project's phases that carried it vs those that did not."""
+    carried: list[bool] = []
+    other: list[bool] = []
+    phases = session.scalars(select(Phase).join(Run).where(Run.project_id == rule.project_id)).all()
+    for ph in phases:
+        if not ph.attempts:
+            continue
+        calls = session.scalars(select(ModelCall.rules).where(ModelCall.phase_id == ph.id, ModelCall.role == "builder")).all()
+        has = any(rule.id in (c or []) for c in calls)
+        occurred = any(a.failure_key == rule.key for a in ph.attempts)
+        if has:
+            carried.append(occurred)
+        elif any(rl.scopes_overlap(rule.scope_pattern, s) for s in ph.spec["scope"]):
+            other.append(occurred)
+    return rl.measure_effect(carried, other)
+
+
+def retire_rules(session: Session, cfg: LearningConfig, now: datetime | None = None, project_id: int | None = None) -> list[tuple[int, str]]:
+    """Refresh the measured effect of active rules and retire those that stopped paying."""
+    now = now or datetime.now(timezone.utc)
+    retired = []
+    q = select(Rule).where(Rule.status == "active")
+    if project_id is not None:
+        q = q.where(Rule.project_id == project_id)
+    for rule in session.scalars(q):
+        effect = rule_effect(session, rule)
+        rule.effect = effect
+        created = rule.created_at if rule.created_at.tzinfo else rule.created_at.replace(tzinfo=timezone.utc)
+        last = rule.last_matched_at
+        if last is not None and last.tzinfo is None:
+            last = last.replace(tzinfo=timezone.utc)
+        reason = rl.retire_reason(effect, last, created, now, stale_after=timedelta(days=cfg.stale_after_days), min_carried=cfg.min_carried)
+        if reason:
+            rule.status, rule.status_reason = "retired", reason
+            retired.append((rule.id, reason))
+    return retired
+
+
+def rule_view(session: Session, rule: Rule) -> dict[str, Any]:
+    return {
+        "id": rule.id, "key": rule.key, "text": rule.text, "scope": rule.scope_pattern, "category": rule.category,
+        "status": rule.status, "status_reason": rule.status_reason, "times_applied": rule.times_applied,
+        "provenance": rule.provenance, "effect": rule_effect(session, rule),
+        "created_at": rule.created_at.isoformat(), "last_matched_at": rule.last_matched_at.isoformat() if rule.last_matched_at else None,
+    }
+
+
+def project_rules(session: Session, project: Project) -> list[dict[str, Any]]:
+    return [rule_view(session, r) for r in session.scalars(select(Rule).where(Rule.project_id == project.id).order_by(Rule.id))]
+
