@@ -302,6 +302,66 @@ def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_rules(args: argparse.Namespace, settings: Settings) -> int:
+    """List, export or analyze learned rules (reads the database of this state folder)."""
+    from sqlalchemy import select
+
+    from autopack.db.models import Project
+    from autopack.db.session import session_scope
+    from autopack.engine import learning
+    from autopack.errors import NotFound
+
+    with session_scope(settings.db_url) as s:
+        try:
+            projects = [learning_project(s, args.project)] if args.project else list(s.scalars(select(Project).order_by(Project.name)))
+        except NotFound as exc:
+            _err(str(exc))
+            return 2
+        if args.action == "analyze":
+            report = learning.analyze(s, projects[0] if args.project else None)
+            if args.json:
+                _out(json.dumps(report, indent=2))
+                return 0
+            _out(f"rules: {report['rules']} · by status {report['by_status']} · by category {report['by_category']}")
+            _out(f"applied {report['times_applied']} times; when carried, their failure came back in "
+                 f"{report['carried_failures']} of {report['carried_phases']} phases, without them in {report['other_failures']} of {report['other_phases']}")
+            _out("top failure keys:")
+            for key, n in report["top_failure_keys"]:
+                _out(f"  {n:>3}  {key}")
+            _out("promotions by day: " + ", ".join(f"{d}: {n}" for d, n in report["promotions_by_day"].items()))
+            return 0
+        if args.action == "export":
+            if len(projects) != 1:
+                _err("export needs --project")
+                return 2
+            text = learning.export_json(s, projects[0])
+            if args.out:
+                Path(args.out).write_text(text)
+                _out(f"wrote {args.out}")
+            else:
+                print(text, end="")
+            return 0
+        listing = {p.name: learning.project_rules(s, p) for p in projects}
+    if args.json:
+        _out(json.dumps(listing if not args.project else {"project": args.project, "rules": listing[args.project]}, indent=2))
+        return 0
+    for name, rules in listing.items():
+        _out(f"{name}: {len(rules)} rule(s)")
+        for r in rules:
+            e = r["effect"]
+            _out(f"  #{r['id']} [{r['status']}] {r['scope']} ({r['category'] or 'any category'}) applied {r['times_applied']}x "
+                 f"· carried: {e['carried_failures']}/{e['carried_phases']} failed · other: {e['other_failures']}/{e['other_phases']}")
+            _out(f"     {r['text']}")
+            _out(f"     from runs {', '.join(r['provenance'].get('runs', []))} (hints {r['provenance'].get('hints')})")
+    return 0
+
+
+def learning_project(session: Any, name: str) -> Any:
+    from autopack.engine.runs import get_project
+
+    return get_project(session, name)
+
+
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from autopack.demo import run_demo
 
@@ -373,6 +433,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("reconcile", help="re-enqueue lost steps and end overdue runs (beat does this every 30 s)")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_reconcile)
+
+    sp = sub.add_parser("rules", help="list learned rules with provenance and effect; analyze; export")
+    sp.add_argument("action", nargs="?", choices=["list", "analyze", "export"], default="list")
+    sp.add_argument("--project")
+    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--out", help="with export: the file to write (default: standard output)")
+    sp.set_defaults(func=cmd_rules)
 
     sp = sub.add_parser("demo", help="run the example plan on a fresh demo repository, offline")
     sp.add_argument("--json", action="store_true", help="end with one JSON summary line per run")

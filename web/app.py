@@ -190,6 +190,50 @@ def create_app(
                 return jsonify({"run_id": run_id, "facts": pm.facts, "markdown": pm.markdown})
             return Response(pm.markdown, mimetype="text/markdown")
 
+    @app.get("/projects/<name>/rules")
+    def project_rules(name: str):  # type: ignore[no-untyped-def]
+        from autopack.engine.learning import project_rules as rules_of
+
+        with session_scope(db) as s:
+            return jsonify({"project": name, "rules": rules_of(s, runsvc.get_project(s, name))})
+
+    @app.get("/projects/<name>/rules/export")
+    def export_rules(name: str):  # type: ignore[no-untyped-def]
+        from autopack.engine.learning import export_json
+
+        with session_scope(db) as s:
+            body = export_json(s, runsvc.get_project(s, name))
+        return Response(body, mimetype="application/json",
+                        headers={"Content-Disposition": 'attachment; filename="project_learned_rules.json"'})
+
+    @app.patch("/projects/<name>/rules/<int:rule_id>")
+    def edit_rule(name: str, rule_id: int):  # type: ignore[no-untyped-def]
+        from autopack.db.models import Rule
+        from autopack.engine.learning import rule_view
+
+        body = _json_body()
+        if not isinstance(body, dict) or not set(body) <= {"status", "text", "scope"} or not body:
+            raise PlanError("body", "send one or more of: status (active|disabled), text, scope")
+        with session_scope(db) as s:
+            project = runsvc.get_project(s, name)
+            rule = s.get(Rule, rule_id)
+            if rule is None or rule.project_id != project.id:
+                raise NotFound(f"rule {rule_id} not found in project {name!r}")
+            if "status" in body:
+                if body["status"] not in ("active", "disabled"):
+                    raise PlanError("status", "must be 'active' or 'disabled'")
+                rule.status, rule.status_reason = body["status"], "set by a person" if body["status"] == "disabled" else None
+            if "text" in body:
+                if not isinstance(body["text"], str) or not body["text"].strip():
+                    raise PlanError("text", "must be a non-empty string")
+                rule.text = body["text"].strip()
+            if "scope" in body:
+                if not isinstance(body["scope"], str) or body["scope"].startswith("/") or ".." in body["scope"].split("/"):
+                    raise PlanError("scope", "must be a relative path glob")
+                rule.scope_pattern = body["scope"]
+            s.flush()
+            return jsonify(rule_view(s, rule))
+
     @app.get("/health")
     def health():  # type: ignore[no-untyped-def]
         db_state = broker_state = "ok"

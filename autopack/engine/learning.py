@@ -143,3 +143,36 @@ def rule_view(session: Session, rule: Rule) -> dict[str, Any]:
 def project_rules(session: Session, project: Project) -> list[dict[str, Any]]:
     return [rule_view(session, r) for r in session.scalars(select(Rule).where(Rule.project_id == project.id).order_by(Rule.id))]
 
+
+
+def export_json(session: Session, project: Project) -> str:
+    """The project's rules as ``project_learned_rules.json``: stable order, human-readable."""
+    import json
+
+    rules = [{k: v for k, v in r.items() if k != "last_matched_at"} for r in project_rules(session, project)]
+    return json.dumps({"project": project.name, "rules": rules}, indent=2, sort_keys=True) + "\n"
+
+
+def analyze(session: Session, project: Project | None = None) -> dict[str, Any]:
+    """Rules by category and status, top failure keys, promotions per day, effect summary."""
+    from collections import Counter
+
+    q = select(Rule)
+    hq = select(Hint)
+    if project is not None:
+        q, hq = q.where(Rule.project_id == project.id), hq.where(Hint.project_id == project.id)
+    rules = session.scalars(q.order_by(Rule.id)).all()
+    hints = session.scalars(hq).all()
+    effects = [rule_effect(session, r) for r in rules]
+    return {
+        "rules": len(rules),
+        "by_category": dict(Counter(r.category or "(any)" for r in rules)),
+        "by_status": dict(Counter(r.status for r in rules)),
+        "top_failure_keys": Counter(h.key for h in hints).most_common(10),
+        "promotions_by_day": dict(sorted(Counter(r.created_at.date().isoformat() for r in rules).items())),
+        "times_applied": sum(r.times_applied for r in rules),
+        "carried_phases": sum(e["carried_phases"] for e in effects),
+        "carried_failures": sum(e["carried_failures"] for e in effects),
+        "other_phases": sum(e["other_phases"] for e in effects),
+        "other_failures": sum(e["other_failures"] for e in effects),
+    }

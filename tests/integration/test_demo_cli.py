@@ -51,7 +51,7 @@ def test_demo_replays_to_done_success(tmp_path: Path) -> None:
     pm = tmp_path / ".autopack" / "demo" / "postmortems" / f"{summary['run_id']}.md"
     text = pm.read_text()
     assert text.startswith(f"# Postmortem of run {summary['run_id']} (demo)")
-    assert "test_failure fixed by attempt 2" in text
+    assert "phase parse: test_failure fixed by attempt 2" in text
 
 
 def test_demo_with_a_cassette_that_does_not_match_fails_loudly(tmp_path: Path) -> None:
@@ -65,3 +65,38 @@ def test_demo_with_a_cassette_that_does_not_match_fails_loudly(tmp_path: Path) -
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["state"] == "DONE_FAILED_INFRASTRUCTURE"
     assert "no recorded exchange" in proc.stdout
+
+
+def test_demo_learns_in_run_one_and_applies_it_in_run_two(tmp_path: Path) -> None:
+    env = clean_env(tmp_path)
+    proc = autopack(["demo", "--runs", "2", "--json"], tmp_path, env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    first, second = (json.loads(line) for line in proc.stdout.strip().splitlines()[-2:])
+    assert first["state"] == second["state"] == "DONE_SUCCESS"
+    assert first["failed_attempts"] == 2 and second["failed_attempts"] == 0
+    assert [p["attempts"] for p in second["phases"]] == [1, 1, 1]
+    assert second["rules_applied"] and second["rules_applied"] == first["rules_applied"]
+    assert 0 < second["rule_tokens"] < second["builder_prompt_tokens"]
+
+    listed = autopack(["rules", "--project", "demo", "--json"], tmp_path, env)
+    assert listed.returncode == 0, listed.stderr
+    rules = json.loads(listed.stdout)["rules"]
+    assert [r["id"] for r in rules] == second["rules_applied"]
+    rule = rules[0]
+    assert rule["status"] == "active" and rule["scope"] == "calc/**"
+    assert rule["provenance"]["runs"] == [first["run_id"]] and len(rule["provenance"]["hints"]) == 2
+    assert rule["effect"]["carried_phases"] == 4 and rule["effect"]["carried_failures"] == 0
+    assert rule["effect"]["other_failures"] == 2
+    # The prompt record of run 2's phases names the rule.
+    from sqlalchemy import select
+
+    from autopack.db.models import ModelCall
+    from autopack.db.session import session_scope
+
+    with session_scope(f"sqlite:///{tmp_path / '.autopack' / 'autopack.sqlite'}") as s:
+        calls = s.scalars(select(ModelCall).where(ModelCall.run_id == second["run_id"], ModelCall.role == "builder")).all()
+        assert [c.rules for c in calls] == [[rule["id"]]] * 3
+    pm = (tmp_path / ".autopack" / "demo" / "postmortems" / f"{first['run_id']}.md").read_text()
+    assert "- learned: rule" in pm and "calc/**" in pm
+    analysis = autopack(["rules", "analyze", "--project", "demo"], tmp_path, env)
+    assert "rules: 1" in analysis.stdout and "test_failure:" in analysis.stdout

@@ -204,3 +204,27 @@ def test_postmortem_endpoint(api, local_settings: Settings) -> None:  # type: ig
     assert resp.status_code == 200 and resp.mimetype == "text/markdown"
     assert f"# Postmortem of run {run_id}" in resp.get_data(as_text=True)
     assert client.get(f"/runs/{run_id}/postmortem?format=json").get_json()["facts"]["state"] == "CANCELLED"
+
+
+def test_rules_api_lists_edits_and_exports(api, local_settings: Settings) -> None:  # type: ignore[no-untyped-def]
+    from autopack.db.models import Rule
+
+    client, _ = api
+    with session_scope(local_settings.db_url) as s:
+        project = s.scalar(select(Project).where(Project.name == "demo"))
+        s.add(Rule(project_id=project.id, key="test_failure:abc", text="Raise ValueError.", scope_pattern="calc/**",
+                   category=None, provenance={"hints": [1, 2], "runs": ["r1"]}))
+    rules = client.get("/projects/demo/rules").get_json()["rules"]
+    assert [(r["scope"], r["status"], r["provenance"]["runs"]) for r in rules] == [("calc/**", "active", ["r1"])]
+    assert set(rules[0]["effect"]) >= {"carried_phases", "other_phases"}
+    rid = rules[0]["id"]
+    resp = client.patch(f"/projects/demo/rules/{rid}", json={"status": "disabled", "text": "Always raise ValueError on bad input."})
+    assert resp.status_code == 200 and resp.get_json()["status"] == "disabled"
+    assert resp.get_json()["text"] == "Always raise ValueError on bad input."
+    assert client.patch(f"/projects/demo/rules/{rid}", json={"status": "gone"}).get_json()["field"] == "status"
+    assert client.patch(f"/projects/demo/rules/{rid}", json={"bogus": 1}).status_code == 422
+    assert client.patch("/projects/demo/rules/999", json={"status": "active"}).status_code == 404
+    assert client.get("/projects/nope/rules").status_code == 404
+    exported = client.get("/projects/demo/rules/export")
+    assert exported.headers["Content-Disposition"].endswith('filename="project_learned_rules.json"')
+    assert exported.get_json()["rules"][0]["status"] == "disabled"
