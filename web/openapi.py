@@ -85,6 +85,25 @@ def build_openapi() -> dict[str, Any]:
                     "responses": {"200": {"description": "text/markdown"}, "404": ERR["404"]},
                 },
             },
+            "/projects/{name}/rules": {
+                "get": {"summary": "The project's learned rules with provenance and measured effect",
+                        "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+                        "responses": {"200": {"description": "rules"}, "404": ERR["404"]}},
+            },
+            "/projects/{name}/rules/{rule_id}": {
+                "patch": {"summary": "Disable, re-enable or edit a rule (status, text, scope)",
+                          "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},
+                                         {"name": "rule_id", "in": "path", "required": True, "schema": {"type": "integer"}}],
+                          "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                              "type": "object", "additionalProperties": False,
+                              "properties": {"status": {"enum": ["active", "disabled"]}, "text": {"type": "string"}, "scope": {"type": "string"}}}}}},
+                          "responses": {"200": {"description": "the rule"}, "404": ERR["404"], "422": ERR["422"]}},
+            },
+            "/projects/{name}/rules/export": {
+                "get": {"summary": "project_learned_rules.json",
+                        "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+                        "responses": {"200": {"description": "application/json"}, "404": ERR["404"]}},
+            },
             "/health": {"get": {"summary": "Database and broker health",
                                 "responses": {"200": _resp("Health", "healthy"), "503": _resp("Health", "unhealthy")}}},
             "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}}}},

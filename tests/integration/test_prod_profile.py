@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,16 @@ def test_demo_plan_on_redis_and_postgres(tmp_path: Path, redis_url: str, pg_url:
             group.start(f"worker-{q}", worker_argv(q, q, "prefork", 1))
         wait_http(f"http://127.0.0.1:{port}/health", 60, group)
         proc = cli("run", str(ROOT / "examples" / "demo" / "plan.yaml"), "--project", "demo", "--wait", timeout=300)
+        # Events are mirrored to the Redis Stream (once each) by the dispatcher.
+        r = redis.Redis.from_url(broker)
+        deadline = time.monotonic() + 30
+        while True:
+            mirrored = [f for _, f in r.xrange("autopack:events")]
+            types = {f[b"type"] for f in mirrored}
+            seqs = sorted(int(f[b"seq"]) for f in mirrored)
+            if (b"run.finished" in types and seqs == list(range(1, len(seqs) + 1))) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
     finally:
         group.stop()
         redis.Redis.from_url(broker).flushdb()
@@ -57,3 +68,8 @@ def test_demo_plan_on_redis_and_postgres(tmp_path: Path, redis_url: str, pg_url:
     log = branch_log(demo_repo, "main", f"autopack/{run_id}")
     assert [e["trailers"]["Autopack-Phase"] for e in log] == ["stats", "parse", "cli"]
     assert [e["trailers"]["Autopack-Attempt"] for e in log] == ["2", "2", "1"]
+    # One run on this broker: every one of its events is in the stream exactly once.
+    assert {f[b"run"].decode() for f in mirrored} == {run_id}
+    seqs = sorted(int(f[b"seq"]) for f in mirrored)
+    assert seqs == list(range(1, len(seqs) + 1)) and len(seqs) > 20
+    assert b"run.finished" in {f[b"type"] for f in mirrored}
