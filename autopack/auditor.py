@@ -38,7 +38,8 @@ class VerdictError(ValueError):
 
 
 def render_auditor_prompt(
-    lib: PromptLibrary, *, phase_id: str, goal: str, category: str, deliverables: list[str], gate: str, diff: str
+    lib: PromptLibrary, *, phase_id: str, goal: str, category: str, deliverables: list[str], gate: str, diff: str,
+    rules_text: str = "",
 ) -> tuple[str, str]:
     if len(diff) > MAX_DIFF_CHARS:
         diff = diff[:MAX_DIFF_CHARS] + "\n… (diff truncated by Autopack)"
@@ -51,6 +52,7 @@ def render_auditor_prompt(
         deliverables=", ".join(deliverables) or "(none)",
         gate=gate,
         diff=diff or "(empty diff)",
+        rules=f"\n## Project rules the change should respect\n{rules_text}\n" if rules_text else "",
     )
     return system, user
 

@@ -63,6 +63,14 @@ def promote(session: Session, project_id: int, key: str, cfg: LearningConfig, ru
     return rule
 
 
+def auditor_guidance(session: Session, phase: Phase, cfg: LearningConfig) -> tuple[str, list[int], int]:
+    """(text, rule ids, tokens): the project's rules matching the phase, for the Auditor's prompt."""
+    views = [rl.RuleView(r.id, r.text, r.scope_pattern, r.category, len(r.provenance.get("hints", [])), r.status)
+             for r in session.scalars(select(Rule).where(Rule.project_id == phase.run.project_id, Rule.status == "active"))]
+    sel = rl.select_rules(views, phase.spec["scope"], phase.spec["category"], cfg.rules_token_cap)
+    return sel.text, [v.id for v in sel.rules], sel.tokens
+
+
 def prompt_guidance(session: Session, phase: Phase, cfg: LearningConfig) -> tuple[str, list[int], list[int], int]:
     """(text, rule ids, hint ids, tokens) for the Builder prompt of ``phase``: the project's rules
     that match its scope and category, then this run's hints from earlier phases that match."""

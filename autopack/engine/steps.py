@@ -31,7 +31,7 @@ from autopack.decide import AttemptOutcome, decide
 from autopack.edits.govern import EditPolicy, default_protected
 from autopack.engine.faults import crash_point
 from autopack.engine.leases import StepContext
-from autopack.engine.learning import promote, prompt_guidance, record_hint
+from autopack.engine.learning import auditor_guidance, promote, prompt_guidance, record_hint
 from autopack.engine.ledger import estimate_tokens, reserve, settle
 from autopack.engine.services import Services
 from autopack.engine.store import StaleState, emit, transition
@@ -552,13 +552,14 @@ def audit(services: Services, attempt_id: int, ctx: StepContext) -> list[Step]:
         parent, sha, run_id, phase_id = a.parent_commit, a.candidate_commit, run.id, ph.id
         model = services.model_for("auditor", spec["complexity"])
         summary = (a.test_result or {}).get("summary", "")
+        rules_text, rule_ids, rules_tokens = auditor_guidance(s, ph, services.config.strategy.learning)
     diff = wt.diff(repo, parent, sha)
     gate_text = f"{'passed' if gate.get('passed') else 'failed'}: {gate.get('reason', '')}; tests: {summary}"
     system, user = render_auditor_prompt(
         services.prompts, phase_id=spec["id"], goal=spec["goal"], category=spec["category"],
-        deliverables=spec.get("deliverables", []), gate=gate_text, diff=diff,
+        deliverables=spec.get("deliverables", []), gate=gate_text, diff=diff, rules_text=rules_text,
     )
-    call = make_call(services, CallScope(run_id, phase_id, attempt_id, "auditor", model, None))
+    call = make_call(services, CallScope(run_id, phase_id, attempt_id, "auditor", model, None, tuple(rule_ids), (), rules_tokens))
     try:
         resp = call(system, [Message(role="user", content=user)], 1500)
         try:

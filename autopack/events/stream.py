@@ -36,12 +36,23 @@ def event_fields(event: dict[str, Any]) -> dict[str, str]:
     }
 
 
+DEFAULT_GROUP = "autopack-views"
+
+
 class StreamMirror:
-    def __init__(self, client: redis.Redis, stream: str = STREAM, maxlen: int = MAXLEN) -> None:
+    def __init__(self, client: redis.Redis, stream: str = STREAM, maxlen: int = MAXLEN, group: str | None = DEFAULT_GROUP) -> None:
         self.client = client
         self.stream = stream
         self.maxlen = maxlen
+        self.group = group
+        self._group_ready = False
         self._append = client.register_script(_APPEND)
+
+    def _ensure_group(self) -> None:
+        # A standing consumer group from the stream's start, so live views can follow and resume.
+        if self.group and not self._group_ready:
+            ensure_group(self.client, self.group, self.stream, start="0")
+            self._group_ready = True
 
     @classmethod
     def from_url(cls, url: str, **kw: Any) -> StreamMirror:
@@ -49,6 +60,7 @@ class StreamMirror:
 
     def append(self, event: dict[str, Any]) -> str | None:
         """Append once; returns the stream id, or None when this event was already mirrored."""
+        self._ensure_group()
         flat: list[str] = []
         for k, v in event_fields(event).items():
             flat += [k, v]

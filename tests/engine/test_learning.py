@@ -54,6 +54,12 @@ def test_learning_across_runs_is_per_project_and_per_scope(local_settings, tmp_p
     assert _rules_carried(url, second_id) == [[alpha_rule]] * 3
     prompts = [c for c in client.calls if c.system.startswith("You are the Builder")][-3:]
     assert all("(learned rule, scope calc/**)" in c.messages[0].content for c in prompts)
+    # The Auditor is given the same rules, and its calls record them too.
+    audits = [c for c in client.calls if c.system.startswith("You are the Auditor")][-3:]
+    assert all("## Project rules the change should respect" in c.messages[0].content for c in audits)
+    with session_scope(url) as s:
+        audit_rules = [c.rules for c in s.scalars(select(ModelCall).where(ModelCall.run_id == second_id, ModelCall.role == "auditor"))]
+    assert audit_rules == [[alpha_rule]] * 3
 
     # Another project never sees alpha's rule.
     beta_id, beta = run("beta")

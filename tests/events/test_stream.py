@@ -62,3 +62,11 @@ def test_consumer_resumes_after_a_crash_and_sees_every_event_once(client) -> Non
         client.xack("t:cg", "views", entry_id)
     assert seen == [str(i) for i in range(1, 14)]
     assert read_group(client, "views", "c1", pending=True, stream="t:cg") == []
+
+
+def test_the_mirror_keeps_a_standing_consumer_group(client) -> None:  # type: ignore[no-untyped-def]
+    mirror = StreamMirror(client, stream="t:std")
+    mirror.append(_event(1))
+    groups = {g["name"].decode() if isinstance(g["name"], bytes) else g["name"] for g in client.xinfo_groups("t:std")}
+    assert groups == {"autopack-views"}
+    assert [f["event_id"] for _, f in read_group(client, "autopack-views", "ui", stream="t:std")] == ["1"]
