@@ -7,6 +7,38 @@ from typing import Literal
 
 Action = Literal["complete", "retry", "fail"]
 
+# Failures that are not the phase's fault: they never use up one of its attempts.
+NOT_BURNING = frozenset({"provider_error", "infrastructure"})
+EDIT_FAILURES = frozenset({"edit_invalid", "edit_refused", "truncated"})
+
+
+@dataclass(frozen=True)
+class HealthCounts:
+    provider_errors: int
+    edit_failures: int
+    total_failures: int
+
+
+def health_counts(failure_classes: list[str | None]) -> HealthCounts:
+    """Counts over a run's finished attempts (their failure classes; None for a success)."""
+    failed = [c for c in failure_classes if c]
+    return HealthCounts(
+        provider_errors=sum(1 for c in failed if c == "provider_error"),
+        edit_failures=sum(1 for c in failed if c in EDIT_FAILURES),
+        total_failures=len(failed),
+    )
+
+
+def health_exceeded(counts: HealthCounts, max_provider_errors: int, max_edit_failures: int, max_total_failures: int) -> str | None:
+    """Why the run's health budget is spent, or None."""
+    for name, value, cap in (("provider errors", counts.provider_errors, max_provider_errors),
+                             ("edit failures", counts.edit_failures, max_edit_failures),
+                             ("failures", counts.total_failures, max_total_failures)):
+        if value > cap:
+            return (f"{name} {value} > {cap} (provider errors {counts.provider_errors}, edit failures {counts.edit_failures}, "
+                    f"failures {counts.total_failures})")
+    return None
+
 
 @dataclass(frozen=True)
 class AttemptOutcome:

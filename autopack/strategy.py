@@ -33,6 +33,10 @@ class RunBudget(BaseModel):
     test_command: list[str] = Field(default_factory=lambda: ["{python}", "-m", "pytest", "-q", "-p", "no:cacheprovider", "--continue-on-collection-errors"])
     test_timeout_s: int = Field(300, gt=0)
     max_runtime_s: int = Field(6 * 3600, gt=0)
+    # Health budget: past any of these the run ends DONE_FAILED_HEALTH_BUDGET with the counts.
+    max_provider_errors: int = Field(6, ge=1)
+    max_edit_failures: int = Field(12, ge=1)
+    max_total_failures: int = Field(20, ge=1)
 
 
 class LearningConfig(BaseModel):

@@ -27,7 +27,7 @@ from autopack.auditor import VerdictError, parse_verdict, render_auditor_prompt
 from autopack.builder import PhaseContext, render_builder_prompt, run_builder
 from autopack.db.models import Attempt, ModelCall, Phase, Project, Run, Tier, utcnow
 from autopack.db.session import session_scope
-from autopack.decide import AttemptOutcome, decide
+from autopack.decide import NOT_BURNING, AttemptOutcome, decide, health_counts, health_exceeded
 from autopack.edits.govern import EditPolicy, default_protected
 from autopack.engine.faults import crash_point
 from autopack.engine.leases import StepContext
@@ -592,6 +592,18 @@ def decide_attempt(services: Services, attempt_id: int, ctx: StepContext) -> lis
         if is_terminal_run(run.state) or ph.state not in (PhaseState.EXECUTING, PhaseState.GATE):
             return []
         gate, aud = a.gate or {}, a.audit or {}
+        health = health_counts([x.failure_class for x in s.scalars(select(Attempt).where(Attempt.run_id == run.id))])
+        rb = run.strategy["run"]
+        spent = health_exceeded(health, int(rb.get("max_provider_errors", 6)), int(rb.get("max_edit_failures", 12)),
+                                int(rb.get("max_total_failures", 20)))
+        if spent is not None:
+            a.decision, a.finished_at = "fail", utcnow()
+            transition(s, ph, PhaseState.FAILED, feedback=spent)
+            emit(s, run.id, "phase.failed", phase_key=ph.key, attempt_id=a.id, reason=f"health budget: {spent}")
+            transition(s, ph.tier, TierState.BLOCKED)
+            _end_run(s, run, RunState.DONE_FAILED_HEALTH_BUDGET, f"health budget spent: {spent}")
+            return ctx.finish(s, [])
+        burned = sum(1 for x in ph.attempts if x.failure_class not in NOT_BURNING)
         outcome = AttemptOutcome(
             built=a.candidate_commit is not None and a.failure_class not in ("edit_invalid", "edit_refused", "truncated", "provider_error"),
             build_failure=a.failure,
@@ -601,7 +613,7 @@ def decide_attempt(services: Services, attempt_id: int, ctx: StepContext) -> lis
             audit_mode=ph.budget["audit"],
             audit_approved=aud.get("approved") if aud else None,
             audit_summary=_audit_text(aud),
-            attempts_used=ph.attempts_used,
+            attempts_used=burned,
             max_attempts=ph.max_attempts,
         )
         decision = decide(outcome)
