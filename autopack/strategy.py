@@ -37,6 +37,9 @@ class RunBudget(BaseModel):
     max_provider_errors: int = Field(6, ge=1)
     max_edit_failures: int = Field(12, ge=1)
     max_total_failures: int = Field(20, ge=1)
+    # Caps on one project's spend per UTC day, across all its runs.
+    project_daily_token_cap: int = Field(5_000_000, gt=0)
+    project_daily_cost_cap_usd: float = Field(50.0, gt=0)
 
 
 class LearningConfig(BaseModel):

@@ -190,6 +190,29 @@ def create_app(
                 return jsonify({"run_id": run_id, "facts": pm.facts, "markdown": pm.markdown})
             return Response(pm.markdown, mimetype="text/markdown")
 
+    @app.get("/runs/<run_id>/costs")
+    def run_costs(run_id: str):  # type: ignore[no-untyped-def]
+        from autopack.engine.costs import run_costs as costs_of
+
+        with session_scope(db) as s:
+            return jsonify(costs_of(s, runsvc.get_run(s, run_id)))
+
+    @app.get("/reports/costs")
+    def cost_report():  # type: ignore[no-untyped-def]
+        from datetime import datetime
+
+        from autopack.engine.costs import report
+
+        since = None
+        if raw := request.args.get("since"):
+            try:
+                since = datetime.fromisoformat(raw)
+            except ValueError:
+                raise PlanError("since", "must be an ISO date or date-time, e.g. 2026-11-28") from None
+        with session_scope(db) as s:
+            project = runsvc.get_project(s, request.args["project"]) if request.args.get("project") else None
+            return jsonify(report(s, project, since))
+
     @app.get("/projects/<name>/rules")
     def project_rules(name: str):  # type: ignore[no-untyped-def]
         from autopack.engine.learning import project_rules as rules_of

@@ -85,6 +85,16 @@ def build_openapi() -> dict[str, Any]:
                     "responses": {"200": {"description": "text/markdown"}, "404": ERR["404"]},
                 },
             },
+            "/runs/{run_id}/costs": {
+                "get": {"summary": "Cost per call, role, model and phase of a run, with its caps", "parameters": [run_id],
+                        "responses": {"200": {"description": "costs"}, "404": ERR["404"]}},
+            },
+            "/reports/costs": {
+                "get": {"summary": "Cost by project, day, role and model, and run",
+                        "parameters": [{"name": "project", "in": "query", "schema": {"type": "string"}},
+                                       {"name": "since", "in": "query", "schema": {"type": "string", "format": "date-time"}}],
+                        "responses": {"200": {"description": "report"}, "404": ERR["404"], "422": ERR["422"]}},
+            },
             "/projects/{name}/rules": {
                 "get": {"summary": "The project's learned rules with provenance and measured effect",
                         "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],

@@ -268,3 +268,16 @@ class Rule(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
     last_matched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class ProjectSpend(Base):
+    """A project's spend and reservations for one UTC day (the project-per-day cap)."""
+
+    __tablename__ = "project_spend"
+
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), primary_key=True)
+    day: Mapped[str] = mapped_column(String(10), primary_key=True)
+    tokens_used: Mapped[int] = mapped_column(BigInteger, default=0)
+    tokens_reserved: Mapped[int] = mapped_column(BigInteger, default=0)
+    cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
+    cost_reserved_usd: Mapped[float] = mapped_column(Float, default=0.0)

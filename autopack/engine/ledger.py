@@ -1,12 +1,17 @@
-"""Budget reservation: the worst case of a model call is reserved with a conditional update before
-the call, and settled with the provider's reported usage after. ``spent + reserved <= cap`` always."""
+"""Budget reservation: the worst case of a model call is reserved with conditional updates (phase,
+run, and the project's day) before the call, and settled with the provider's reported usage after.
+``spent + reserved <= cap`` always, at every level, also under concurrency."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
 from sqlalchemy import update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from autopack.db.models import Phase, Run
+from autopack.db.models import Phase, ProjectSpend, Run
 from autopack.errors import BudgetExceeded
 
 
@@ -15,14 +20,35 @@ def estimate_tokens(text: str) -> int:
     return len(text) // 3 + 16
 
 
-def reserve(session: Session, run_id: str, phase_id: int | None, tokens: int, cost: float, phase_token_cap: int | None) -> None:
-    """Reserve ``tokens`` and ``cost`` on the run, or raise ``BudgetExceeded`` and reserve nothing."""
+def today() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%d")
+
+
+@dataclass(frozen=True)
+class Reservation:
+    run_id: str
+    phase_id: int | None
+    project_id: int
+    day: str
+    tokens: int
+    cost: float
+
+
+def _ensure_day(session: Session, project_id: int, day: str) -> None:
+    dialect = session.get_bind().dialect.name
+    mod = postgresql if dialect == "postgresql" else sqlite
+    session.execute(mod.insert(ProjectSpend).values(project_id=project_id, day=day, tokens_used=0, tokens_reserved=0,
+                                                    cost_usd=0.0, cost_reserved_usd=0.0).on_conflict_do_nothing())
+
+
+def reserve(session: Session, run_id: str, phase_id: int | None, tokens: int, cost: float, phase_token_cap: int | None,
+            *, daily_token_cap: int | None = None, daily_cost_cap: float | None = None) -> Reservation:
+    """Reserve ``tokens`` and ``cost`` on the run (and the project's day when caps are given), or
+    raise ``BudgetExceeded`` and reserve nothing (the caller's transaction rolls back)."""
     if phase_id is not None and phase_token_cap is not None:
         ph = session.get(Phase, phase_id)
         if ph is not None and ph.tokens_used + tokens > phase_token_cap:
-            raise BudgetExceeded(
-                "tokens", f"phase token cap {phase_token_cap} reached ({ph.tokens_used} used, call needs up to {tokens})"
-            )
+            raise BudgetExceeded("tokens", f"phase token cap {phase_token_cap} reached ({ph.tokens_used} used, call needs up to {tokens})")
     res = session.execute(
         update(Run)
         .where(
@@ -31,43 +57,68 @@ def reserve(session: Session, run_id: str, phase_id: int | None, tokens: int, co
             Run.cost_usd + Run.cost_reserved_usd + cost <= Run.cost_cap_usd,
         )
         .values(tokens_reserved=Run.tokens_reserved + tokens, cost_reserved_usd=Run.cost_reserved_usd + cost)
+        .returning(Run.project_id)
         .execution_options(synchronize_session=False)
-    )
-    if res.rowcount == 1:  # type: ignore[attr-defined]
-        return
-    run = session.get(Run, run_id)
-    assert run is not None
-    session.refresh(run)
-    if run.tokens_used + run.tokens_reserved + tokens > run.token_cap:
-        raise BudgetExceeded("tokens", f"run token cap {run.token_cap} reached ({run.tokens_used} used, call needs up to {tokens})")
-    raise BudgetExceeded("cost", f"run cost cap ${run.cost_cap_usd:.2f} reached (${run.cost_usd:.4f} spent, call needs up to ${cost:.4f})")
+    ).first()
+    if res is None:
+        run = session.get(Run, run_id)
+        assert run is not None
+        session.refresh(run)
+        if run.tokens_used + run.tokens_reserved + tokens > run.token_cap:
+            raise BudgetExceeded("tokens", f"run token cap {run.token_cap} reached ({run.tokens_used} used, call needs up to {tokens})")
+        raise BudgetExceeded("cost", f"run cost cap ${run.cost_cap_usd:.2f} reached (${run.cost_usd:.4f} spent, call needs up to ${cost:.4f})")
+    project_id = int(res[0])
+    day = today()
+    if daily_token_cap is not None and daily_cost_cap is not None:
+        _ensure_day(session, project_id, day)
+        ok = session.execute(
+            update(ProjectSpend)
+            .where(
+                ProjectSpend.project_id == project_id, ProjectSpend.day == day,
+                ProjectSpend.tokens_used + ProjectSpend.tokens_reserved + tokens <= daily_token_cap,
+                ProjectSpend.cost_usd + ProjectSpend.cost_reserved_usd + cost <= daily_cost_cap,
+            )
+            .values(tokens_reserved=ProjectSpend.tokens_reserved + tokens, cost_reserved_usd=ProjectSpend.cost_reserved_usd + cost)
+            .execution_options(synchronize_session=False)
+        ).rowcount  # type: ignore[attr-defined]
+        if ok != 1:
+            spend = session.get(ProjectSpend, (project_id, day))
+            assert spend is not None
+            session.refresh(spend)
+            kind = "tokens" if spend.tokens_used + spend.tokens_reserved + tokens > daily_token_cap else "cost"
+            raise BudgetExceeded(kind, f"project daily {kind} cap reached for {day} "
+                                       f"({spend.tokens_used} tokens / ${spend.cost_usd:.4f} spent today)")
+    return Reservation(run_id, phase_id, project_id, day, tokens, cost)
 
 
-def settle(
-    session: Session,
-    run_id: str,
-    phase_id: int | None,
-    reserved_tokens: int,
-    reserved_cost: float,
-    used_tokens: int,
-    used_cost: float,
-) -> None:
-    """Replace a reservation by what the provider reported."""
+def settle(session: Session, r: Reservation, used_tokens: int, used_cost: float) -> None:
+    """Replace a reservation by what the provider reported (zero when the call failed)."""
     session.execute(
         update(Run)
-        .where(Run.id == run_id)
+        .where(Run.id == r.run_id)
         .values(
-            tokens_reserved=Run.tokens_reserved - reserved_tokens,
-            cost_reserved_usd=Run.cost_reserved_usd - reserved_cost,
+            tokens_reserved=Run.tokens_reserved - r.tokens,
+            cost_reserved_usd=Run.cost_reserved_usd - r.cost,
             tokens_used=Run.tokens_used + used_tokens,
             cost_usd=Run.cost_usd + used_cost,
         )
         .execution_options(synchronize_session=False)
     )
-    if phase_id is not None:
+    session.execute(
+        update(ProjectSpend)
+        .where(ProjectSpend.project_id == r.project_id, ProjectSpend.day == r.day)
+        .values(
+            tokens_reserved=ProjectSpend.tokens_reserved - r.tokens,
+            cost_reserved_usd=ProjectSpend.cost_reserved_usd - r.cost,
+            tokens_used=ProjectSpend.tokens_used + used_tokens,
+            cost_usd=ProjectSpend.cost_usd + used_cost,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if r.phase_id is not None:
         session.execute(
             update(Phase)
-            .where(Phase.id == phase_id)
+            .where(Phase.id == r.phase_id)
             .values(tokens_used=Phase.tokens_used + used_tokens, cost_usd=Phase.cost_usd + used_cost)
             .execution_options(synchronize_session=False)
         )

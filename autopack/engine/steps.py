@@ -180,14 +180,16 @@ def make_call(services: Services, scope: CallScope) -> Callable[[str, list[Messa
         est_in = estimate_tokens(system + "".join(m.content for m in messages))
         worst_tokens = est_in + max_tokens
         worst_cost = pricing.cost(scope.model, est_in, max_tokens)
+        rb = services.config.strategy.run
         with session_scope(services.db_url) as s:
-            reserve(s, scope.run_id, scope.phase_id, worst_tokens, worst_cost, scope.phase_token_cap)
+            reservation = reserve(s, scope.run_id, scope.phase_id, worst_tokens, worst_cost, scope.phase_token_cap,
+                                  daily_token_cap=rb.project_daily_token_cap, daily_cost_cap=rb.project_daily_cost_cap_usd)
         prompt = {"system": system, "messages": [m.model_dump() for m in messages]}
         try:
             resp = client.complete(req)
         except Exception as exc:
             with session_scope(services.db_url) as s:
-                settle(s, scope.run_id, scope.phase_id, worst_tokens, worst_cost, 0, 0.0)
+                settle(s, reservation, 0, 0.0)
                 s.add(
                     ModelCall(
                         run_id=scope.run_id, phase_id=scope.phase_id, attempt_id=scope.attempt_id, role=scope.role,
@@ -199,7 +201,7 @@ def make_call(services: Services, scope: CallScope) -> Callable[[str, list[Messa
         used = resp.usage.input_tokens + resp.usage.output_tokens
         cost = pricing.cost(scope.model, resp.usage.input_tokens, resp.usage.output_tokens)
         with session_scope(services.db_url) as s:
-            settle(s, scope.run_id, scope.phase_id, worst_tokens, worst_cost, used, cost)
+            settle(s, reservation, used, cost)
             s.add(
                 ModelCall(
                     run_id=scope.run_id, phase_id=scope.phase_id, attempt_id=scope.attempt_id, role=scope.role,

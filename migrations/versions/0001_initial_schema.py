@@ -28,6 +28,16 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('name')
     )
+    op.create_table('project_spend',
+    sa.Column('project_id', sa.Integer(), nullable=False),
+    sa.Column('day', sa.String(length=10), nullable=False),
+    sa.Column('tokens_used', sa.BigInteger(), nullable=False),
+    sa.Column('tokens_reserved', sa.BigInteger(), nullable=False),
+    sa.Column('cost_usd', sa.Float(), nullable=False),
+    sa.Column('cost_reserved_usd', sa.Float(), nullable=False),
+    sa.ForeignKeyConstraint(['project_id'], ['projects.id'], ),
+    sa.PrimaryKeyConstraint('project_id', 'day')
+    )
     op.create_table('rules',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('project_id', sa.Integer(), nullable=False),
@@ -323,5 +333,6 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_rules_project_id'))
 
     op.drop_table('rules')
+    op.drop_table('project_spend')
     op.drop_table('projects')
     # ### end Alembic commands ###

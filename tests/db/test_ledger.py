@@ -6,19 +6,22 @@ import threading
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 from autopack.db.migrate import upgrade
-from autopack.db.models import Project, Run
+from autopack.db.models import Project, ProjectSpend, Run
 from autopack.db.session import session_scope
 from autopack.engine.ledger import reserve, settle
 from autopack.errors import BudgetExceeded
 
 
-def _run(url: str, token_cap: int = 1000, cost_cap: float = 1.0) -> str:
+def _run(url: str, token_cap: int = 1000, cost_cap: float = 1.0, project: str = "p") -> str:
     with session_scope(url) as s:
-        p = Project(name="p", repo_path="/nonexistent", base_branch="main")
-        s.add(p)
-        s.flush()
+        p = s.scalar(select(Project).where(Project.name == project))
+        if p is None:
+            p = Project(name=project, repo_path="/nonexistent", base_branch="main")
+            s.add(p)
+            s.flush()
         run = Run(project_id=p.id, plan={}, strategy={}, base_branch="main", branch="b", commit_epoch=0,
                   token_cap=token_cap, cost_cap_usd=cost_cap)
         s.add(run)
@@ -43,14 +46,14 @@ def sqlite_url(tmp_path: Path) -> str:
 def test_reserve_settle_and_refuse(sqlite_url: str) -> None:
     run_id = _run(sqlite_url)
     with session_scope(sqlite_url) as s:
-        reserve(s, run_id, None, 600, 0.1, None)
+        held = reserve(s, run_id, None, 600, 0.1, None)
     with pytest.raises(BudgetExceeded) as err:
         with session_scope(sqlite_url) as s:
             reserve(s, run_id, None, 500, 0.1, None)
     assert err.value.kind == "tokens"
     assert _row(sqlite_url, run_id).tokens_reserved == 600  # the refused reservation changed nothing
     with session_scope(sqlite_url) as s:
-        settle(s, run_id, None, 600, 0.1, 250, 0.04)
+        settle(s, held, 250, 0.04)
     run = _row(sqlite_url, run_id)
     assert (run.tokens_reserved, run.tokens_used) == (0, 250)
     assert run.cost_reserved_usd == pytest.approx(0.0) and run.cost_usd == pytest.approx(0.04)
@@ -87,3 +90,51 @@ def test_twenty_concurrent_reservations_never_exceed_the_cap(pg_url: str) -> Non
     assert sorted(results) == [False] * 10 + [True] * 10
     run = _row(pg_url, run_id)
     assert run.tokens_reserved == 1000 and run.tokens_used + run.tokens_reserved <= run.token_cap
+
+
+def test_project_daily_cap_spans_runs(sqlite_url: str) -> None:
+    a, b = _run(sqlite_url, token_cap=10_000), _run(sqlite_url, token_cap=10_000)
+    caps = {"daily_token_cap": 500, "daily_cost_cap": 1.0}
+    with session_scope(sqlite_url) as s:
+        first = reserve(s, a, None, 300, 0.01, None, **caps)
+    with pytest.raises(BudgetExceeded, match="project daily tokens cap"):
+        with session_scope(sqlite_url) as s:
+            reserve(s, b, None, 300, 0.01, None, **caps)
+    assert _row(sqlite_url, b).tokens_reserved == 0  # the refused call reserved nothing anywhere
+    with session_scope(sqlite_url) as s:
+        settle(s, first, 100, 0.005)
+    with session_scope(sqlite_url) as s:
+        reserve(s, b, None, 300, 0.01, None, **caps)  # fits now: 100 used + 300 reserved <= 500
+        spend = s.get(ProjectSpend, (first.project_id, first.day))
+        assert (spend.tokens_used, spend.tokens_reserved) == (100, 300)
+
+
+@pytest.mark.postgres
+def test_twenty_concurrent_reservations_never_exceed_the_project_daily_cap(pg_url: str) -> None:
+    upgrade(pg_url)
+    runs = [_run(pg_url, token_cap=100_000, cost_cap=100.0) for _ in range(4)]  # one project, four runs
+    barrier = threading.Barrier(20)
+    results: list[bool] = []
+    lock = threading.Lock()
+
+    def one(i: int) -> None:
+        barrier.wait()
+        try:
+            with session_scope(pg_url) as s:
+                reserve(s, runs[i % 4], None, 100, 0.001, None, daily_token_cap=1000, daily_cost_cap=100.0)
+            ok = True
+        except BudgetExceeded:
+            ok = False
+        with lock:
+            results.append(ok)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == [False] * 10 + [True] * 10
+    with session_scope(pg_url) as s:
+        spend = s.scalars(select(ProjectSpend)).all()
+        assert len(spend) == 1 and spend[0].tokens_reserved == 1000
+        assert sum(s.get(Run, r).tokens_reserved for r in runs) == 1000

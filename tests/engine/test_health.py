@@ -69,3 +69,31 @@ def test_health_budget_ends_a_run_that_keeps_failing(local_settings, demo_repo: 
 def test_health_counts(classes, caps, exceeded) -> None:  # type: ignore[no-untyped-def]
     result = health_exceeded(health_counts(classes), *caps)
     assert (result is None) if exceeded is None else (result is not None and result.startswith(exceeded))
+
+
+def test_cost_reports_add_up(local_settings, demo_repo: Path) -> None:
+    from autopack.db.session import session_scope
+    from autopack.engine.costs import report, run_costs
+    from autopack.engine.runs import get_project, get_run
+    from web import create_app
+
+    services, _ = make_services(local_settings, demo_model())
+    register(local_settings, demo_repo)
+    run_id = submit(services, _plan())
+    drive(services, ("start_run", run_id))
+    with session_scope(local_settings.db_url) as s:
+        costs = run_costs(s, get_run(s, run_id))
+        total = costs["total"]
+        assert total["calls"] == len(costs["calls"]) > 0
+        assert total["input_tokens"] + total["output_tokens"] == costs["caps"]["tokens_used"]
+        assert sum(b["calls"] for b in costs["by_role"].values()) == total["calls"]
+        assert set(costs["by_role"]) == {"builder", "auditor"} and set(costs["by_phase"]) == {"stats"}
+        assert abs(sum(b["cost_usd"] for b in costs["by_model"].values()) - costs["caps"]["cost_usd"]) < 1e-6
+        rep = report(s, get_project(s, "demo"), None)
+        assert rep["by_run"][run_id]["calls"] == total["calls"] and rep["total"]["calls"] == total["calls"]
+    client = create_app(local_settings, config=services.config, broker_check=lambda: None).test_client()
+    assert client.get(f"/runs/{run_id}/costs").get_json()["total"] == total
+    assert client.get("/reports/costs?project=demo&since=2000-01-01").get_json()["total"]["calls"] == total["calls"]
+    assert client.get("/reports/costs?since=yesterday").status_code == 422
+    assert client.get("/reports/costs?project=ghost").status_code == 404
+    assert client.get("/reports/costs?since=2999-01-01").get_json()["total"]["calls"] == 0
