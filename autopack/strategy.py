@@ -49,6 +49,10 @@ class LearningConfig(BaseModel):
     rules_token_cap: int = Field(600, gt=0)  # rules and hints in one prompt stay under this
     stale_after_days: int = Field(30, gt=0)  # a rule that matched nothing this long retires
     min_carried: int = Field(3, ge=1)  # carried phases before a rule's effect can retire it
+    # Models (names from models.yaml) that write a hint's lesson and a postmortem's narrative; with
+    # none, lessons are built from the failure and the fix, and postmortems carry the facts alone.
+    lesson_model: str | None = None
+    narrative_model: str | None = None
 
 
 class StrategyConfig(BaseModel):

@@ -15,7 +15,7 @@ from autopack.engine.store import emit
 from autopack.strategy import LearningConfig
 
 
-def record_hint(session: Session, phase: Phase) -> Hint | None:
+def record_hint(session: Session, phase: Phase, lesson: str | None = None) -> Hint | None:
     """When an attempt of ``phase`` failed and a later one was accepted: the hint (once per phase)."""
     attempts = sorted(phase.attempts, key=lambda a: a.number)
     accepted = next((a for a in attempts if a.decision == "complete"), None)
@@ -31,7 +31,7 @@ def record_hint(session: Session, phase: Phase) -> Hint | None:
         project_id=phase.run.project_id, run_id=phase.run_id, phase_key=phase.key, key=last.failure_key or "",
         failure_class=last.failure_class or "", signature=last.failure_signature or "", category=phase.spec["category"],
         scope=list(phase.spec["scope"]), paths=paths,
-        lesson=rl.lesson_for(last.failure_class or "", last.failure_signature or "", paths),
+        lesson=lesson or rl.lesson_for(last.failure_class or "", last.failure_signature or "", paths),
         evidence={"failed_attempts": [a.id for a in failed], "fixed_by": accepted.id},
     )
     session.add(hint)

@@ -620,6 +620,11 @@ def decide_attempt(services: Services, attempt_id: int, ctx: StepContext) -> lis
         )
         decision = decide(outcome)
         repo, branch, head, sha = Path(run.project.repo_path), run.branch, run.head_commit, a.candidate_commit
+    lesson = None
+    if decision.action == "complete" and services.config.strategy.learning.lesson_model and any(
+        x.failure_key for x in ph.attempts if x.id != attempt_id
+    ):
+        lesson = _model_lesson(services, ph, a, repo)
     if decision.action == "complete":
         assert sha is not None and head is not None
         try:
@@ -644,7 +649,7 @@ def decide_attempt(services: Services, attempt_id: int, ctx: StepContext) -> lis
             transition(s, ph, PhaseState.COMPLETE, commit_sha=sha, feedback=None)
             emit(s, run.id, "phase.complete", phase_key=ph.key, attempt_id=a.id, commit=sha, reason=decision.reason)
             # Learn before the next phase is built, so what it is given does not depend on timing.
-            hint = record_hint(s, ph)
+            hint = record_hint(s, ph, lesson)
             if hint is not None:
                 emit(s, run.id, "hint.recorded", phase_key=ph.key, hint_id=hint.id, key=hint.key)
                 promote(s, run.project_id, hint.key, services.config.strategy.learning, run_id=run.id)
@@ -661,6 +666,27 @@ def decide_attempt(services: Services, attempt_id: int, ctx: StepContext) -> lis
         emit(s, run.id, "tier.blocked", tier=ph.tier.key)
         _end_run(s, run, RunState.DONE_FAILED_TIER_BLOCKED, f"phase {ph.key} failed: {decision.reason}")
         return ctx.finish(s, [])
+
+
+def _model_lesson(services: Services, ph: Phase, accepted: Attempt, repo: Path) -> str | None:
+    """The lesson of a fixed failure, written by the configured cheap model (None if it fails:
+    the deterministic lesson is used instead)."""
+    failed = [x for x in ph.attempts if x.failure_key and x.number < accepted.number]
+    if not failed or accepted.parent_commit is None or accepted.candidate_commit is None:
+        return None
+    model = services.config.strategy.learning.lesson_model
+    assert model is not None
+    diff = wt.diff(repo, accepted.parent_commit, accepted.candidate_commit, max_bytes=4000)
+    user = services.prompts.render("lesson", phase_id=ph.key, category=ph.spec["category"], goal=ph.spec["goal"].strip(),
+                                   failure=(failed[-1].failure_signature or failed[-1].failure or "")[:1500], diff=diff)
+    call = make_call(services, CallScope(ph.run_id, ph.id, accepted.id, "lesson", model, None))
+    try:
+        resp = call(services.prompts.render("lesson_system"), [Message(role="user", content=user)], 300)
+    except (BudgetExceeded, ProviderError) as exc:
+        log.warning("lesson model failed (%s); using the built-in lesson", exc)
+        return None
+    text = " ".join(resp.text.split())[:600]
+    return text or None
 
 
 def _audit_text(aud: dict[str, Any]) -> str:

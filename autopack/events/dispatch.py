@@ -30,6 +30,9 @@ class Handler:
     name: str
     types: frozenset[str]
     fn: HandlerFn
+    # Work done before the handler's transaction (a model call must not hold the database);
+    # its result reaches ``fn`` as ``event["prepared"]``.
+    prepare: Callable[[Any, dict[str, Any]], Any] | None = None
 
 
 def _write_postmortem(session: Session, services: Any, event: dict[str, Any]) -> None:
@@ -37,7 +40,33 @@ def _write_postmortem(session: Session, services: Any, event: dict[str, Any]) ->
     if run is None or session.get(Postmortem, run.id) is not None:
         return
     facts = postmortem.collect_facts(session, run)
-    session.add(Postmortem(run_id=run.id, facts=facts, markdown=postmortem.render(facts)))
+    session.add(Postmortem(run_id=run.id, facts=facts, markdown=postmortem.render(facts, event.get("prepared"))))
+
+
+def _narrative(services: Any, event: dict[str, Any]) -> str | None:
+    """A short narrative from the configured model, or None (the facts stand alone)."""
+    import json
+
+    config = getattr(services, "config", None)
+    model = config.strategy.learning.narrative_model if config is not None else None
+    if not model:
+        return None
+    from autopack.engine.steps import CallScope, make_call
+    from autopack.errors import BudgetExceeded, ProviderError
+    from autopack.llm.base import Message
+
+    with session_scope(services.db_url) as s:
+        run = s.get(Run, event["run_id"])
+        if run is None or s.get(Postmortem, run.id) is not None:
+            return None
+        facts = postmortem.collect_facts(s, run)
+    call = make_call(services, CallScope(run.id, None, None, "postmortem", model, None))
+    user = services.prompts.render("postmortem", run_id=run.id, facts=json.dumps(facts, indent=1, default=str)[:12000])
+    try:
+        return " ".join(call(services.prompts.render("postmortem_system"), [Message(role="user", content=user)], 400).text.split()) or None
+    except (BudgetExceeded, ProviderError) as exc:
+        log.warning("narrative model failed (%s); the postmortem carries the facts alone", exc)
+        return None
 
 
 def _refresh_rules(session: Session, services: Any, event: dict[str, Any]) -> None:
@@ -58,7 +87,7 @@ def _refresh_rules(session: Session, services: Any, event: dict[str, Any]) -> No
 
 HANDLERS: list[Handler] = [
     Handler("rules", frozenset({"run.finished"}), _refresh_rules),
-    Handler("postmortem", frozenset({"run.finished", "run.cancelled"}), _write_postmortem),
+    Handler("postmortem", frozenset({"run.finished", "run.cancelled"}), _write_postmortem, _narrative),
 ]
 
 
@@ -93,6 +122,12 @@ def dispatch_pending(services: Any, run_id: str | None = None, *, handlers: list
             if ev["type"] not in h.types:
                 continue
             try:
+                if h.prepare is not None:
+                    with session_scope(services.db_url) as s:
+                        done = s.scalar(select(EventDelivery.id).where(EventDelivery.event_id == ev["id"], EventDelivery.handler == h.name))
+                    prepared = h.prepare(services, ev) if done is None else None
+                else:
+                    prepared = None
                 with session_scope(services.db_url) as s:
                     done = s.scalar(select(EventDelivery.id).where(EventDelivery.event_id == ev["id"], EventDelivery.handler == h.name))
                     if done is not None:
@@ -100,7 +135,7 @@ def dispatch_pending(services: Any, run_id: str | None = None, *, handlers: list
                         continue
                     s.add(EventDelivery(event_id=ev["id"], handler=h.name))
                     s.flush()
-                    h.fn(s, services, ev)
+                    h.fn(s, services, {**ev, "prepared": prepared})
                 report.deliveries += 1
             except IntegrityError:  # another dispatcher delivered it first
                 report.skipped.append(f"{ev['id']}:{h.name}")

@@ -78,3 +78,35 @@ def test_learning_across_runs_is_per_project_and_per_scope(local_settings, tmp_p
         api_rule = s.scalar(select(Rule.id).where(Rule.key == "x:1"))
     assert api_rule not in {r for rules in _rules_carried(url, third_id) for r in rules}
     assert _rules_carried(url, third_id) == [[alpha_rule]] * 3
+
+
+def test_configured_models_write_the_lesson_and_the_narrative(local_settings, tmp_path: Path) -> None:
+    good = demo_model()
+
+    def respond(req):  # type: ignore[no-untyped-def]
+        if req.system.startswith("You write the lessons"):
+            assert "DID NOT RAISE" in req.messages[0].content and "```diff" in req.messages[0].content
+            return "Raise ValueError on empty or invalid input; the tests use pytest.raises."
+        if req.system.startswith("You write the summary"):
+            assert '"state": "DONE_SUCCESS"' in req.messages[0].content
+            return "The run added statistics, parsing and a CLI; two phases needed a retry."
+        return good(req)
+
+    services, _ = make_services(local_settings, respond)
+    learning = services.config.strategy.learning.model_copy(update={"lesson_model": "claude-haiku-4-5", "narrative_model": "claude-haiku-4-5"})
+    services.config = services.config.model_copy(update={"strategy": services.config.strategy.model_copy(update={"learning": learning})})
+    register(local_settings, create_target_repo(tmp_path / "a"), "demo")
+    run_id = submit(services, demo_plan())
+    drive(services, ("start_run", run_id))
+    dispatch_pending(services)
+    with session_scope(local_settings.db_url) as s:
+        lessons = [h.lesson for h in s.scalars(select(Hint))]
+        assert lessons == ["Raise ValueError on empty or invalid input; the tests use pytest.raises."] * 2
+        assert s.scalar(select(Rule)).text == lessons[0]
+        roles = sorted({c.role for c in s.scalars(select(ModelCall).where(ModelCall.run_id == run_id))})
+        assert roles == ["auditor", "builder", "lesson", "postmortem"]
+        from autopack.db.models import Postmortem
+
+        pm = s.get(Postmortem, run_id)
+        assert "## Summary\n\nThe run added statistics, parsing and a CLI; two phases needed a retry." in pm.markdown
+        assert "## Timeline" in pm.markdown
