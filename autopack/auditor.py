@@ -69,3 +69,39 @@ def parse_verdict(text: str) -> AuditVerdict:
         return AuditVerdict.model_validate(json.loads(match.group(0)))
     except (json.JSONDecodeError, ValidationError) as exc:
         raise VerdictError(f"auditor verdict is malformed: {exc}") from None
+
+
+class JudgeDecision(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    verdict: Literal["approve", "reject"]
+    reasoning: str = ""
+
+
+def parse_judge(text: str) -> JudgeDecision:
+    match = _OBJECT.search(text)
+    if not match:
+        raise VerdictError("no JSON object in the judge's answer")
+    try:
+        return JudgeDecision.model_validate(json.loads(match.group(0)))
+    except (json.JSONDecodeError, ValidationError) as exc:
+        raise VerdictError(f"judge decision is malformed: {exc}") from None
+
+
+def combine(records: list[dict[str, object]], judge: dict[str, object] | None) -> dict[str, object]:
+    """One audit record from two auditors' verdicts (and the judge's, when they disagreed). Pure."""
+    approvals = [r.get("approved") for r in records]
+    agree = approvals[0] == approvals[1] and approvals[0] is not None
+    if agree:
+        approved: object = approvals[0]
+        summary = "; ".join(str(r.get("summary", "")) for r in records)
+    elif judge is not None and judge.get("verdict") in ("approve", "reject"):
+        approved = judge["verdict"] == "approve"
+        summary = f"auditors disagreed; the judge decided: {judge.get('reasoning', '')}"
+    else:
+        approved = None
+        summary = "auditors disagreed and no judge decision was available"
+    issues = [i for r in records for i in (r.get("issues") or [])]  # type: ignore[union-attr]
+    return {"mode": "dual", "verdicts": records, "agree": agree, "judge": judge, "approved": approved,
+            "verdict": "approve" if approved else "reject" if approved is False else "undecided",
+            "summary": summary, "issues": issues}

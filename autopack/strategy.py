@@ -20,6 +20,7 @@ class CategoryBudget(BaseModel):
     cost_cap_usd: float = Field(2.0, gt=0)
     ci_profile: Literal["normal", "strict"] = "normal"
     audit: Literal["required", "advisory", "off"] = "advisory"
+    dual_audit: bool = False  # two auditors from two providers, a judge when they disagree
     builder_max_tokens: int = Field(4096, gt=0)
     edit_fix_rounds: int = Field(2, ge=0, le=5)
 
@@ -110,6 +111,7 @@ def budget_for(category: str, cfg: StrategyConfig) -> tuple[CategoryBudget, bool
         # The playbook's floor for high-risk work, whatever the file says.
         merged["ci_profile"] = "strict"
         merged["audit"] = "required"
+        merged["dual_audit"] = True
         merged["max_attempts"] = min(int(merged.get("max_attempts", 2)), 2)
     try:
         return CategoryBudget.model_validate(merged), high

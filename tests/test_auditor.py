@@ -40,3 +40,19 @@ def test_prompt_carries_diff_and_gate() -> None:
     _, long_user = render_auditor_prompt(PromptLibrary(Path(ROOT / "prompts")), phase_id="p", goal="g", category="c",
                                          deliverables=[], gate="", diff="+" + "y" * 100_000)
     assert "diff truncated by Autopack" in long_user and len(long_user) < 70_000
+
+
+def test_combine_two_verdicts() -> None:
+    from autopack.auditor import combine, parse_judge
+
+    yes = {"model": "a", "approved": True, "summary": "ok", "issues": []}
+    no = {"model": "b", "approved": False, "summary": "bad", "issues": [{"severity": "major", "summary": "x"}]}
+    assert combine([yes, dict(yes)], None)["approved"] is True
+    assert combine([no, dict(no)], None)["verdict"] == "reject"
+    split = combine([yes, no], None)
+    assert split["agree"] is False and split["approved"] is None and split["verdict"] == "undecided"
+    judged = combine([yes, no], {"verdict": "reject", "reasoning": "x matters"})
+    assert judged["approved"] is False and "x matters" in judged["summary"] and judged["issues"] == no["issues"]
+    assert parse_judge('{"verdict": "approve", "reasoning": "fine"}').verdict == "approve"
+    with pytest.raises(VerdictError):
+        parse_judge("I side with the first auditor.")

@@ -45,7 +45,7 @@ def test_high_risk_floor_holds_even_against_a_loose_config(category: str) -> Non
     })
     for cfg in (loose, load_strategy_config(CONFIG / "strategy.yaml")):
         ph = compile_strategy(_plan([category]), cfg).phases[0]
-        assert (ph.ci_profile, ph.max_attempts, ph.audit, ph.high_risk) == ("strict", 2, "required", True)
+        assert (ph.ci_profile, ph.max_attempts, ph.audit, ph.high_risk, ph.dual_audit) == ("strict", 2, "required", True, True)
 
 
 def test_category_overrides_merge_over_defaults() -> None:

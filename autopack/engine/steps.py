@@ -23,7 +23,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from autopack import gate as gatelib
-from autopack.auditor import VerdictError, parse_verdict, render_auditor_prompt
+from autopack.auditor import VerdictError, combine, parse_judge, parse_verdict, render_auditor_prompt
 from autopack.builder import PhaseContext, render_builder_prompt, run_builder
 from autopack.db.models import Attempt, ModelCall, Phase, Project, Run, Tier, utcnow
 from autopack.db.session import session_scope
@@ -35,7 +35,7 @@ from autopack.engine.learning import auditor_guidance, promote, prompt_guidance,
 from autopack.engine.ledger import estimate_tokens, reserve, settle
 from autopack.engine.services import Services
 from autopack.engine.store import StaleState, emit, transition
-from autopack.errors import AutopackError, BudgetExceeded, GitError, ProviderError, SandboxUnavailable
+from autopack.errors import AutopackError, BudgetExceeded, ConfigError, GitError, ProviderError, SandboxUnavailable
 from autopack.llm.base import LLMRequest, LLMResponse, Message
 from autopack.normalize import failure_key
 from autopack.sandbox.junit import JUnitError, failure_messages, parse_junit
@@ -555,24 +555,37 @@ def audit(services: Services, attempt_id: int, ctx: StepContext) -> list[Step]:
         model = services.model_for("auditor", spec["complexity"])
         summary = (a.test_result or {}).get("summary", "")
         rules_text, rule_ids, rules_tokens = auditor_guidance(s, ph, services.config.strategy.learning)
+        dual = bool(ph.budget.get("dual_audit"))
     diff = wt.diff(repo, parent, sha)
     gate_text = f"{'passed' if gate.get('passed') else 'failed'}: {gate.get('reason', '')}; tests: {summary}"
     system, user = render_auditor_prompt(
         services.prompts, phase_id=spec["id"], goal=spec["goal"], category=spec["category"],
         deliverables=spec.get("deliverables", []), gate=gate_text, diff=diff, rules_text=rules_text,
     )
-    call = make_call(services, CallScope(run_id, phase_id, attempt_id, "auditor", model, None, tuple(rule_ids), (), rules_tokens))
-    try:
-        resp = call(system, [Message(role="user", content=user)], 1500)
+    def review(role: str, model: str) -> dict[str, Any]:
+        call = make_call(services, CallScope(run_id, phase_id, attempt_id, role, model, None, tuple(rule_ids), (), rules_tokens))
+        provider = services.config.models.provider_of(model)
         try:
-            verdict = parse_verdict(resp.text)
-            record: dict[str, Any] = {"model": model, **verdict.model_dump(), "approved": verdict.approved}
+            verdict = parse_verdict(call(system, [Message(role="user", content=user)], 1500).text)
+            return {"model": model, "provider": provider, **verdict.model_dump(), "approved": verdict.approved}
         except VerdictError as exc:
-            record = {"model": model, "verdict": "invalid", "approved": None, "summary": str(exc), "issues": []}
+            return {"model": model, "provider": provider, "verdict": "invalid", "approved": None, "summary": str(exc), "issues": []}
+        except ProviderError as exc:
+            return {"model": model, "provider": provider, "verdict": "error", "approved": None, "summary": str(exc), "issues": []}
+
+    try:
+        record = review("auditor", model)
+        if dual:
+            second = services.model_for("second_auditor", spec["complexity"])
+            if services.config.models.provider_of(second) == services.config.models.provider_of(model):
+                raise ConfigError(f"dual audit needs two providers: {model} and {second} are both {services.config.models.provider_of(model)}")
+            records = [record, review("second_auditor", second)]
+            judge = None
+            if records[0]["approved"] != records[1]["approved"]:
+                judge = _judge(services, run_id, phase_id, attempt_id, spec["complexity"], user, records)
+            record = combine(records, judge)
     except BudgetExceeded as exc:
         return _budget_stop(services, ctx, phase_id, attempt_id, exc)
-    except ProviderError as exc:
-        record = {"model": model, "verdict": "error", "approved": None, "summary": str(exc), "issues": []}
     with session_scope(services.db_url) as s:
         ctx.guard(s)
         a = s.get(Attempt, attempt_id)
@@ -582,6 +595,23 @@ def audit(services: Services, attempt_id: int, ctx: StepContext) -> list[Step]:
         a.audit = record
         emit(s, a.run_id, "attempt.audited", phase_key=a.phase.key, attempt_id=a.id, verdict=record["verdict"], summary=record["summary"])
         return ctx.finish(s, [("decide", attempt_id)])
+
+
+def _judge(services: Services, run_id: str, phase_id: int, attempt_id: int, complexity: str, review: str,
+           records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The judge's decision between two disagreeing auditors."""
+    import json as _json
+
+    model = services.model_for("judge", complexity)
+    verdicts = "\n".join(f"- {r['model']} ({r['provider']}): " + _json.dumps({k: r.get(k) for k in ("verdict", "summary", "issues")})
+                          for r in records)
+    user = services.prompts.render("judge", review=review, verdicts=verdicts)
+    call = make_call(services, CallScope(run_id, phase_id, attempt_id, "judge", model, None))
+    try:
+        decision = parse_judge(call(services.prompts.render("judge_system"), [Message(role="user", content=user)], 800).text)
+        return {"model": model, "verdict": decision.verdict, "reasoning": decision.reasoning}
+    except (VerdictError, ProviderError) as exc:
+        return {"model": model, "verdict": "error", "reasoning": str(exc)}
 
 
 def decide_attempt(services: Services, attempt_id: int, ctx: StepContext) -> list[Step]:
