@@ -41,6 +41,9 @@ class RunBudget(BaseModel):
     # Caps on one project's spend per UTC day, across all its runs.
     project_daily_token_cap: int = Field(5_000_000, gt=0)
     project_daily_cost_cap_usd: float = Field(50.0, gt=0)
+    # A tier ending with more open major issues than this is NOT_CLEAN; then continue or stop.
+    tier_major_issue_threshold: int = Field(2, ge=0)
+    on_not_clean: Literal["continue", "stop"] = "continue"
 
 
 class LearningConfig(BaseModel):

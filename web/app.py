@@ -190,6 +190,20 @@ def create_app(
                 return jsonify({"run_id": run_id, "facts": pm.facts, "markdown": pm.markdown})
             return Response(pm.markdown, mimetype="text/markdown")
 
+    @app.get("/runs/<run_id>/issues")
+    def get_run_issues(run_id: str):  # type: ignore[no-untyped-def]
+        from autopack.engine.issues import run_issues
+
+        with session_scope(db) as s:
+            return jsonify(run_issues(s, runsvc.get_run(s, run_id)))
+
+    @app.get("/projects/<name>/backlog")
+    def get_backlog(name: str):  # type: ignore[no-untyped-def]
+        from autopack.engine.issues import backlog
+
+        with session_scope(db) as s:
+            return jsonify(backlog(s, runsvc.get_project(s, name)))
+
     @app.get("/runs/<run_id>/costs")
     def run_costs(run_id: str):  # type: ignore[no-untyped-def]
         from autopack.engine.costs import run_costs as costs_of

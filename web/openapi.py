@@ -85,6 +85,15 @@ def build_openapi() -> dict[str, Any]:
                     "responses": {"200": {"description": "text/markdown"}, "404": ERR["404"]},
                 },
             },
+            "/runs/{run_id}/issues": {
+                "get": {"summary": "Issues raised in the run (de-duplicated, with counts, phases and whether still open)",
+                        "parameters": [run_id], "responses": {"200": {"description": "issues"}, "404": ERR["404"]}},
+            },
+            "/projects/{name}/backlog": {
+                "get": {"summary": "The project's open issues: counts by severity and ages",
+                        "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+                        "responses": {"200": {"description": "backlog"}, "404": ERR["404"]}},
+            },
             "/runs/{run_id}/costs": {
                 "get": {"summary": "Cost per call, role, model and phase of a run, with its caps", "parameters": [run_id],
                         "responses": {"200": {"description": "costs"}, "404": ERR["404"]}},

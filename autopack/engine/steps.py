@@ -30,6 +30,7 @@ from autopack.db.session import session_scope
 from autopack.decide import NOT_BURNING, AttemptOutcome, decide, health_counts, health_exceeded
 from autopack.edits.govern import EditPolicy, default_protected
 from autopack.engine.faults import crash_point
+from autopack.engine import issues
 from autopack.engine.leases import StepContext
 from autopack.engine.learning import auditor_guidance, promote, prompt_guidance, record_hint
 from autopack.engine.ledger import estimate_tokens, reserve, settle
@@ -312,6 +313,15 @@ def _start_next_phase(s: Session, run: Run, tier: Tier) -> list[Step]:
         if ph.state == PhaseState.QUEUED:
             emit(s, run.id, "phase.queued", phase_key=ph.key)
             return [("build", ph.id)]
+    rb = run.strategy["run"]
+    majors = issues.open_major_in_tier(s, run.id, tier.key)
+    if majors > int(rb.get("tier_major_issue_threshold", 2)):
+        transition(s, tier, TierState.NOT_CLEAN)
+        emit(s, run.id, "tier.not_clean", tier=tier.key, open_major_issues=majors)
+        if rb.get("on_not_clean", "continue") == "stop":
+            _end_run(s, run, RunState.DONE_FAILED_TIER_BLOCKED, f"tier {tier.key} is not clean: {majors} open major issues")
+            return []
+        return _start_next_tier(s, run)
     transition(s, tier, TierState.COMPLETE)
     emit(s, run.id, "tier.complete", tier=tier.key)
     return _start_next_tier(s, run)
@@ -673,6 +683,7 @@ def decide_attempt(services: Services, attempt_id: int, ctx: StepContext) -> lis
             return []
         a.decision = decision.action
         a.finished_at = utcnow()
+        issues.record(s, a, accepted=decision.action == "complete")
         if decision.action == "complete":
             a.state = "ACCEPTED"
             run.head_commit = sha

@@ -28,6 +28,25 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('name')
     )
+    op.create_table('issues',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('project_id', sa.Integer(), nullable=False),
+    sa.Column('key', sa.String(length=80), nullable=False),
+    sa.Column('source', sa.String(length=16), nullable=False),
+    sa.Column('severity', sa.String(length=8), nullable=False),
+    sa.Column('summary', sa.Text(), nullable=False),
+    sa.Column('path', sa.Text(), nullable=False),
+    sa.Column('status', sa.String(length=12), nullable=False),
+    sa.Column('count', sa.Integer(), nullable=False),
+    sa.Column('first_seen', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('last_seen', sa.DateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['project_id'], ['projects.id'], ),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('project_id', 'key')
+    )
+    with op.batch_alter_table('issues', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_issues_project_id'), ['project_id'], unique=False)
+
     op.create_table('project_spend',
     sa.Column('project_id', sa.Integer(), nullable=False),
     sa.Column('day', sa.String(length=10), nullable=False),
@@ -131,6 +150,24 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_hints_key'), ['key'], unique=False)
         batch_op.create_index(batch_op.f('ix_hints_project_id'), ['project_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_hints_run_id'), ['run_id'], unique=False)
+
+    op.create_table('issue_occurrences',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('issue_id', sa.Integer(), nullable=False),
+    sa.Column('run_id', sa.String(length=32), nullable=False),
+    sa.Column('phase_key', sa.String(length=64), nullable=False),
+    sa.Column('tier_key', sa.String(length=64), nullable=False),
+    sa.Column('attempt_id', sa.Integer(), nullable=False),
+    sa.Column('open', sa.Boolean(), nullable=False),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['issue_id'], ['issues.id'], ),
+    sa.ForeignKeyConstraint(['run_id'], ['runs.id'], ),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('issue_id', 'attempt_id')
+    )
+    with op.batch_alter_table('issue_occurrences', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_issue_occurrences_issue_id'), ['issue_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_issue_occurrences_run_id'), ['run_id'], unique=False)
 
     op.create_table('postmortems',
     sa.Column('run_id', sa.String(length=32), nullable=False),
@@ -314,6 +351,11 @@ def downgrade() -> None:
 
     op.drop_table('steps')
     op.drop_table('postmortems')
+    with op.batch_alter_table('issue_occurrences', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_issue_occurrences_run_id'))
+        batch_op.drop_index(batch_op.f('ix_issue_occurrences_issue_id'))
+
+    op.drop_table('issue_occurrences')
     with op.batch_alter_table('hints', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_hints_run_id'))
         batch_op.drop_index(batch_op.f('ix_hints_project_id'))
@@ -334,5 +376,9 @@ def downgrade() -> None:
 
     op.drop_table('rules')
     op.drop_table('project_spend')
+    with op.batch_alter_table('issues', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_issues_project_id'))
+
+    op.drop_table('issues')
     op.drop_table('projects')
     # ### end Alembic commands ###

@@ -228,3 +228,13 @@ def test_rules_api_lists_edits_and_exports(api, local_settings: Settings) -> Non
     exported = client.get("/projects/demo/rules/export")
     assert exported.headers["Content-Disposition"].endswith('filename="project_learned_rules.json"')
     assert exported.get_json()["rules"][0]["status"] == "disabled"
+
+
+def test_issue_endpoints(api) -> None:  # type: ignore[no-untyped-def]
+    client, _ = api
+    run_id = client.post("/runs", json=PLAN).get_json()["id"]
+    assert client.get(f"/runs/{run_id}/issues").get_json() == {"run_id": run_id, "issues": [], "open": {"major": 0, "minor": 0}}
+    backlog = client.get("/projects/demo/backlog").get_json()
+    assert backlog["open"] == 0 and backlog["by_severity"] == {"major": 0, "minor": 0}
+    assert client.get("/runs/nope/issues").status_code == 404
+    assert client.get("/projects/nope/backlog").status_code == 404

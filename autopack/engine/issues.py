@@ -1,0 +1,108 @@
+"""Three-level issue tracking: issues raised on an attempt (phase level), rolled up per run and per
+project, de-duplicated by a stable key; a tier with too many open major issues is NOT_CLEAN."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from autopack.db.models import Attempt, Issue, IssueOccurrence, Project, Run, utcnow
+from autopack.normalize import normalize_error
+
+
+def issue_key(source: str, summary: str, path: str) -> str:
+    """Stable across runs: the source, the file and the normalised summary."""
+    norm = normalize_error(summary).lower()
+    return f"{source}:{hashlib.sha256(f'{path}|{norm}'.encode()).hexdigest()[:16]}"
+
+
+def raised_on(a: Attempt) -> list[dict[str, str]]:
+    """The issues an attempt raised: auditor issues, gate regressions and flaky tests."""
+    out: list[dict[str, str]] = []
+    audit = a.audit or {}
+    for issue in audit.get("issues") or []:
+        out.append({"source": "auditor", "severity": issue.get("severity", "major"), "summary": issue.get("summary", ""),
+                    "path": issue.get("path", "")})
+    gate = a.gate or {}
+    for test in gate.get("regressions", []):
+        out.append({"source": "gate", "severity": "major", "summary": f"regression: {test}", "path": test.split("::")[0]})
+    for test in gate.get("flaky", []):
+        out.append({"source": "gate", "severity": "minor", "summary": f"flaky test: {test}", "path": test.split("::")[0]})
+    return out
+
+
+def record(session: Session, a: Attempt, accepted: bool) -> int:
+    """Record ``a``'s issues. Those of an accepted attempt stay open; those of an attempt that was
+    retried are closed for the run when its phase later completes (``close_fixed``)."""
+    ph = a.phase
+    run = ph.run
+    now = utcnow()
+    n = 0
+    for item in raised_on(a):
+        key = issue_key(item["source"], item["summary"], item["path"])
+        issue = session.scalar(select(Issue).where(Issue.project_id == run.project_id, Issue.key == key))
+        if issue is None:
+            issue = Issue(project_id=run.project_id, key=key, source=item["source"], severity=item["severity"],
+                          summary=item["summary"][:2000], path=item["path"], count=0, first_seen=now)
+            session.add(issue)
+            session.flush()
+        if session.scalar(select(IssueOccurrence.id).where(IssueOccurrence.issue_id == issue.id, IssueOccurrence.attempt_id == a.id)):
+            continue
+        issue.count += 1
+        issue.last_seen = now
+        if item["severity"] == "major":
+            issue.severity = "major"
+        if accepted:
+            issue.status = "open"
+        session.add(IssueOccurrence(issue_id=issue.id, run_id=run.id, phase_key=ph.key, tier_key=ph.tier.key, attempt_id=a.id, open=accepted))
+        n += 1
+    return n
+
+
+def open_major_in_tier(session: Session, run_id: str, tier_key: str) -> int:
+    q = (select(IssueOccurrence).join(Issue, IssueOccurrence.issue_id == Issue.id)
+         .where(IssueOccurrence.run_id == run_id, IssueOccurrence.tier_key == tier_key, IssueOccurrence.open.is_(True),
+                Issue.severity == "major"))
+    return len({o.issue_id for o in session.scalars(q)})
+
+
+def _age_days(dt: datetime, now: datetime) -> float:
+    dt = dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+    return round((now - dt).total_seconds() / 86400, 3)
+
+
+def _issue_view(i: Issue, now: datetime) -> dict[str, Any]:
+    return {"id": i.id, "key": i.key, "source": i.source, "severity": i.severity, "summary": i.summary, "path": i.path,
+            "status": i.status, "count": i.count, "first_seen": i.first_seen.isoformat(), "last_seen": i.last_seen.isoformat(),
+            "age_days": _age_days(i.first_seen, now)}
+
+
+def run_issues(session: Session, run: Run) -> dict[str, Any]:
+    now = datetime.now(timezone.utc)
+    rows = session.execute(select(IssueOccurrence, Issue).join(Issue, IssueOccurrence.issue_id == Issue.id)
+                           .where(IssueOccurrence.run_id == run.id).order_by(IssueOccurrence.id)).all()
+    by_key: dict[str, dict[str, Any]] = {}
+    for occ, issue in rows:
+        view = by_key.setdefault(issue.key, {**_issue_view(issue, now), "in_run": 0, "open_in_run": False, "phases": []})
+        view["in_run"] += 1
+        view["open_in_run"] = view["open_in_run"] or occ.open
+        if occ.phase_key not in view["phases"]:
+            view["phases"].append(occ.phase_key)
+    issues = list(by_key.values())
+    return {"run_id": run.id, "issues": issues,
+            "open": {"major": sum(1 for i in issues if i["open_in_run"] and i["severity"] == "major"),
+                     "minor": sum(1 for i in issues if i["open_in_run"] and i["severity"] == "minor")}}
+
+
+def backlog(session: Session, project: Project) -> dict[str, Any]:
+    now = datetime.now(timezone.utc)
+    issues = session.scalars(select(Issue).where(Issue.project_id == project.id, Issue.status == "open")
+                             .order_by(Issue.severity, Issue.first_seen)).all()
+    views = [_issue_view(i, now) for i in issues]
+    return {"project": project.name, "open": len(views),
+            "by_severity": {s: sum(1 for v in views if v["severity"] == s) for s in ("major", "minor")},
+            "oldest_age_days": max((v["age_days"] for v in views), default=0.0), "issues": views}

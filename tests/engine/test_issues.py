@@ -1,0 +1,82 @@
+"""Issues raised by auditors and the gate: recorded per phase, rolled up per run and per project,
+de-duplicated across runs; a tier with too many open major issues ends NOT_CLEAN."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from autopack.db.session import session_scope
+from autopack.engine.issues import backlog, issue_key, run_issues
+from autopack.engine.runs import get_project, get_run
+from tests.engine.harness import demo_model, demo_plan, drive, make_services, register, submit, view
+
+pytestmark = pytest.mark.sandbox
+
+
+def _auditor_with_issues():  # type: ignore[no-untyped-def]
+    good = demo_model()
+
+    def respond(req):  # type: ignore[no-untyped-def]
+        if req.system.startswith("You are the Auditor"):
+            phase = re.search(r"^# Review of phase (\S+):", req.messages[0].content, re.MULTILINE).group(1)
+            return json.dumps({"verdict": "approve", "summary": "acceptable", "issues": [
+                {"severity": "major", "summary": f"no docstring on the public functions ({phase})", "path": f"calc/{phase}.py"},
+                {"severity": "minor", "summary": "naming could be clearer", "path": f"calc/{phase}.py"}]})
+        return good(req)
+
+    return respond
+
+
+def _services(local_settings, **run_updates):  # type: ignore[no-untyped-def]
+    services, _ = make_services(local_settings, _auditor_with_issues())
+    if run_updates:
+        rb = services.config.strategy.run.model_copy(update=run_updates)
+        services.config = services.config.model_copy(update={"strategy": services.config.strategy.model_copy(update={"run": rb})})
+    return services
+
+
+def test_issues_roll_up_and_deduplicate_across_runs(local_settings, demo_repo: Path) -> None:
+    services = _services(local_settings)
+    register(local_settings, demo_repo)
+    runs = []
+    for _ in range(2):
+        run_id = submit(services, demo_plan())
+        drive(services, ("start_run", run_id))
+        runs.append(view(services, run_id))
+    first = runs[0]
+    assert first["state"] == "DONE_SUCCESS"
+    # core: stats + parse each leave 1 open major issue (2 <= threshold 2): the tier is clean.
+    assert [t["state"] for t in first["tiers"]] == ["COMPLETE", "COMPLETE"]
+    with session_scope(local_settings.db_url) as s:
+        ri = run_issues(s, get_run(s, first["id"]))
+        assert ri["open"] == {"major": 3, "minor": 3}
+        assert sorted(i["phases"][0] for i in ri["issues"] if i["severity"] == "major") == ["cli", "parse", "stats"]
+        bl = backlog(s, get_project(s, "demo"))
+    assert bl["open"] == 6 and bl["by_severity"] == {"major": 3, "minor": 3}
+    assert all(i["count"] == 2 for i in bl["issues"])  # the same issues in both runs: counted, not duplicated
+    assert all(i["age_days"] >= 0 and i["first_seen"] <= i["last_seen"] for i in bl["issues"])
+    key = issue_key("auditor", "no docstring on the public functions (stats)", "calc/stats.py")
+    assert key in {i["key"] for i in bl["issues"]}
+
+
+def test_a_tier_over_its_threshold_is_not_clean(local_settings, demo_repo: Path) -> None:
+    services = _services(local_settings, tier_major_issue_threshold=1)
+    register(local_settings, demo_repo)
+    run_id = submit(services, demo_plan())
+    drive(services, ("start_run", run_id))
+    v = view(services, run_id)
+    assert v["state"] == "DONE_SUCCESS" and [t["state"] for t in v["tiers"]] == ["NOT_CLEAN", "COMPLETE"]
+
+
+def test_not_clean_can_stop_the_run(local_settings, demo_repo: Path) -> None:
+    services = _services(local_settings, tier_major_issue_threshold=1, on_not_clean="stop")
+    register(local_settings, demo_repo)
+    run_id = submit(services, demo_plan())
+    drive(services, ("start_run", run_id))
+    v = view(services, run_id)
+    assert v["state"] == "DONE_FAILED_TIER_BLOCKED" and "not clean: 2 open major issues" in v["failure_reason"]
+    assert [t["state"] for t in v["tiers"]] == ["NOT_CLEAN", "PENDING"]
