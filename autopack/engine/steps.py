@@ -13,7 +13,6 @@ import dataclasses
 import logging
 import re
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ from sqlalchemy.orm import Session
 from autopack import gate as gatelib
 from autopack.auditor import VerdictError, combine, parse_judge, parse_verdict, render_auditor_prompt
 from autopack.builder import PhaseContext, render_builder_prompt, run_builder
-from autopack.db.models import Attempt, ModelCall, Phase, Project, Run, Tier, utcnow
+from autopack.db.models import Attempt, ModelCall, Phase, Run, Tier, utcnow
 from autopack.db.session import session_scope
 from autopack.decide import NOT_BURNING, AttemptOutcome, decide, health_counts, health_exceeded
 from autopack.edits.govern import EditPolicy, default_protected
@@ -35,8 +34,8 @@ from autopack.engine.leases import StepContext
 from autopack.engine.learning import auditor_guidance, promote, prompt_guidance, record_hint
 from autopack.engine.ledger import estimate_tokens, reserve, settle
 from autopack.engine.services import Services
-from autopack.engine.store import StaleState, emit, transition
-from autopack.errors import AutopackError, BudgetExceeded, ConfigError, GitError, ProviderError, SandboxUnavailable
+from autopack.engine.store import emit, transition
+from autopack.errors import BudgetExceeded, ConfigError, GitError, ProviderError, SandboxUnavailable
 from autopack.llm.base import LLMRequest, LLMResponse, Message
 from autopack.normalize import failure_key
 from autopack.sandbox.junit import JUnitError, failure_messages, parse_junit
@@ -735,25 +734,6 @@ def _audit_text(aud: dict[str, Any]) -> str:
         return ""
     issues = "; ".join(f"[{i.get('severity')}] {i.get('summary')}" for i in aud.get("issues", []))
     return (aud.get("summary") or "") + (f" — issues: {issues}" if issues else "")
-
-
-def run_id_of(services: Services, step: str, arg: Any) -> str | None:
-    """The run a step's argument belongs to."""
-    with session_scope(services.db_url) as s:
-        if step in ("start_run", "baseline"):
-            return str(arg)
-        if step == "build":
-            ph = s.get(Phase, int(arg))
-            return ph.run_id if ph else None
-        a = s.get(Attempt, int(arg))
-        return a.run_id if a else None
-
-
-def fail_step(services: Services, step: str, arg: Any, exc: BaseException) -> None:
-    """A step failed in a way no retry cures: end its run with the reason instead of stranding it."""
-    run_id = run_id_of(services, step, arg)
-    if run_id is not None:
-        _fail_run_now(services, None, run_id, RunState.DONE_FAILED_INFRASTRUCTURE, f"step {step}({arg}) failed: {type(exc).__name__}: {exc}"[:4000])
 
 
 STEPS: dict[str, Callable[[Services, Any, StepContext], list[Step]]] = {

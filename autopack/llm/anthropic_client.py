@@ -21,9 +21,8 @@ import anthropic
 
 from autopack.errors import ConfigError, ProviderError, ProviderUnavailable
 from autopack.llm._common import (
-    is_passing_status,
     redact,
-    status_phrase,
+    status_error,
 )
 from autopack.llm.base import LLMRequest, LLMResponse, Usage
 
@@ -112,22 +111,7 @@ class AnthropicClient:
         return redact(text, self._secret)
 
     def _status_error(self, err: anthropic.APIStatusError) -> ProviderError:
-        status = err.status_code
-        parts = [status_phrase(status)]
-        if err.type and err.type != parts[0]:
-            parts.append(str(err.type))
-        parts.append(err.api_message or _short(err.message))
-        message = ": ".join(parts)
-        if err.request_id:
-            message += f" [request-id {err.request_id}]"
-        if not is_passing_status(status):
-            return ProviderError(self.provider, self._clean(message), status)
-        # The SDK stamps each attempt with how many retries preceded it.
-        retries = err.response.request.headers.get("x-stainless-retry-count")
-        if retries is not None:
-            message += f" after {retries} retries"
-        return ProviderUnavailable(self.provider, self._clean(message), status)
+        return status_error(self.provider, err.status_code, err.type, err.api_message, err.message, err.request_id,
+                            err.response.request.headers.get("x-stainless-retry-count"), self._clean)
 
 
-def _short(text: str, limit: int = 300) -> str:
-    return text if len(text) <= limit else text[:limit] + "..."

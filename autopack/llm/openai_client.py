@@ -24,9 +24,8 @@ from autopack.errors import ConfigError, ProviderError, ProviderUnavailable
 from autopack.llm._common import (
     estimate_input_tokens,
     estimate_tokens,
-    is_passing_status,
     redact,
-    status_phrase,
+    status_error,
 )
 from autopack.llm.base import LLMRequest, LLMResponse, Usage
 
@@ -133,25 +132,9 @@ class OpenAIClient:
         return redact(text, self._secret)
 
     def _status_error(self, err: openai.APIStatusError) -> ProviderError:
-        status = err.status_code
         body = err.body if isinstance(err.body, dict) else {}
         api_message = body.get("message") if isinstance(body.get("message"), str) else None
-        parts = [status_phrase(status)]
-        kind = body.get("code") or body.get("type")
-        if kind and kind != parts[0]:
-            parts.append(str(kind))
-        parts.append(api_message or _short(err.message))
-        message = ": ".join(parts)
-        if err.request_id:
-            message += f" [request-id {err.request_id}]"
-        if not is_passing_status(status):
-            return ProviderError(self.provider, self._clean(message), status)
-        # The SDK stamps each attempt with how many retries preceded it.
-        retries = err.response.request.headers.get("x-stainless-retry-count")
-        if retries is not None:
-            message += f" after {retries} retries"
-        return ProviderUnavailable(self.provider, self._clean(message), status)
+        return status_error(self.provider, err.status_code, body.get("code") or body.get("type"), api_message, err.message,
+                            err.request_id, err.response.request.headers.get("x-stainless-retry-count"), self._clean)
 
 
-def _short(text: str, limit: int = 300) -> str:
-    return text if len(text) <= limit else text[:limit] + "..."

@@ -4,13 +4,10 @@ lists the workers of every queue."""
 
 from __future__ import annotations
 
-import base64
-import json
 import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -20,26 +17,9 @@ import redis
 from autopack.procs import free_port, wait_http
 from autopack.settings import ROOT
 from tasks.app import QUEUES
+from tests.integration.flower import flower_workers
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow, pytest.mark.redis, pytest.mark.postgres]
-
-
-def _flower_workers(port: int, auth: str, timeout: float = 60) -> dict:  # type: ignore[type-arg]
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/api/workers?refresh=1",
-                                 headers={"Authorization": "Basic " + base64.b64encode(auth.encode()).decode()})
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - loopback
-                workers = json.loads(resp.read())
-                if len(workers) >= 3:
-                    return workers
-                last = workers
-        except OSError as exc:
-            last = exc
-        time.sleep(0.5)
-    raise AssertionError(f"Flower did not list the workers: {last}")
 
 
 def test_honcho_procfile_cluster(tmp_path: Path, redis_url: str, pg_url: str, demo_repo: Path) -> None:
@@ -70,7 +50,7 @@ def test_honcho_procfile_cluster(tmp_path: Path, redis_url: str, pg_url: str, de
                              env=env, capture_output=True, text=True, timeout=300)
         assert run.returncode == 0, run.stdout + run.stderr + (tmp_path / "honcho.log").read_text()[-3000:]
         assert "DONE_SUCCESS" in run.stdout
-        workers = _flower_workers(flower_port, "ops:secret-for-test")
+        workers = flower_workers(flower_port, "ops:secret-for-test")
         served = {q["name"] for info in workers.values() for q in info.get("active_queues", [])}
         assert served >= set(QUEUES), (served, list(workers))
         assert {name.split("@")[0] for name in workers} >= {"build", "ci", "events"}

@@ -16,6 +16,7 @@ import pytest
 
 from autopack.procs import free_port, wait_http
 from autopack.settings import ROOT
+from tests.integration.flower import flower_workers
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
 
@@ -33,25 +34,6 @@ def _children(pid: int) -> set[int]:
         found |= nxt
         frontier = nxt
     return found
-
-
-def _flower_workers(port: int, timeout: float = 60) -> dict:  # type: ignore[type-arg]
-    import urllib.request
-
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            req = urllib.request.Request(f"http://127.0.0.1:{port}/api/workers?refresh=1", headers={"Authorization": "Basic b3BzOnB3"})
-            with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - loopback
-                workers = json.loads(resp.read())
-                if len(workers) >= 3:
-                    return workers
-                last = workers
-        except OSError as exc:
-            last = exc
-        time.sleep(0.5)
-    raise AssertionError(f"Flower did not list the workers: {last}")
 
 
 def test_up_runs_a_plan_and_stops_on_ctrl_c(tmp_path: Path, demo_repo: Path) -> None:
@@ -110,7 +92,7 @@ def test_sigterm_stops_every_child_too(tmp_path: Path) -> None:
         # broadcasts, so it lists the workers of every queue.
         flower = subprocess.Popen([sys.executable, "-m", "celery", "-A", "tasks", "flower", "--address=127.0.0.1", f"--port={flower_port}"],
                                   env={**env, "FLOWER_BASIC_AUTH": "ops:pw"}, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        workers = _flower_workers(flower_port)
+        workers = flower_workers(flower_port, "ops:pw")
         served = {q["name"] for info in workers.values() for q in info.get("active_queues", [])}
         assert served == {"build", "ci", "audit", "agents", "events", "maintenance"}, workers
     finally:
