@@ -44,6 +44,9 @@ class RunBudget(BaseModel):
     # A tier ending with more open major issues than this is NOT_CLEAN; then continue or stop.
     tier_major_issue_threshold: int = Field(2, ge=0)
     on_not_clean: Literal["continue", "stop"] = "continue"
+    # Re-planning: after two consecutive failures of a phase this alike, a model rewrites its goal once.
+    replan_similarity: float = Field(0.85, ge=0, le=1)
+    max_replans: int = Field(1, ge=0)
 
 
 class LearningConfig(BaseModel):

@@ -55,6 +55,9 @@ class PhaseOut(BaseModel):
     tokens: int
     cost_usd: float
     category: str | None
+    goal: str | None
+    replans: int
+    plan_history: list[Any]
     attempt_details: list[AttemptOut]
 
 

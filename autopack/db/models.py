@@ -98,6 +98,9 @@ class Phase(Base):
     current_attempt_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     commit_sha: Mapped[str | None] = mapped_column(String(64), nullable=True)
     feedback: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Re-planning: the earlier versions of the phase's spec, oldest first, with why they were replaced.
+    replans: Mapped[int] = mapped_column(Integer, default=0)
+    plan_history: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
     tokens_used: Mapped[int] = mapped_column(BigInteger, default=0)
     cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
     version: Mapped[int] = mapped_column(Integer, default=0)

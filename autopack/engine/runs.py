@@ -125,6 +125,9 @@ def run_view(session: Session, run: Run) -> dict[str, Any]:
                     "tokens": ph.tokens_used,
                     "cost_usd": round(ph.cost_usd, 6),
                     "category": ph.spec.get("category"),
+                    "goal": ph.spec.get("goal"),
+                    "replans": ph.replans,
+                    "plan_history": ph.plan_history or [],
                     "attempt_details": [_attempt_view(a) for a in ph.attempts],
                 }
             )

@@ -38,6 +38,7 @@ from autopack.engine.store import emit, transition
 from autopack.errors import BudgetExceeded, ConfigError, GitError, ProviderError, SandboxUnavailable
 from autopack.llm.base import LLMRequest, LLMResponse, Message
 from autopack.normalize import failure_key
+from autopack.replan import Failure, ReplanError, parse_replan, should_replan
 from autopack.sandbox.junit import JUnitError, failure_messages, parse_junit
 from autopack.sandbox.limits import SandboxLimits
 from autopack.states import PhaseState, RunState, TierState, is_terminal_run
@@ -659,6 +660,9 @@ def decide_attempt(services: Services, attempt_id: int, ctx: StepContext) -> lis
         )
         decision = decide(outcome)
         repo, branch, head, sha = Path(run.project.repo_path), run.branch, run.head_commit, a.candidate_commit
+    replanned = None
+    if decision.action == "retry":
+        replanned = _maybe_replan(services, ph, a)
     lesson = None
     if decision.action == "complete" and services.config.strategy.learning.lesson_model and any(
         x.failure_key for x in ph.attempts if x.id != attempt_id
@@ -697,6 +701,13 @@ def decide_attempt(services: Services, attempt_id: int, ctx: StepContext) -> lis
         if a.state not in ("FAILED",):
             a.state = "REJECTED"
         if decision.action == "retry":
+            if replanned is not None:
+                new_goal, approach, why, model = replanned
+                ph.plan_history = [*(ph.plan_history or []), {"goal": ph.spec["goal"], "description": ph.spec.get("description", ""),
+                                                             "replaced_after_attempt": a.number, "reason": why, "model": model}]
+                ph.spec = {**ph.spec, "goal": new_goal, "description": approach}
+                ph.replans += 1
+                emit(s, run.id, "phase.replanned", phase_key=ph.key, attempt_id=a.id, reason=why, goal=new_goal)
             transition(s, ph, PhaseState.RETRY, feedback=decision.feedback)
             emit(s, run.id, "phase.retry", phase_key=ph.key, attempt_id=a.id, reason=decision.reason)
             return ctx.finish(s, [("build", ph.id)])
@@ -706,6 +717,31 @@ def decide_attempt(services: Services, attempt_id: int, ctx: StepContext) -> lis
         emit(s, run.id, "tier.blocked", tier=ph.tier.key)
         _end_run(s, run, RunState.DONE_FAILED_TIER_BLOCKED, f"phase {ph.key} failed: {decision.reason}")
         return ctx.finish(s, [])
+
+
+def _maybe_replan(services: Services, ph: Phase, current: Attempt) -> tuple[str, str, str, str] | None:
+    """(new goal, approach, reason, model) when the phase keeps failing the same way and has not
+    been re-planned yet; None otherwise or when the planner gives no usable answer."""
+    rb = services.config.strategy.run
+    failures = [Failure(x.failure_class or "", x.failure_signature or x.failure or "")
+                for x in sorted(ph.attempts, key=lambda x: x.number) if x.failure_class and x.failure_class not in NOT_BURNING]
+    go, why = should_replan(failures, ph.replans, rb.replan_similarity, rb.max_replans)
+    if not go:
+        return None
+    model = services.model_for("builder", "high")
+    spec = ph.spec
+    user = services.prompts.render(
+        "replan", phase_id=ph.key, category=spec["category"], goal=spec["goal"].strip(), scope=", ".join(spec["scope"]),
+        deliverables=", ".join(spec.get("deliverables", [])) or "(none)", acceptance=", ".join(spec.get("acceptance_tests", [])) or "(none)",
+        failure=(current.failure or current.failure_signature or "")[:3000],
+    )
+    call = make_call(services, CallScope(ph.run_id, ph.id, current.id, "planner", model, None))
+    try:
+        plan = parse_replan(call(services.prompts.render("replan_system"), [Message(role="user", content=user)], 800).text)
+    except (BudgetExceeded, ProviderError, ReplanError) as exc:
+        log.warning("re-planning phase %s failed (%s); retrying with the old plan", ph.key, exc)
+        return None
+    return plan.goal.strip(), plan.approach.strip(), why, model
 
 
 def _model_lesson(services: Services, ph: Phase, accepted: Attempt, repo: Path) -> str | None:

@@ -237,6 +237,8 @@ def upgrade() -> None:
     sa.Column('current_attempt_id', sa.Integer(), nullable=True),
     sa.Column('commit_sha', sa.String(length=64), nullable=True),
     sa.Column('feedback', sa.Text(), nullable=True),
+    sa.Column('replans', sa.Integer(), nullable=False),
+    sa.Column('plan_history', sa.JSON(), nullable=True),
     sa.Column('tokens_used', sa.BigInteger(), nullable=False),
     sa.Column('cost_usd', sa.Float(), nullable=False),
     sa.Column('version', sa.Integer(), nullable=False),

@@ -139,6 +139,8 @@ def test_phase_fails_after_its_attempts_and_the_run_ends_tier_blocked(local_sett
     good = demo_model()
 
     def respond(req):  # type: ignore[no-untyped-def]
+        if req.system.startswith("You are the Planner"):
+            return '{"goal": "Add calc/parse.py; raise ValueError on bad tokens.", "approach": "Raise, do not skip."}'
         if req.system.startswith("You are the Builder") and "# Phase parse" in req.messages[0].content:
             return good.__globals__["PARSE_WRONG"]  # the same wrong answer, every time
         return good(req)

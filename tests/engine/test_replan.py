@@ -1,0 +1,57 @@
+"""A phase whose model keeps answering with the same failing edit is re-planned once, then ends
+with a clear terminal reason: it never loops."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from autopack.replan import Failure, ReplanError, parse_replan, should_replan
+from tests.engine.harness import demo_model, demo_plan, drive, make_services, phase, register, submit, view
+
+pytestmark = pytest.mark.sandbox
+
+NEW_GOAL = "Add calc/parse.py whose parse_numbers raises ValueError naming any token that is not a number."
+
+
+def test_same_failure_is_replanned_once_then_the_run_ends(local_settings, demo_repo: Path) -> None:
+    good = demo_model()
+    planner_prompts: list[str] = []
+
+    def respond(req):  # type: ignore[no-untyped-def]
+        if req.system.startswith("You are the Planner"):
+            planner_prompts.append(req.messages[0].content)
+            return '{"goal": "%s", "approach": "Raise instead of skipping."}' % NEW_GOAL
+        if req.system.startswith("You are the Builder") and "# Phase parse" in req.messages[0].content:
+            return good.__globals__["PARSE_WRONG"]  # the same failing edit, every time
+        return good(req)
+
+    services, client = make_services(local_settings, respond)
+    register(local_settings, demo_repo)
+    run_id = submit(services, demo_plan())
+    drive(services, ("start_run", run_id))
+    v = view(services, run_id)
+    assert v["state"] == "DONE_FAILED_TIER_BLOCKED"
+    assert v["failure_reason"].startswith("phase parse failed: test gate") and "attempt 3 of 3" in v["failure_reason"]
+    ph = phase(v, "parse")
+    assert ph["state"] == "FAILED" and ph["attempts"] == 3 and ph["replans"] == 1
+    assert ph["goal"] == NEW_GOAL
+    assert len(ph["plan_history"]) == 1 and ph["plan_history"][0]["replaced_after_attempt"] == 2
+    assert "failed the same way (test_failure" in ph["plan_history"][0]["reason"]
+    assert len(planner_prompts) == 1 and "DID NOT RAISE" in planner_prompts[0]
+    builder = [c.messages[0].content for c in client.calls if c.system.startswith("You are the Builder") and "# Phase parse" in c.messages[0].content]
+    assert len(builder) == 3 and f"# Phase parse: {NEW_GOAL}" in builder[2] and NEW_GOAL not in builder[1]
+
+
+def test_should_replan() -> None:
+    same = [Failure("test_failure", "Failed: DID NOT RAISE ValueError at /tmp/a/x.py:3"),
+            Failure("test_failure", "Failed: DID NOT RAISE ValueError at /tmp/b/x.py:9")]
+    assert should_replan(same, 0)[0]
+    assert not should_replan(same, 1)[0]  # once per phase
+    assert not should_replan(same[:1], 0)[0]
+    assert not should_replan([same[0], Failure("regression", same[1].signature)], 0)[0]
+    assert not should_replan([same[0], Failure("test_failure", "AssertionError: 3 != 4 in test_sum")], 0)[0]
+    assert parse_replan('ok: {"goal": "g", "approach": "a"}').goal == "g"
+    with pytest.raises(ReplanError):
+        parse_replan('{"approach": "no goal"}')
