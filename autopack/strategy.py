@@ -47,6 +47,9 @@ class RunBudget(BaseModel):
     # Re-planning: after two consecutive failures of a phase this alike, a model rewrites its goal once.
     replan_similarity: float = Field(0.85, ge=0, le=1)
     max_replans: int = Field(1, ge=0)
+    # Escalation: every this many failed attempts of a phase move it up a complexity level (and to
+    # that level's model in models.yaml); 0 turns escalation off.
+    escalate_after_failures: int = Field(2, ge=0)
 
 
 class LearningConfig(BaseModel):

@@ -37,6 +37,7 @@ from autopack.engine.services import Services
 from autopack.engine.store import emit, transition
 from autopack.errors import BudgetExceeded, ConfigError, GitError, ProviderError, SandboxUnavailable
 from autopack.llm.base import LLMRequest, LLMResponse, Message
+from autopack.escalation import effective_complexity
 from autopack.normalize import failure_key
 from autopack.replan import Failure, ReplanError, parse_replan, should_replan
 from autopack.sandbox.junit import JUnitError, failure_messages, parse_junit
@@ -367,7 +368,16 @@ def build_phase(services: Services, phase_id: int, ctx: StepContext) -> list[Ste
             return []
         current = s.get(Attempt, ph.current_attempt_id) if ph.current_attempt_id else None
         if ph.state in (PhaseState.QUEUED, PhaseState.RETRY):
-            model = services.model_for("builder", ph.spec["complexity"])
+            burned = sum(1 for x in ph.attempts if x.failure_class and x.failure_class not in NOT_BURNING)
+            level = effective_complexity(ph.spec["complexity"], burned, int(run.strategy["run"].get("escalate_after_failures", 2)))
+            model = services.model_for("builder", level)
+            base_model = services.model_for("builder", ph.spec["complexity"])
+            if model != base_model:
+                emit(s, run.id, "attempt.escalated", phase_key=ph.key, level=level, model=model, from_model=base_model, failures=burned)
+            elif ph.attempts_used == 0:
+                prev = _last_model_of_category(s, run, ph)
+                if prev is not None and prev != model:
+                    emit(s, run.id, "phase.deescalated", phase_key=ph.key, model=model, previous_model=prev)
             transition(s, ph, PhaseState.EXECUTING, attempts_used=ph.attempts_used + 1)
             attempt = Attempt(phase_id=ph.id, run_id=run.id, number=ph.attempts_used, model=model, parent_commit=run.head_commit)
             s.add(attempt)
@@ -436,6 +446,15 @@ def build_phase(services: Services, phase_id: int, ctx: StepContext) -> list[Ste
         transition(s, ph, PhaseState.GATE)
         emit(s, ph.run_id, "attempt.built", phase_key=ph.key, attempt_id=a.id, commit=sha, files=a.edits, rounds=len(rounds))
         return ctx.finish(s, [("probe", attempt_id)])
+
+
+def _last_model_of_category(s: Session, run: Run, ph: Phase) -> str | None:
+    """The model that completed the latest earlier phase of the same category in this run."""
+    for other in sorted(run.phases, key=lambda p: -p.index):
+        if other.index < ph.index and other.spec.get("category") == ph.spec.get("category") and other.state == PhaseState.COMPLETE:
+            accepted = [a for a in other.attempts if a.decision == "complete"]
+            return accepted[-1].model if accepted else None
+    return None
 
 
 def _attempt_failed(
