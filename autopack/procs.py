@@ -105,3 +105,6 @@ def stop_on_signals() -> None:
 
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _raise)
+    # Python leaves SIGINT ignored when it was ignored at start (a background job of a shell, for
+    # instance): Ctrl-C must still stop everything.
+    signal.signal(signal.SIGINT, signal.default_int_handler)

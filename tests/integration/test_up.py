@@ -47,7 +47,12 @@ def test_up_runs_a_plan_and_stops_on_ctrl_c(tmp_path: Path, demo_repo: Path) -> 
     )
     cli = [sys.executable, "-m", "autopack.cli"]
     log = tmp_path / "up.log"
-    up = subprocess.Popen([*cli, "up", "--port", str(port)], env=env, cwd=tmp_path, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+
+    def ignore_sigint() -> None:  # as a shell's background job starts: Ctrl-C must work all the same
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    up = subprocess.Popen([*cli, "up", "--port", str(port)], env=env, cwd=tmp_path, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+                          preexec_fn=ignore_sigint)  # noqa: PLW1509 - a test of signal handling
     try:
         wait_http(f"http://127.0.0.1:{port}/health", 60)
         assert subprocess.run([*cli, "project", "add", "demo", str(demo_repo)], env=env, capture_output=True).returncode == 0
