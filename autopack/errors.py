@@ -120,3 +120,11 @@ class UnsafePath(GitError):
         super().__init__(f"{path!r}: {reason}")
         self.path = path
         self.reason = reason
+
+
+class DoctorVerdictError(AutopackError, ValueError):
+    """The Doctor's answer is not a usable decision (no JSON, unknown action, confidence out of 0..1…)."""
+
+
+class NoAuditorPair(ConfigError):
+    """models.yaml cannot provide two auditors from two different providers for a dual audit."""

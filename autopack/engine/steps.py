@@ -35,7 +35,7 @@ from autopack.engine.learning import auditor_guidance, promote, prompt_guidance,
 from autopack.engine.ledger import estimate_tokens, reserve, settle
 from autopack.engine.services import Services
 from autopack.engine.store import emit, transition
-from autopack.errors import BudgetExceeded, ConfigError, GitError, ProviderError, SandboxUnavailable
+from autopack.errors import BudgetExceeded, ConfigError, GitError, ProviderError, ProviderUnavailable, SandboxUnavailable
 from autopack.llm.base import LLMRequest, LLMResponse, Message
 from autopack.escalation import effective_complexity
 from autopack.normalize import failure_key
@@ -224,6 +224,28 @@ def make_call(services: Services, scope: CallScope) -> Callable[[str, list[Messa
     return call
 
 
+def fallback_call(services: Services, scope: CallScope, chain: list[str]) -> tuple[Callable[[str, list[Message], int], LLMResponse], list[str]]:
+    """A call that moves along ``chain`` when a provider is unavailable (outage, 429/529/5xx after
+    the SDK's retries), recording each fallback as an event; ``used`` lists the models tried."""
+    used = [chain[0]]
+
+    def call(system: str, messages: list[Message], max_tokens: int) -> LLMResponse:
+        while True:
+            try:
+                return make_call(services, dataclasses.replace(scope, model=used[-1]))(system, messages, max_tokens)
+            except ProviderUnavailable as exc:
+                nxt = chain.index(used[-1]) + 1
+                if nxt >= len(chain):
+                    raise
+                with session_scope(services.db_url) as s:
+                    ph = s.get(Phase, scope.phase_id) if scope.phase_id else None
+                    emit(s, scope.run_id, "model.fallback", phase_key=ph.key if ph else None, attempt_id=scope.attempt_id,
+                         from_model=used[-1], to_model=chain[nxt], reason=str(exc)[:500])
+                used.append(chain[nxt])
+
+    return call, used
+
+
 def _key(req: LLMRequest) -> str:
     from autopack.llm.cassette import request_key
 
@@ -400,8 +422,9 @@ def build_phase(services: Services, phase_id: int, ctx: StepContext) -> list[Ste
     ctx_ = dataclasses.replace(ctx_, rules_text=guidance)
     system, user = render_builder_prompt(services.prompts, ctx_)
     git = Git(repo)
-    call = make_call(services, CallScope(run_id, phase_id, attempt_id, "builder", model, int(budget["token_cap"]),
-                                         tuple(rule_ids), tuple(hint_ids), guidance_tokens))
+    scope = CallScope(run_id, phase_id, attempt_id, "builder", model, int(budget["token_cap"]), tuple(rule_ids), tuple(hint_ids), guidance_tokens)
+    chain = [model] if budget.get("high_risk") else list(dict.fromkeys([model, *services.config.models.roles["builder"].fallback]))
+    call, used = fallback_call(services, scope, chain)
     try:
         outcome = run_builder(
             lib=services.prompts,
@@ -415,6 +438,13 @@ def build_phase(services: Services, phase_id: int, ctx: StepContext) -> list[Ste
         )
     except BudgetExceeded as exc:
         return _budget_stop(services, ctx, phase_id, attempt_id, exc)
+    except ProviderUnavailable as exc:
+        if budget.get("high_risk"):
+            _fail_run_now(services, ctx, run_id, RunState.DONE_FAILED_INFRASTRUCTURE,
+                          f"phase {spec['id']} is high-risk ({spec['category']}): {model} is unavailable ({exc}); "
+                          "high-risk work never falls back to a weaker model")
+            return []
+        return _attempt_failed(services, ctx, attempt_id, "provider_error", str(exc))
     except ProviderError as exc:
         return _attempt_failed(services, ctx, attempt_id, "provider_error", str(exc))
     rounds = [r.__dict__ for r in outcome.rounds]
@@ -439,6 +469,7 @@ def build_phase(services: Services, phase_id: int, ctx: StepContext) -> list[Ste
         if is_terminal_run(ph.run.state) or ph.state != PhaseState.EXECUTING:
             return []
         a.state = "BUILT"
+        a.model = used[-1]
         a.candidate_commit = sha
         a.edits = sorted(outcome.changes)
         a.edit_rounds = rounds

@@ -26,8 +26,9 @@ def _flaky_provider(failures: int):  # type: ignore[no-untyped-def]
 
     def respond(req):  # type: ignore[no-untyped-def]
         if req.system.startswith("You are the Builder"):
-            seen["n"] += 1
-            if seen["n"] <= failures:
+            if req.model == "claude-haiku-4-5":  # each attempt starts its fallback chain here
+                seen["n"] += 1
+            if seen["n"] <= failures:  # every provider of the chain is down for this attempt
                 raise ProviderUnavailable("anthropic", "overloaded", 529)
             return good.__globals__["STATS"]
         return good(req)
