@@ -1,0 +1,105 @@
+"""Where a step's time goes: the pipeline of one run executed in this process, step by step, under
+cProfile, on the prod profile (PostgreSQL, Redis) with the zero-latency model and the stub tests.
+
+    .venv/bin/python bench/profile_steps.py [--phases 10] [--sandbox none|bwrap] [--top 12]
+
+Only the web process is started (no workers): this process claims and executes each open step
+with the engine's own ``execute`` (the messages the API and the steps send stay in Redis, which is
+flushed after). Per step name it prints the mean wall time; git calls, test runs and SQL statements
+per step with the time in them; database commits per step; and the engine functions with the most
+cumulative time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import os
+import pstats
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _cluster import Cluster, loadavg, make_plan, make_target, say  # noqa: E402
+
+COUNTED = {
+    "git_calls": ("autopack/workspace/git.py", "run_bytes", "Git"),
+    "test_runs": ("autopack/sandbox/runner.py", "run", "Sandbox"),
+    "sql_statements": ("base.py", "_execute_context", "Connection"),
+    "db_commits": ("engine/base.py", "_commit_impl", "Connection"),
+}
+
+
+def calls_of(stats: pstats.Stats, file_end: str, func: str) -> tuple[int, float]:
+    n, cum = 0, 0.0
+    for (file, _line, name), (cc, _nc, _tt, ct, _callers) in stats.stats.items():  # type: ignore[attr-defined]
+        if file.endswith(file_end) and name == func:
+            n += cc
+            cum += ct
+    return n, cum
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--phases", type=int, default=10)
+    ap.add_argument("--sandbox", choices=["none", "bwrap"], default="none")
+    ap.add_argument("--top", type=int, default=12)
+    args = ap.parse_args()
+    profiles: dict[str, cProfile.Profile] = {}
+    walls: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory(prefix="autopack-bench-") as tmp:
+        work = Path(tmp)
+        with Cluster(work / "cluster", [], env={"AUTOPACK_SANDBOX": args.sandbox}) as cluster:
+            os.environ.update({k: v for k, v in cluster.env.items() if k.startswith("AUTOPACK_")})
+            from autopack.engine.runner import execute
+            from autopack.engine.services import build_services
+            from autopack.settings import get_settings
+
+            services = build_services(get_settings())
+            cluster.add_project("bench", make_target(work / "target"))
+            warm = cluster.submit(make_plan(2))
+            run_id = cluster.submit(make_plan(args.phases))
+            deadline = time.monotonic() + 150
+            for rid, profile in ((warm, False), (run_id, True)):
+                while time.monotonic() < deadline:
+                    rows = cluster.sql("SELECT id, name FROM steps WHERE run_id = %s AND done_at IS NULL ORDER BY id LIMIT 1", (rid,))
+                    if not rows:
+                        break
+                    step_id, name = rows[0]
+                    prof = profiles.setdefault(name, cProfile.Profile()) if profile else None
+                    t = time.perf_counter()
+                    if prof is not None:
+                        prof.enable()
+                    execute(services, step_id)
+                    if prof is not None:
+                        prof.disable()
+                        walls.setdefault(name, []).append(time.perf_counter() - t)
+            state = cluster.states([run_id])[run_id]
+    say(f"run of {args.phases} phases executed in-process (sandbox={args.sandbox}): {state}")
+    out: dict[str, dict[str, float]] = {}
+    for name in ("build", "probe", "audit", "decide", "start_run", "baseline"):
+        if name not in profiles:
+            continue
+        n = len(walls[name])
+        stats = pstats.Stats(profiles[name], stream=sys.stdout)
+        fig = {"mean_ms": statistics.mean(walls[name]) * 1000, "count": n}
+        for label, (file_end, func, _cls) in COUNTED.items():
+            calls, cum = calls_of(stats, file_end, func)
+            fig[f"{label}_per_step"] = calls / n
+            fig[f"{label}_ms_per_step"] = cum / n * 1000
+        out[name] = {k: round(v, 2) for k, v in fig.items()}
+        say(f"\n== {name}: {fig['mean_ms']:.1f} ms per step over {n}; "
+            f"{fig['git_calls_per_step']:.1f} git calls ({fig['git_calls_ms_per_step']:.0f} ms), "
+            f"{fig['test_runs_per_step']:.0f} test runs ({fig['test_runs_ms_per_step']:.0f} ms), {fig['sql_statements_per_step']:.1f} SQL statements ({fig['sql_statements_ms_per_step']:.0f} ms), "
+            f"{fig['db_commits_per_step']:.1f} database commits per step")
+        stats.sort_stats("cumulative").print_stats(r"autopack/", args.top)
+    say(f"load average (1 min) at the end: {loadavg():.2f} on {os.cpu_count()} cores")
+    print(json.dumps({"benchmark": "profile_steps", "loadavg_end": loadavg(), "phases": args.phases, "sandbox": args.sandbox, "state": state, "steps": out}))
+
+
+if __name__ == "__main__":
+    main()
