@@ -116,6 +116,30 @@ class BuildOutcome:
 
 
 Call = Callable[[str, list[Message], int], LLMResponse]
+Reader = Callable[[str], str | None]
+
+
+def _check_round(n: int, limit: int, stop_reason: str, text: str, read: Reader,
+                 policy: EditPolicy) -> tuple[BuildRound, dict[str, str | None] | None, str, str]:
+    """One answer through parsing, application and governance: (round, changes or None, error, failure class)."""
+    try:
+        changes = govern(parse_edits(text), read, policy)
+    except EditRefused as exc:
+        error = "These edits were refused by Autopack's governance:\n" + "\n".join(f"- {p}: {r}" for p, r in exc.reasons)
+        return BuildRound(n, limit, stop_reason, "refused", str(exc), list(exc.reasons)), None, error, "edit_refused"
+    except (EditParseError, EditApplyError) as exc:
+        outcome = "parse_error" if isinstance(exc, EditParseError) else "apply_error"
+        return BuildRound(n, limit, stop_reason, outcome, str(exc)), None, str(exc), "edit_invalid"
+    return BuildRound(n, limit, stop_reason, "ok"), changes, "", ""
+
+
+def check_submission(text: str, read: Reader, policy: EditPolicy) -> BuildOutcome:
+    """Edits from an external Builder, checked exactly as a model's answer is (one round, no fixes:
+    the submitter sees the failure on the attempt and submits again on the next one)."""
+    rnd, changes, error, kind = _check_round(1, 0, "external", text, read, policy)
+    if changes is None:
+        return BuildOutcome(False, None, [rnd], error, kind, text)
+    return BuildOutcome(True, changes, [rnd], answer=text)
 
 
 def run_builder(
@@ -124,7 +148,7 @@ def run_builder(
     system: str,
     user: str,
     call: Call,
-    read: Callable[[str], str | None],
+    read: Reader,
     policy: EditPolicy,
     max_tokens: int,
     fix_rounds: int,
@@ -150,22 +174,9 @@ def run_builder(
             truncation_retried = True
             limit *= 2
             continue
-        try:
-            ops = parse_edits(resp.text)
-            changes = govern(ops, read, policy)
-        except EditRefused as exc:
-            rounds.append(BuildRound(n, limit, resp.stop_reason, "refused", str(exc), list(exc.reasons)))
-            error = "These edits were refused by Autopack's governance:\n" + "\n".join(
-                f"- {p}: {r}" for p, r in exc.reasons
-            )
-            kind = "edit_refused"
-        except (EditParseError, EditApplyError) as exc:
-            outcome = "parse_error" if isinstance(exc, EditParseError) else "apply_error"
-            rounds.append(BuildRound(n, limit, resp.stop_reason, outcome, str(exc)))
-            error = str(exc)
-            kind = "edit_invalid"
-        else:
-            rounds.append(BuildRound(n, limit, resp.stop_reason, "ok"))
+        rnd, changes, error, kind = _check_round(n, limit, resp.stop_reason, resp.text, read, policy)
+        rounds.append(rnd)
+        if changes is not None:
             return BuildOutcome(True, changes, rounds, answer=resp.text)
         if fixes_left <= 0:
             return BuildOutcome(False, None, rounds, error, kind, resp.text)

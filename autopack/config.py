@@ -14,12 +14,23 @@ from autopack.strategy import StrategyConfig, load_strategy_config
 Role = Literal["builder", "auditor"]
 
 
+class QuotaConfig(BaseModel):
+    """One rolling window of a provider's quota: at most ``limit`` tokens or requests per period."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["tokens", "requests"]
+    period: Literal["hour", "day", "week"]
+    limit: int = Field(gt=0)
+
+
 class ProviderConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["anthropic", "openai", "openai_compatible"]
     api_key_env: str | None = None
     base_url: str | None = None
+    quotas: list[QuotaConfig] = Field(default_factory=list)
 
 
 class ModelEntry(BaseModel):

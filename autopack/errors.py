@@ -28,6 +28,15 @@ class PlanError(AutopackError):
         self.message = message
 
 
+class InvalidRequest(AutopackError):
+    """A request's body or argument is not acceptable. ``field`` names the offending part."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
 class NotFound(AutopackError):
     """An id or name that does not exist."""
 
@@ -125,6 +134,3 @@ class UnsafePath(GitError):
 class DoctorVerdictError(AutopackError, ValueError):
     """The Doctor's answer is not a usable decision (no JSON, unknown action, confidence out of 0..1…)."""
 
-
-class NoAuditorPair(ConfigError):
-    """models.yaml cannot provide two auditors from two different providers for a dual audit."""

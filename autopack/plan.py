@@ -41,6 +41,9 @@ class Phase(BaseModel):
     deliverables: list[str] = Field(default_factory=list)
     acceptance_tests: list[str] = Field(default_factory=list)
     description: str = ""
+    # "external": a person or another agent is the Builder; the phase waits for its edits at
+    # POST /runs/<id>/phases/<phase>/builder_result and then goes through the same gate and audit.
+    builder: Literal["model", "external"] = "model"
 
     @field_validator("id")
     @classmethod

@@ -25,6 +25,31 @@ class CategoryBudget(BaseModel):
     edit_fix_rounds: int = Field(2, ge=0, le=5)
 
 
+class DoctorConfig(BaseModel):
+    """The Doctor: a cheap model decides what a repeated failure needs; below the confidence
+    threshold the strong model is asked. ``model: null`` leaves the decision to the rules alone."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = None
+    strong_model: str | None = None
+    escalate_below_confidence: float = Field(0.7, ge=0, le=1)
+    max_calls_per_phase: int = Field(2, ge=0)
+    max_calls_per_run: int = Field(10, ge=0)
+    max_tokens: int = Field(600, gt=0)
+
+
+class RoutingConfig(BaseModel):
+    """Routing past providers near a quota or recently out, and the backoff between fallbacks."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    quota_margin: float = Field(0.9, gt=0, le=1)  # a provider at this share of a quota window is skipped
+    outage_cooldown_s: float = Field(60.0, ge=0)  # a provider whose last call was an outage is skipped this long
+    backoff_base_s: float = Field(1.0, gt=0)
+    backoff_cap_s: float = Field(30.0, gt=0)
+
+
 class RunBudget(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -50,6 +75,8 @@ class RunBudget(BaseModel):
     # Escalation: every this many failed attempts of a phase move it up a complexity level (and to
     # that level's model in models.yaml); 0 turns escalation off.
     escalate_after_failures: int = Field(2, ge=0)
+    doctor: DoctorConfig = Field(default_factory=DoctorConfig)
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
 
 
 class LearningConfig(BaseModel):

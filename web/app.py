@@ -15,8 +15,9 @@ from autopack.config import AppConfig, load_config
 from autopack.db.models import Postmortem, Project, Run
 from autopack.db.session import session_scope
 from autopack.engine import runs as runsvc
+from autopack.engine.external import submit_builder_result
 from autopack.engine.leases import add_steps
-from autopack.errors import Conflict, NotFound, PlanError
+from autopack.errors import Conflict, InvalidRequest, NotFound, PlanError
 from autopack.plan import parse_plan
 from autopack.settings import Settings, get_settings
 from autopack.states import RunState
@@ -69,6 +70,10 @@ def create_app(
     @app.errorhandler(Conflict)
     def _409(exc: Conflict):  # type: ignore[no-untyped-def]
         return _error(409, "conflict", str(exc))
+
+    @app.errorhandler(InvalidRequest)
+    def _422_request(exc: InvalidRequest):  # type: ignore[no-untyped-def]
+        return _error(422, "invalid_request", exc.message, exc.field)
 
     @app.errorhandler(PlanError)
     def _422(exc: PlanError):  # type: ignore[no-untyped-def]
@@ -139,6 +144,20 @@ def create_app(
         with session_scope(db) as s:
             run = runsvc.cancel_run(s, run_id)
             return jsonify(runsvc.run_view(s, run))
+
+    @app.post("/runs/<run_id>/phases/<phase>/builder_result")
+    def builder_result(run_id: str, phase: str):  # type: ignore[no-untyped-def]
+        body = _json_body()
+        if not isinstance(body, dict):
+            raise InvalidRequest("body", "must be a JSON object with `edits`")
+        unknown = sorted(set(body) - {"edits", "by"})
+        if unknown:
+            raise InvalidRequest(unknown[0], "unknown field")
+        with session_scope(db) as s:
+            attempt, steps = submit_builder_result(s, run_id, phase, body.get("edits"), body.get("by"))
+            out = {"run_id": run_id, "phase": phase, "attempt": attempt.number, "state": attempt.state}
+        enqueue(steps)
+        return jsonify(out), 202
 
     @app.get("/runs/<run_id>/events")
     def events(run_id: str):  # type: ignore[no-untyped-def]

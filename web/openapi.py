@@ -64,6 +64,17 @@ def build_openapi() -> dict[str, Any]:
                 "post": {"summary": "Cancel a run", "parameters": [run_id],
                          "responses": {"200": _resp("Run", "cancelled"), "404": ERR["404"], "409": ERR["409"]}},
             },
+            "/runs/{run_id}/phases/{phase}/builder_result": {
+                "post": {
+                    "summary": "An external Builder's edits for a phase that waits for them (plan: builder: external); "
+                               "they go through the same governance, test gate and audit as a model's",
+                    "parameters": [run_id, {"name": "phase", "in": "path", "required": True, "schema": {"type": "string"}}],
+                    "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("BuilderResult")}}},
+                    "responses": {"202": _resp("BuilderResultAccepted", "edits stored; the phase's build step is queued"),
+                                  "404": ERR["404"], "409": _resp("Error", "the phase is not waiting for a Builder result"),
+                                  "422": ERR["422"]},
+                },
+            },
             "/runs/{run_id}/events": {
                 "get": {
                     "summary": "The run's events in order, after sequence number `after`",

@@ -42,6 +42,14 @@ class AttemptOut(BaseModel):
     test_summary: str | None
     gate: dict[str, Any]
     audit: dict[str, Any] | None
+    classification: str | None = Field(description="the failure's class: edit_not_applied, scope_violation, test_failure, "
+                                                    "regression, auditor_rejection, provider_error, timeout, "
+                                                    "sandbox_resource_limit, infrastructure, budget")
+    doctor: dict[str, Any] | None = Field(description="what was done about the failure and why: action, source "
+                                                       "(rules or model), confidence, reason, hint, the Doctor's calls")
+    routing: dict[str, Any] | None = Field(description="the Builder model wanted and chosen, why, models skipped "
+                                                        "(quota, outage, high-risk) and fallbacks taken")
+    submission: dict[str, Any] | None = Field(description="an external Builder's submission: who and when")
     tokens: int
     cost_usd: float
 
@@ -58,6 +66,8 @@ class PhaseOut(BaseModel):
     goal: str | None
     replans: int
     plan_history: list[Any]
+    builder: str = Field(description="model, or external: the phase waits for POST .../builder_result")
+    feedback: str | None = Field(description="what the next attempt is told about the last failure")
     attempt_details: list[AttemptOut]
 
 
@@ -84,6 +94,19 @@ class RunOut(BaseModel):
     created_at: str
     finished_at: str | None
     tiers: list[TierOut]
+
+
+class BuilderResult(BaseModel):
+    edits: str = Field(description="the edits, in any format a Builder may answer in: whole files "
+                                   "(=== FILE: path === and a fenced block), search/replace blocks or a unified diff")
+    by: str | None = Field(default=None, max_length=200, description="who submits (a person, an agent)")
+
+
+class BuilderResultAccepted(BaseModel):
+    run_id: str
+    phase: str
+    attempt: int
+    state: str
 
 
 class RunSummary(BaseModel):
@@ -128,6 +151,8 @@ SCHEMAS: dict[str, type[BaseModel]] = {
     "RunCreated": RunCreated,
     "DryRun": DryRun,
     "Run": RunOut,
+    "BuilderResult": BuilderResult,
+    "BuilderResultAccepted": BuilderResultAccepted,
     "RunList": RunList,
     "EventList": EventList,
     "Health": Health,

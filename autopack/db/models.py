@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -135,6 +135,13 @@ class Attempt(Base):
     # Normalised, stable across runs: failure class + hash of the failure's signature.
     failure_key: Mapped[str | None] = mapped_column(String(80), nullable=True, index=True)
     failure_signature: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The failure's class (governance.classify) and what was done about it (rules or the Doctor).
+    classification: Mapped[str | None] = mapped_column(String(48), nullable=True)
+    doctor: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # Which Builder model was chosen and why (escalation, providers skipped for quota or outage, fallbacks).
+    routing: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # Edits posted by an external Builder (phase ``builder: external``), before they are applied.
+    submission: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     tokens_used: Mapped[int] = mapped_column(BigInteger, default=0)
     cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -145,6 +152,7 @@ class Attempt(Base):
 
 class ModelCall(Base):
     __tablename__ = "model_calls"
+    __table_args__ = (Index("ix_model_calls_provider_created_at", "provider", "created_at"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), index=True)

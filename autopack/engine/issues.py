@@ -20,8 +20,13 @@ def issue_key(source: str, summary: str, path: str) -> str:
     return f"{source}:{hashlib.sha256(f'{path}|{norm}'.encode()).hexdigest()[:16]}"
 
 
+# The Doctor's decisions that say something is wrong beyond one attempt, and how serious that is.
+DOCTOR_ISSUES = {"mark_fatal": "major", "rollback_run": "major", "replan": "minor", "skip_phase": "minor"}
+
+
 def raised_on(a: Attempt) -> list[dict[str, str]]:
-    """The issues an attempt raised: auditor issues, gate regressions and flaky tests."""
+    """The issues an attempt raised: auditor issues, gate regressions and flaky tests, edits the
+    Builder had refused (scope, protected paths) and the Doctor's verdicts on the phase."""
     out: list[dict[str, str]] = []
     audit = a.audit or {}
     for issue in audit.get("issues") or []:
@@ -32,6 +37,12 @@ def raised_on(a: Attempt) -> list[dict[str, str]]:
         out.append({"source": "gate", "severity": "major", "summary": f"regression: {test}", "path": test.split("::")[0]})
     for test in gate.get("flaky", []):
         out.append({"source": "gate", "severity": "minor", "summary": f"flaky test: {test}", "path": test.split("::")[0]})
+    for path, why in a.refusals or []:
+        out.append({"source": "builder", "severity": "minor", "summary": f"edit refused: {why}", "path": path})
+    doctor = a.doctor or {}
+    if doctor.get("source") == "model" and doctor.get("action") in DOCTOR_ISSUES:
+        out.append({"source": "doctor", "severity": DOCTOR_ISSUES[doctor["action"]],
+                    "summary": f"{doctor['action']}: {doctor.get('reason', '')}", "path": ""})
     return out
 
 

@@ -100,6 +100,10 @@ def _attempt_view(a: Attempt) -> dict[str, Any]:
         "decision": a.decision,
         "failure": a.failure,
         "failure_class": a.failure_class,
+        "classification": a.classification,
+        "doctor": a.doctor,
+        "routing": a.routing,
+        "submission": {"received_at": a.submission.get("received_at"), "by": a.submission.get("by")} if a.submission else None,
         "refusals": a.refusals or [],
         "edit_rounds": a.edit_rounds or [],
         "test_summary": tr.get("summary"),
@@ -128,6 +132,8 @@ def run_view(session: Session, run: Run) -> dict[str, Any]:
                     "goal": ph.spec.get("goal"),
                     "replans": ph.replans,
                     "plan_history": ph.plan_history or [],
+                    "builder": ph.spec.get("builder", "model"),
+                    "feedback": ph.feedback,
                     "attempt_details": [_attempt_view(a) for a in ph.attempts],
                 }
             )

@@ -8,11 +8,13 @@ after this function's transaction has committed.
 
 from __future__ import annotations
 
-import fnmatch
 import dataclasses
+import fnmatch
 import logging
+import random
 import re
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,13 +25,16 @@ from sqlalchemy.orm import Session
 
 from autopack import gate as gatelib
 from autopack.auditor import VerdictError, combine, parse_judge, parse_verdict, render_auditor_prompt
-from autopack.builder import PhaseContext, render_builder_prompt, run_builder
+from autopack.builder import BuildOutcome, PhaseContext, check_submission, render_builder_prompt, run_builder
 from autopack.db.models import Attempt, ModelCall, Phase, Run, Tier, utcnow
 from autopack.db.session import session_scope
 from autopack.decide import NOT_BURNING, AttemptOutcome, decide, health_counts, health_exceeded
 from autopack.edits.govern import EditPolicy, default_protected
 from autopack.engine.faults import crash_point
 from autopack.engine import issues
+from autopack.engine.external import AWAITING
+from autopack.engine.doctor import classify_attempt, consult, history
+from autopack.engine.routing import choose_model, routing_record
 from autopack.engine.leases import StepContext
 from autopack.engine.learning import auditor_guidance, promote, prompt_guidance, record_hint
 from autopack.engine.ledger import estimate_tokens, reserve, settle
@@ -38,6 +43,8 @@ from autopack.engine.store import emit, transition
 from autopack.errors import BudgetExceeded, ConfigError, GitError, ProviderError, ProviderUnavailable, SandboxUnavailable
 from autopack.llm.base import LLMRequest, LLMResponse, Message
 from autopack.escalation import effective_complexity
+from autopack.governance.doctor_prompt import render_doctor_prompt
+from autopack.governance.routing import backoff_seconds
 from autopack.normalize import failure_key
 from autopack.replan import Failure, ReplanError, parse_replan, should_replan
 from autopack.sandbox.junit import JUnitError, failure_messages, parse_junit
@@ -176,6 +183,9 @@ class CallScope:
 def make_call(services: Services, scope: CallScope) -> Callable[[str, list[Message], int], LLMResponse]:
     client = services.clients(scope.model)
     pricing = services.config.pricing
+    # Calls are recorded under the provider's name in models.yaml: quotas and outages are kept by it.
+    models = services.config.models
+    provider = models.provider_of(scope.model) if scope.model in models.models else getattr(client, "provider", "?")
 
     def call(system: str, messages: list[Message], max_tokens: int) -> LLMResponse:
         req = LLMRequest(model=scope.model, system=system, messages=messages, max_tokens=max_tokens)
@@ -195,7 +205,7 @@ def make_call(services: Services, scope: CallScope) -> Callable[[str, list[Messa
                 s.add(
                     ModelCall(
                         run_id=scope.run_id, phase_id=scope.phase_id, attempt_id=scope.attempt_id, role=scope.role,
-                        provider=getattr(client, "provider", "?"), model=scope.model, request_key=_key(req),
+                        provider=provider, model=scope.model, request_key=_key(req),
                         prompt=prompt, max_tokens=max_tokens, error=f"{type(exc).__name__}: {exc}",
                     )
                 )
@@ -207,7 +217,7 @@ def make_call(services: Services, scope: CallScope) -> Callable[[str, list[Messa
             s.add(
                 ModelCall(
                     run_id=scope.run_id, phase_id=scope.phase_id, attempt_id=scope.attempt_id, role=scope.role,
-                    provider=resp.provider, model=resp.model, request_key=_key(req), prompt=prompt,
+                    provider=provider, model=resp.model, request_key=_key(req), prompt=prompt,
                     response_text=resp.text, stop_reason=resp.stop_reason, max_tokens=max_tokens,
                     input_tokens=resp.usage.input_tokens, output_tokens=resp.usage.output_tokens, cost_usd=cost,
                     rules=list(scope.rules), hints=list(scope.hints), rules_tokens=scope.rules_tokens,
@@ -226,8 +236,10 @@ def make_call(services: Services, scope: CallScope) -> Callable[[str, list[Messa
 
 def fallback_call(services: Services, scope: CallScope, chain: list[str]) -> tuple[Callable[[str, list[Message], int], LLMResponse], list[str]]:
     """A call that moves along ``chain`` when a provider is unavailable (outage, 429/529/5xx after
-    the SDK's retries), recording each fallback as an event; ``used`` lists the models tried."""
+    the SDK's retries), after an exponential backoff with jitter, recording each fallback as an
+    event; ``used`` lists the models tried."""
     used = [chain[0]]
+    rcfg = services.config.strategy.run.routing
 
     def call(system: str, messages: list[Message], max_tokens: int) -> LLMResponse:
         while True:
@@ -239,8 +251,10 @@ def fallback_call(services: Services, scope: CallScope, chain: list[str]) -> tup
                     raise
                 with session_scope(services.db_url) as s:
                     ph = s.get(Phase, scope.phase_id) if scope.phase_id else None
+                    delay = backoff_seconds(len(used) - 1, random.random, rcfg.backoff_base_s, rcfg.backoff_cap_s)
                     emit(s, scope.run_id, "model.fallback", phase_key=ph.key if ph else None, attempt_id=scope.attempt_id,
-                         from_model=used[-1], to_model=chain[nxt], reason=str(exc)[:500])
+                         from_model=used[-1], to_model=chain[nxt], reason=str(exc)[:500], backoff_s=round(delay, 3))
+                time.sleep(delay)
                 used.append(chain[nxt])
 
     return call, used
@@ -389,25 +403,53 @@ def build_phase(services: Services, phase_id: int, ctx: StepContext) -> list[Ste
         if is_terminal_run(run.state):
             return []
         current = s.get(Attempt, ph.current_attempt_id) if ph.current_attempt_id else None
+        external = ph.spec.get("builder") == "external"
+        if external and ph.state in (PhaseState.QUEUED, PhaseState.RETRY):
+            return ctx.finish(s, _await_external_builder(s, run, ph))
         if ph.state in (PhaseState.QUEUED, PhaseState.RETRY):
             burned = sum(1 for x in ph.attempts if x.failure_class and x.failure_class not in NOT_BURNING)
             level = effective_complexity(ph.spec["complexity"], burned, int(run.strategy["run"].get("escalate_after_failures", 2)))
             model = services.model_for("builder", level)
             base_model = services.model_for("builder", ph.spec["complexity"])
+            why = f"builder model for {level} complexity"
             if model != base_model:
                 emit(s, run.id, "attempt.escalated", phase_key=ph.key, level=level, model=model, from_model=base_model, failures=burned)
+                why = f"escalated from {ph.spec['complexity']} to {level} after {burned} failed attempts"
             elif ph.attempts_used == 0:
                 prev = _last_model_of_category(s, run, ph)
                 if prev is not None and prev != model:
                     emit(s, run.id, "phase.deescalated", phase_key=ph.key, model=model, previous_model=prev)
+                    why += f"; de-escalated from {prev}, which completed the previous {ph.spec['category']} phase"
+            high = bool(ph.budget.get("high_risk"))
+            chain = [model, *services.config.models.roles["builder"].fallback]
+            route = choose_model(s, services.config.models, services.config.strategy.run.routing, role="builder", complexity=level,
+                                 category=ph.spec["category"], high_risk=high, chain=chain)
+            routing = routing_record(route, role="builder", wanted=model, level=level, why=why)
             transition(s, ph, PhaseState.EXECUTING, attempts_used=ph.attempts_used + 1)
-            attempt = Attempt(phase_id=ph.id, run_id=run.id, number=ph.attempts_used, model=model, parent_commit=run.head_commit)
+            attempt = Attempt(phase_id=ph.id, run_id=run.id, number=ph.attempts_used, model=route.model or model,
+                              parent_commit=run.head_commit, routing=routing)
             s.add(attempt)
             s.flush()
             ph.current_attempt_id = attempt.id
+            if route.skipped:
+                emit(s, run.id, "model.routed", phase_key=ph.key, attempt_id=attempt.id, wanted=model, model=route.model,
+                     skipped=routing["skipped"], stop_reason=route.stop_reason)
+            if route.model is None:
+                # Nothing usable: a high-risk phase never downgrades, and no model at all cannot build.
+                reason = f"phase {ph.key}: {route.stop_reason}: " + "; ".join(f"{m}: {r}" for m, r in route.skipped)
+                attempt.state, attempt.failure_class, attempt.failure = "FAILED", "provider_error", reason
+                attempt.decision, attempt.finished_at = "fail", utcnow()
+                transition(s, ph, PhaseState.FAILED, feedback=reason)
+                emit(s, run.id, "phase.failed", phase_key=ph.key, attempt_id=attempt.id, reason=reason)
+                transition(s, ph.tier, TierState.BLOCKED)
+                _end_run(s, run, RunState.DONE_FAILED_INFRASTRUCTURE, reason)
+                return ctx.finish(s, [], outcome="failed")
+            model = route.model
             emit(s, run.id, "attempt.started", phase_key=ph.key, attempt_id=attempt.id, number=attempt.number, model=model)
         elif ph.state == PhaseState.EXECUTING and current is not None and current.decision is None and current.failure_class is None:
-            attempt = current  # redelivery: the same attempt again
+            if external and current.submission is None:
+                return ctx.finish(s, [])  # still waiting for the external Builder
+            attempt = current  # redelivery (or the external Builder's edits): the same attempt again
             model = attempt.model or services.model_for("builder", ph.spec["complexity"])
             emit(s, run.id, "attempt.resumed", phase_key=ph.key, attempt_id=attempt.id, number=attempt.number)
         else:
@@ -416,14 +458,23 @@ def build_phase(services: Services, phase_id: int, ctx: StepContext) -> list[Ste
         repo, head, spec, feedback = Path(run.project.repo_path), attempt.parent_commit, dict(ph.spec), ph.feedback
         budget, run_id, epoch, index = dict(ph.budget), run.id, run.commit_epoch, ph.index
         attempt_id, number = attempt.id, attempt.number
+        submission = str((attempt.submission or {}).get("edits", ""))
+        skipped_models = {x["model"] for x in (attempt.routing or {}).get("skipped", [])}
         worktree_path = _worktree_path(services, run)
     assert head is not None
+    git = Git(repo)
+    if external:
+        files = sorted(git.list_entries(head))
+        outcome = check_submission(submission, lambda p: git.read_blob(head, p), _policy(spec, files))
+        used = ["external"]
+        return _commit_candidate(services, ctx, phase_id, attempt_id, outcome, used, repo, worktree_path, head, spec,
+                                 run_id, number, epoch, index)
     ctx_, files = _context(services, repo, head, spec, feedback)
     ctx_ = dataclasses.replace(ctx_, rules_text=guidance)
     system, user = render_builder_prompt(services.prompts, ctx_)
-    git = Git(repo)
     scope = CallScope(run_id, phase_id, attempt_id, "builder", model, int(budget["token_cap"]), tuple(rule_ids), tuple(hint_ids), guidance_tokens)
-    chain = [model] if budget.get("high_risk") else list(dict.fromkeys([model, *services.config.models.roles["builder"].fallback]))
+    fallback = [m for m in services.config.models.roles["builder"].fallback if m not in skipped_models]
+    chain = [model] if budget.get("high_risk") else list(dict.fromkeys([model, *fallback]))
     call, used = fallback_call(services, scope, chain)
     try:
         outcome = run_builder(
@@ -447,6 +498,31 @@ def build_phase(services: Services, phase_id: int, ctx: StepContext) -> list[Ste
         return _attempt_failed(services, ctx, attempt_id, "provider_error", str(exc))
     except ProviderError as exc:
         return _attempt_failed(services, ctx, attempt_id, "provider_error", str(exc))
+    return _commit_candidate(services, ctx, phase_id, attempt_id, outcome, used, repo, worktree_path, head, spec,
+                             run_id, number, epoch, index)
+
+
+def _await_external_builder(s: Session, run: Run, ph: Phase) -> list[Step]:
+    """A new attempt that waits for edits at ``POST /runs/<id>/phases/<phase>/builder_result``."""
+    transition(s, ph, PhaseState.EXECUTING, attempts_used=ph.attempts_used + 1)
+    attempt = Attempt(phase_id=ph.id, run_id=run.id, number=ph.attempts_used, model="external", parent_commit=run.head_commit,
+                      state=AWAITING, routing={"role": "builder", "model": "external", "wanted": "external",
+                                                         "why": "the plan names an external Builder for this phase",
+                                                         "level": ph.spec["complexity"], "skipped": [], "fallbacks": [],
+                                                         "stop_reason": None})
+    s.add(attempt)
+    s.flush()
+    ph.current_attempt_id = attempt.id
+    emit(s, run.id, "attempt.started", phase_key=ph.key, attempt_id=attempt.id, number=attempt.number, model="external")
+    emit(s, run.id, "phase.awaiting_builder", phase_key=ph.key, attempt_id=attempt.id, number=attempt.number,
+         url=f"/runs/{run.id}/phases/{ph.key}/builder_result", feedback=(ph.feedback or "")[:2000])
+    return []
+
+
+def _commit_candidate(services: Services, ctx: StepContext, phase_id: int, attempt_id: int, outcome: BuildOutcome,
+                      used: list[str], repo: Path, worktree_path: Path, head: str, spec: dict[str, Any], run_id: str,
+                      number: int, epoch: int, index: int) -> list[Step]:
+    """Governed edits → the deterministic candidate commit (kept under the run's refs) → the gate."""
     rounds = [r.__dict__ for r in outcome.rounds]
     if not outcome.ok or outcome.changes is None:
         return _attempt_failed(services, ctx, attempt_id, outcome.failure_class or "edit_invalid", outcome.failure or "", rounds)
@@ -470,6 +546,8 @@ def build_phase(services: Services, phase_id: int, ctx: StepContext) -> list[Ste
             return []
         a.state = "BUILT"
         a.model = used[-1]
+        if len(used) > 1:
+            a.routing = {**(a.routing or {}), "model": used[-1], "fallbacks": used[1:]}
         a.candidate_commit = sha
         a.edits = sorted(outcome.changes)
         a.edit_rounds = rounds
@@ -675,7 +753,9 @@ def _judge(services: Services, run_id: str, phase_id: int, attempt_id: int, comp
 
 
 def decide_attempt(services: Services, attempt_id: int, ctx: StepContext) -> list[Step]:
-    """Complete the phase (move the branch by compare-and-set), retry with feedback, or fail."""
+    """Complete the phase (move the branch by compare-and-set), or classify the failure and act on
+    it: retry with feedback (and the Doctor's hint), re-plan, skip the phase, fail it, or roll the
+    run back. Every decision is recorded on the attempt."""
     with session_scope(services.db_url) as s:
         a = s.get(Attempt, attempt_id)
         if a is None or a.decision is not None:
@@ -709,19 +789,38 @@ def decide_attempt(services: Services, attempt_id: int, ctx: StepContext) -> lis
             max_attempts=ph.max_attempts,
         )
         decision = decide(outcome)
-        repo, branch, head, sha = Path(run.project.repo_path), run.branch, run.head_commit, a.candidate_commit
+        cls = classify_attempt(a, ph.budget["audit"]) if decision.action != "complete" else None
+        diagnosis = a.doctor  # a redelivered decide reuses the Doctor's recorded answer
+        consult_args = None
+        if decision.action == "retry" and diagnosis is None and cls is not None:
+            consult_args = _consult_args(s, ph, a, cls)
+        repo, branch, head, sha, base = Path(run.project.repo_path), run.branch, run.head_commit, a.candidate_commit, run.base_commit
+    if decision.action == "fail" and diagnosis is None:
+        diagnosis = {"class": cls.value if cls else a.failure_class, "action": "fail", "source": "rules", "confidence": 1.0,
+                     "reason": f"no attempts left: {decision.reason}", "hint": "", "burns_attempt": True, "calls": []}
+    if consult_args is not None:
+        diagnosis = _diagnose(services, ph, a, burned, consult_args)
+        with session_scope(services.db_url) as s:
+            ctx.guard(s)
+            a2 = s.get(Attempt, attempt_id)
+            assert a2 is not None
+            if a2.decision is not None:
+                return []
+            a2.classification, a2.doctor = diagnosis["class"], diagnosis
+    action = diagnosis["action"] if decision.action == "retry" and diagnosis else decision.action
     replanned = None
-    if decision.action == "retry":
-        replanned = _maybe_replan(services, ph, a)
+    if action == "replan":
+        replanned = _replan(services, ph, a, diagnosis["reason"] if diagnosis else "")
     lesson = None
     if decision.action == "complete" and services.config.strategy.learning.lesson_model and any(
         x.failure_key for x in ph.attempts if x.id != attempt_id
     ):
         lesson = _model_lesson(services, ph, a, repo)
-    if decision.action == "complete":
-        assert sha is not None and head is not None
+    if decision.action == "complete" or action == "rollback_run":
+        target = sha if decision.action == "complete" else base
+        assert target is not None and head is not None
         try:
-            wt.update_ref_cas(repo, f"refs/heads/{branch}", sha, head)
+            wt.update_ref_cas(repo, f"refs/heads/{branch}", target, head)
         except GitError as exc:
             # A worker whose lease was taken over finds the ref moved on: it stops here, silently.
             _fail_run_now(services, ctx, a.run_id, RunState.DONE_FAILED_INFRASTRUCTURE, f"integration branch moved unexpectedly: {exc}")
@@ -734,8 +833,12 @@ def decide_attempt(services: Services, attempt_id: int, ctx: StepContext) -> lis
         ph, run = a.phase, a.phase.run
         if a.decision is not None or is_terminal_run(run.state):
             return []
-        a.decision = decision.action
+        a.decision = decision.action if action in ("retry_with_fix", "replan") else action
         a.finished_at = utcnow()
+        if diagnosis is not None:
+            a.classification, a.doctor = diagnosis["class"], diagnosis
+            emit(s, run.id, "attempt.diagnosed", phase_key=ph.key, attempt_id=a.id, failure_class=diagnosis["class"],
+                 action=diagnosis["action"], source=diagnosis["source"], reason=diagnosis["reason"][:500])
         issues.record(s, a, accepted=decision.action == "complete")
         if decision.action == "complete":
             a.state = "ACCEPTED"
@@ -750,7 +853,8 @@ def decide_attempt(services: Services, attempt_id: int, ctx: StepContext) -> lis
             return ctx.finish(s, _start_next_phase(s, run, ph.tier))
         if a.state not in ("FAILED",):
             a.state = "REJECTED"
-        if decision.action == "retry":
+        if action in ("retry_with_fix", "replan"):
+            feedback = decision.feedback
             if replanned is not None:
                 new_goal, approach, why, model = replanned
                 ph.plan_history = [*(ph.plan_history or []), {"goal": ph.spec["goal"], "description": ph.spec.get("description", ""),
@@ -758,26 +862,79 @@ def decide_attempt(services: Services, attempt_id: int, ctx: StepContext) -> lis
                 ph.spec = {**ph.spec, "goal": new_goal, "description": approach}
                 ph.replans += 1
                 emit(s, run.id, "phase.replanned", phase_key=ph.key, attempt_id=a.id, reason=why, goal=new_goal)
-            transition(s, ph, PhaseState.RETRY, feedback=decision.feedback)
+            elif diagnosis and diagnosis["source"] == "model" and diagnosis["hint"]:
+                feedback += f"\n\nThe Doctor's advice: {diagnosis['hint']}"
+            transition(s, ph, PhaseState.RETRY, feedback=feedback)
             emit(s, run.id, "phase.retry", phase_key=ph.key, attempt_id=a.id, reason=decision.reason)
             return ctx.finish(s, [("build", ph.id)])
+        if action == "skip_phase":
+            transition(s, ph, PhaseState.SKIPPED, feedback=None)
+            emit(s, run.id, "phase.skipped", phase_key=ph.key, attempt_id=a.id, reason=diagnosis["reason"] if diagnosis else "")
+            return ctx.finish(s, _start_next_phase(s, run, ph.tier))
         transition(s, ph, PhaseState.FAILED, feedback=decision.feedback)
-        emit(s, run.id, "phase.failed", phase_key=ph.key, attempt_id=a.id, reason=decision.reason)
+        if action == "fail":
+            reason = f"phase {ph.key} failed: {decision.reason}"
+            emit(s, run.id, "phase.failed", phase_key=ph.key, attempt_id=a.id, reason=decision.reason)
+        else:
+            reason = f"phase {ph.key}: the Doctor chose {action}: {diagnosis['reason'] if diagnosis else ''}"
+            emit(s, run.id, "phase.failed", phase_key=ph.key, attempt_id=a.id, reason=reason)
         transition(s, ph.tier, TierState.BLOCKED)
         emit(s, run.id, "tier.blocked", tier=ph.tier.key)
-        _end_run(s, run, RunState.DONE_FAILED_TIER_BLOCKED, f"phase {ph.key} failed: {decision.reason}")
+        if action == "rollback_run":
+            run.head_commit = run.base_commit
+            emit(s, run.id, "run.rolled_back", branch=run.branch, commit=run.base_commit)
+            _end_run(s, run, RunState.DONE_FAILED_ROLLED_BACK, reason)
+        else:
+            _end_run(s, run, RunState.DONE_FAILED_TIER_BLOCKED, reason)
         return ctx.finish(s, [])
 
 
-def _maybe_replan(services: Services, ph: Phase, current: Attempt) -> tuple[str, str, str, str] | None:
-    """(new goal, approach, reason, model) when the phase keeps failing the same way and has not
-    been re-planned yet; None otherwise or when the planner gives no usable answer."""
+@dataclass
+class _ConsultArgs:
+    failures: list[Any]
+    phase_calls: int
+    run_calls: int
+
+
+def _consult_args(s: Session, ph: Phase, current: Attempt, cls: Any) -> _ConsultArgs:
+    """What the Doctor needs, read inside the decide step's first transaction."""
+    from sqlalchemy import func
+
+    from autopack.governance.doctor import FailureRecord
+
+    failures = history([x for x in ph.attempts if x.id != current.id], ph.budget["audit"])
+    failures.append(FailureRecord(cls, current.failure_signature or current.failure or ""))
+    doctor_calls = select(func.count(ModelCall.id)).where(ModelCall.role == "doctor")
+    return _ConsultArgs(
+        failures=failures,
+        phase_calls=int(s.scalar(doctor_calls.where(ModelCall.phase_id == ph.id)) or 0),
+        run_calls=int(s.scalar(doctor_calls.where(ModelCall.run_id == ph.run_id)) or 0),
+    )
+
+
+def _diagnose(services: Services, ph: Phase, current: Attempt, burned: int, args: _ConsultArgs) -> dict[str, Any]:
+    """The Doctor's record for ``current``: the similarity re-plan rule first, then ``consult``."""
     rb = services.config.strategy.run
-    failures = [Failure(x.failure_class or "", x.failure_signature or x.failure or "")
-                for x in sorted(ph.attempts, key=lambda x: x.number) if x.failure_class and x.failure_class not in NOT_BURNING]
-    go, why = should_replan(failures, ph.replans, rb.replan_similarity, rb.max_replans)
-    if not go:
-        return None
+    cfg = rb.doctor
+    replan_failures = [Failure(x.cls.value, x.message) for x in args.failures if x.cls.value not in NOT_BURNING]
+    go, why = should_replan(replan_failures, ph.replans, rb.replan_similarity, rb.max_replans)
+    spec = ph.spec
+
+    def ask(model: str) -> str:
+        system, user = render_doctor_prompt(
+            services.prompts, phase_id=ph.key, category=spec["category"], goal=spec["goal"], scope=spec["scope"],
+            history=args.failures, attempts_used=burned, max_attempts=ph.max_attempts, already_replanned=ph.replans >= rb.max_replans,
+        )
+        call = make_call(services, CallScope(ph.run_id, ph.id, current.id, "doctor", model, None))
+        return call(system, [Message(role="user", content=user)], cfg.max_tokens).text
+
+    return consult(args.failures, cfg=cfg, already_replanned=ph.replans >= rb.max_replans, replan_reason=why if go else None,
+                   phase_calls=args.phase_calls, run_calls=args.run_calls, ask=ask)
+
+
+def _replan(services: Services, ph: Phase, current: Attempt, why: str) -> tuple[str, str, str, str] | None:
+    """(new goal, approach, reason, model) from the planner model; None when it gives no usable
+    answer (the phase then retries with its old plan)."""
     model = services.model_for("builder", "high")
     spec = ph.spec
     user = services.prompts.render(

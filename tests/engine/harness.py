@@ -58,6 +58,23 @@ def demo_plan(**phase_overrides: Any) -> Plan:
     return parse_plan(data)
 
 
+def stats_plan(category: str, **extra: Any) -> Plan:
+    """A one-phase plan (the demo's ``stats``) in ``category``."""
+    return parse_plan({"project": "demo", "tiers": [{"id": "t", "phases": [{
+        "id": "stats", "goal": "Add calc/stats.py with mean and median.", "category": category, "complexity": "low",
+        "scope": ["calc/stats.py"], "deliverables": ["calc/stats.py"], "acceptance_tests": ["tests/test_stats.py"], **extra}]}]})
+
+
+def stats_model(req: LLMRequest) -> str | LLMResponse:
+    """The demo model with a Builder that gets ``stats`` right first time and a judge that approves."""
+    good = demo_model()
+    if req.system.startswith("You are the Builder"):
+        return str(good.__globals__["STATS"])
+    if req.system.startswith("You are the Judge"):
+        return '{"verdict": "approve", "reasoning": "fine"}'
+    return good(req)
+
+
 def submit(services: Services, plan: Plan) -> str:
     with session_scope(services.db_url) as s:
         return runs.create_run(s, plan, services.config).id

@@ -1,0 +1,67 @@
+"""External Builders: a phase whose plan names ``builder: external`` waits for edits posted by a
+person or another agent; they are stored on the waiting attempt and the phase's build step applies
+them through the same governance, gate and audit as a model's."""
+
+from __future__ import annotations
+
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from autopack.db.models import Attempt, Phase, utcnow
+from autopack.edits.parse import parse_edits
+from autopack.engine.leases import add_steps
+from autopack.engine.runs import get_run
+from autopack.engine.store import emit
+from autopack.errors import Conflict, EditParseError, InvalidRequest, NotFound
+from autopack.states import PhaseState, is_terminal_run
+
+MAX_SUBMISSION_BYTES = 1_000_000
+AWAITING = "AWAITING_BUILDER"
+
+
+def submit_builder_result(session: Session, run_id: str, phase_key: str, edits: object, by: object = None) -> tuple[Attempt, list[tuple[int, str]]]:
+    """Store ``edits`` (text in any edit format a Builder may answer in) on the phase's waiting
+    attempt and add its build step; returns the attempt and the (step id, name) to enqueue once the
+    caller has committed. Raises ``NotFound``, ``Conflict`` (not waiting) or ``InvalidRequest``."""
+    run = get_run(session, run_id)
+    ph = next((p for p in run.phases if p.key == phase_key), None)
+    if ph is None:
+        raise NotFound(f"run {run_id} has no phase {phase_key!r}")
+    if not isinstance(edits, str) or not edits.strip():
+        raise InvalidRequest("edits", "must be a non-empty string of edits (whole files, search/replace blocks or a unified diff)")
+    if len(edits.encode()) > MAX_SUBMISSION_BYTES:
+        raise InvalidRequest("edits", f"larger than {MAX_SUBMISSION_BYTES} bytes")
+    if by is not None and (not isinstance(by, str) or len(by) > 200):
+        raise InvalidRequest("by", "must be a string of at most 200 characters")
+    try:
+        ops = parse_edits(edits)
+    except EditParseError as exc:
+        raise InvalidRequest("edits", f"cannot be read: {exc}") from None
+    if not ops:
+        raise InvalidRequest("edits", "contains no edit")
+    if ph.spec.get("builder") != "external":
+        raise Conflict(f"phase {phase_key} is built by a model, not by an external Builder")
+    attempt = _waiting_attempt(session, ph)
+    if is_terminal_run(run.state) or attempt is None:
+        raise Conflict(f"phase {phase_key} is not waiting for a Builder result (run {run.state}, phase {ph.state})")
+    # Compare-and-set: of two submissions racing for one waiting attempt, exactly one is taken.
+    taken = session.execute(
+        update(Attempt).where(Attempt.id == attempt.id, Attempt.state == AWAITING)
+        .values(state="SUBMITTED", submission={"edits": edits, "by": by, "received_at": utcnow().isoformat()})
+    ).rowcount
+    if taken != 1:
+        raise Conflict(f"phase {phase_key} already has a Builder result for attempt {attempt.number}")
+    session.refresh(attempt)
+    emit(session, run.id, "attempt.submitted", phase_key=ph.key, attempt_id=attempt.id, number=attempt.number, by=by,
+         bytes=len(edits.encode()))
+    step = add_steps(session, run.id, [("build", ph.id)])[0]
+    return attempt, [(step.id, step.name)]
+
+
+def _waiting_attempt(session: Session, ph: Phase) -> Attempt | None:
+    if ph.state != PhaseState.EXECUTING or ph.current_attempt_id is None:
+        return None
+    a = session.get(Attempt, ph.current_attempt_id)
+    if a is None or a.state != AWAITING or a.submission is not None:
+        return None
+    return a

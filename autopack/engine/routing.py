@@ -1,0 +1,85 @@
+"""Model routing against the database: what each provider used in its quota windows and whether its
+last call was an outage, read from ``model_calls``, fed to the pure ``governance.routing.route``."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from autopack.config import ModelsConfig
+from autopack.db.models import ModelCall
+from autopack.governance.quotas import PERIODS, QuotaWindow, UsageTotals
+from autopack.governance.routing import ProviderState, RouteDecision, candidates, route
+from autopack.strategy import RoutingConfig
+
+# How an outage is recorded on a model call (``ModelCall.error`` starts with the exception's name).
+OUTAGE_PREFIX = "ProviderUnavailable"
+
+
+def _aware(dt: datetime) -> datetime:
+    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+
+
+def provider_state(session: Session, models: ModelsConfig, provider: str, now: datetime, cooldown_s: float) -> ProviderState:
+    """``provider``'s quota windows with its recorded usage in each, and until when it counts as down."""
+    cfg = models.providers.get(provider)
+    windows = [QuotaWindow(q.kind, q.period, q.limit) for q in (cfg.quotas if cfg else [])]
+    usage: dict[str, UsageTotals] = {}
+    for period in sorted({w.period for w in windows}):
+        tokens, requests = session.execute(
+            select(func.coalesce(func.sum(ModelCall.input_tokens + ModelCall.output_tokens), 0), func.count(ModelCall.id))
+            .where(ModelCall.provider == provider, ModelCall.created_at > now - PERIODS[period])
+        ).one()
+        usage[period] = UsageTotals(int(tokens), int(requests))
+    down_until, reason = None, ""
+    if cooldown_s > 0:
+        last = session.execute(
+            select(ModelCall.created_at, ModelCall.error).where(ModelCall.provider == provider).order_by(ModelCall.id.desc()).limit(1)
+        ).first()
+        if last is not None and (last.error or "").startswith(OUTAGE_PREFIX):
+            down_until = _aware(last.created_at) + timedelta(seconds=cooldown_s)
+            reason = last.error[len(OUTAGE_PREFIX) + 2:][:200]
+    return ProviderState(down_until=down_until, down_reason=reason, usage=usage, windows=windows)
+
+
+def choose_model(session: Session, models: ModelsConfig, routing: RoutingConfig, *, role: str, complexity: str,
+                 category: str, high_risk: bool, chain: Sequence[str], now: datetime | None = None) -> RouteDecision:
+    """The first model of ``chain`` whose provider is neither near a quota nor recently out; never a
+    weaker one for a high-risk category (then ``stop_reason`` says why).
+
+    When every provider of a normal category's chain is only recently out (none near a quota), the
+    outages are taken as possibly over and the chain is routed on quotas alone: the call then either
+    succeeds or fails as a provider error, which the run's health budget bounds."""
+    now = now or datetime.now(timezone.utc)
+    chain = list(dict.fromkeys(chain))
+    cands = candidates(models, chain)
+    providers = {c.provider for c in cands}
+    states = {p: provider_state(session, models, p, now, routing.outage_cooldown_s) for p in providers}
+    decision = route(role, complexity, category, high_risk, cands, states, now, routing.quota_margin)
+    if decision.model is None and not high_risk:
+        quota_only = {p: dataclasses.replace(st, down_until=None, down_reason="") for p, st in states.items()}
+        retry = route(role, complexity, category, high_risk, cands, quota_only, now, routing.quota_margin)
+        if retry.model is not None:
+            return dataclasses.replace(retry, skipped=[*decision.skipped, (retry.model, "every provider was recently out: trying again")])
+    return decision
+
+
+def routing_record(decision: RouteDecision, *, role: str, wanted: str, level: str, why: str,
+                   fallbacks: Iterable[str] = ()) -> dict[str, Any]:
+    """What ``GET /runs/<id>`` shows of a routing decision on an attempt."""
+    return {
+        "role": role,
+        "level": level,
+        "wanted": wanted,
+        "model": decision.model,
+        "why": why,
+        "skipped": [{"model": m, "reason": r} for m, r in decision.skipped],
+        "fallbacks": list(fallbacks),
+        "stop_reason": decision.stop_reason,
+    }

@@ -1,0 +1,98 @@
+"""An external Builder: a phase with `builder: external` waits for edits posted over HTTP; they go
+through the same governance, test gate and audit as a model's, and a failure is fed back on the
+next attempt."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from autopack.db.session import session_scope
+from autopack.engine.runner import execute
+from autopack.engine.runs import list_events
+from autopack.plan import parse_plan
+from tests.engine.harness import demo_model, drive, make_services, phase, register, submit, view
+from web import create_app
+
+pytestmark = pytest.mark.sandbox
+
+G = demo_model().__globals__
+
+
+def _plan() -> Any:
+    return parse_plan({"project": "demo", "tiers": [{"id": "t", "phases": [
+        {"id": "stats", "goal": "Add calc/stats.py with mean and median; both raise ValueError on empty input.",
+         "category": "feature", "complexity": "low", "scope": ["calc/stats.py"], "deliverables": ["calc/stats.py"],
+         "acceptance_tests": ["tests/test_stats.py"], "builder": "external"},
+        {"id": "parse", "goal": "Add calc/parse.py.", "category": "parsing", "complexity": "low", "scope": ["calc/parse.py"],
+         "deliverables": ["calc/parse.py"], "acceptance_tests": ["tests/test_parse.py"]}]}]})
+
+
+def _run_steps(services, steps: list[tuple[int, str]]) -> None:  # type: ignore[no-untyped-def]
+    queue = list(steps)
+    while queue:
+        step_id, _ = queue.pop(0)
+        queue += execute(services, step_id, owner="test-driver")
+
+
+def test_external_builder_over_http(local_settings, demo_repo: Path) -> None:
+    services, client = make_services(local_settings, demo_model())
+    register(local_settings, demo_repo)
+    run_id = submit(services, _plan())
+    drive(services, ("start_run", run_id))
+    v = view(services, run_id)
+    stats = phase(v, "stats")
+    assert v["state"] == "RUNNING" and stats["state"] == "EXECUTING" and stats["builder"] == "external"
+    assert stats["attempt_details"][0]["state"] == "AWAITING_BUILDER" and stats["attempt_details"][0]["model"] == "external"
+    assert not [c for c in client.calls if c.system.startswith("You are the Builder")]  # no model was asked
+
+    sent: list[tuple[int, str]] = []
+    http = create_app(local_settings, config=services.config, enqueue=sent.extend, broker_check=lambda: None).test_client()
+    url = f"/runs/{run_id}/phases/stats/builder_result"
+
+    # Bad requests change nothing.
+    assert http.post(url, json={"edits": "just some words"}).get_json()["field"] == "edits"
+    assert http.post(url, json={"edits": G["STATS"], "extra": 1}).status_code == 422
+    assert http.post(url, json=["not", "an", "object"]).status_code == 422
+    assert http.post(f"/runs/{run_id}/phases/nope/builder_result", json={"edits": G["STATS"]}).status_code == 404
+    assert http.post(f"/runs/{run_id}/phases/parse/builder_result", json={"edits": G["PARSE_FIXED"]}).status_code == 409
+    assert sent == []
+
+    # A wrong submission fails the gate like a model's would, and the next attempt waits again.
+    resp = http.post(url, json={"edits": G["STATS_WRONG"], "by": "alice"})
+    assert resp.status_code == 202 and resp.get_json() == {"run_id": run_id, "phase": "stats", "attempt": 1, "state": "SUBMITTED"}
+    again = http.post(url, json={"edits": G["STATS"]})
+    assert again.status_code == 409 and "not waiting" in again.get_json()["message"]
+    assert [name for _, name in sent] == ["build"]
+    _run_steps(services, sent)
+    stats = phase(view(services, run_id), "stats")
+    first, second = stats["attempt_details"]
+    assert first["state"] == "REJECTED" and first["decision"] == "retry" and first["classification"] == "test_failure"
+    assert first["submission"]["by"] == "alice" and first["commit"] is not None
+    assert second["state"] == "AWAITING_BUILDER" and stats["feedback"].startswith("test gate:")
+
+    # Out of scope: refused by governance, like a model's edit.
+    sent.clear()
+    outside = "=== FILE: calc/core.py ===\n```python\nX = 1\n```\n"
+    assert http.post(url, json={"edits": outside}).status_code == 202
+    _run_steps(services, sent)
+    stats = phase(view(services, run_id), "stats")
+    assert stats["attempt_details"][1]["failure_class"] == "edit_refused" and stats["attempt_details"][1]["decision"] == "retry"
+    assert "calc/core.py" in stats["attempt_details"][1]["failure"]
+
+    # The right edits pass the gate and the audit; the run goes on to the model-built phase.
+    sent.clear()
+    assert http.post(url, json={"edits": G["STATS"], "by": "alice"}).status_code == 202
+    _run_steps(services, sent)
+    v = view(services, run_id)
+    assert v["state"] == "DONE_SUCCESS", v["failure_reason"]
+    stats = phase(v, "stats")
+    assert stats["state"] == "COMPLETE" and stats["attempts"] == 3 and stats["attempt_details"][2]["decision"] == "complete"
+    assert stats["attempt_details"][2]["audit"]["verdict"] == "approve"
+    assert phase(v, "parse")["state"] == "COMPLETE"
+    assert http.post(url, json={"edits": G["STATS"]}).status_code == 409
+    with session_scope(local_settings.db_url) as s:
+        kinds = [e["type"] for e in list_events(s, run_id)]
+    assert kinds.count("phase.awaiting_builder") == 3 and kinds.count("attempt.submitted") == 3

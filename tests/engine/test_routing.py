@@ -1,0 +1,155 @@
+"""Model routing on real runs: a provider near one of its quota windows (counted from the calls in
+the database) or recently out is skipped for the next model of the chain; a provider that answers
+529 for the primary model falls back along the chain (recorded, after a backoff); a high-risk phase
+stops with the reason instead of taking a weaker model."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from autopack.config import load_config
+from autopack.db.models import ModelCall
+from autopack.db.session import session_scope
+from autopack.engine.routing import choose_model, provider_state
+from autopack.engine.runs import list_events
+from autopack.errors import ProviderUnavailable
+from tests.engine.harness import drive, make_services, phase, register, stats_model, stats_plan, submit, view
+
+pytestmark = pytest.mark.sandbox
+
+
+def _overloaded(req):  # type: ignore[no-untyped-def]
+    """The primary model's provider answers 529 to the Builder."""
+    if req.system.startswith("You are the Builder") and req.model == "claude-haiku-4-5":
+        raise ProviderUnavailable("anthropic", "overloaded_error: Overloaded", 529)
+    return stats_model(req)
+
+
+def _usage(db_url: str, run_id: str, provider: str, tokens: int, at: datetime | None = None, error: str | None = None) -> None:
+    with session_scope(db_url) as s:
+        call = ModelCall(run_id=run_id, role="builder", provider=provider, model="x", request_key="k", prompt={},
+                         input_tokens=tokens, output_tokens=0, error=error)
+        if at is not None:
+            call.created_at = at
+        s.add(call)
+
+
+def test_a_provider_near_its_hourly_token_quota_is_skipped(local_settings, demo_repo: Path) -> None:
+    services, client = make_services(local_settings, stats_model)
+    register(local_settings, demo_repo)
+    run_id = submit(services, stats_plan("feature"))
+    _usage(local_settings.db_url, run_id, "anthropic", 3_700_000)  # limit 4,000,000 per hour, margin 0.9
+    drive(services, ("start_run", run_id))
+    v = view(services, run_id)
+    assert v["state"] == "DONE_SUCCESS", v["failure_reason"]
+    attempt = phase(v, "stats")["attempt_details"][0]
+    assert attempt["model"] == "gpt-5-mini"
+    routing = attempt["routing"]
+    assert routing["wanted"] == "claude-haiku-4-5" and routing["model"] == "gpt-5-mini" and routing["level"] == "low"
+    assert routing["skipped"] == [{"model": "claude-haiku-4-5",
+                                   "reason": "provider anthropic is near its quota (tokens per hour: 3700000 of 4000000)"}]
+    assert [c.model for c in client.calls if c.system.startswith("You are the Builder")] == ["gpt-5-mini"]
+
+
+def test_usage_outside_the_window_does_not_count(local_settings, demo_repo: Path) -> None:
+    services, _ = make_services(local_settings, stats_model)
+    register(local_settings, demo_repo)
+    run_id = submit(services, stats_plan("feature"))
+    _usage(local_settings.db_url, run_id, "anthropic", 3_700_000, at=datetime.now(timezone.utc) - timedelta(hours=2))
+    drive(services, ("start_run", run_id))
+    attempt = phase(view(services, run_id), "stats")["attempt_details"][0]
+    assert attempt["model"] == "claude-haiku-4-5" and attempt["routing"]["skipped"] == []
+
+
+def test_high_risk_phase_near_quota_stops_without_calling_a_weaker_model(local_settings, demo_repo: Path) -> None:
+    services, client = make_services(local_settings, stats_model)
+    register(local_settings, demo_repo)
+    run_id = submit(services, stats_plan("security_auth_change"))
+    _usage(local_settings.db_url, run_id, "anthropic", 3_900_000)
+    drive(services, ("start_run", run_id))
+    v = view(services, run_id)
+    assert v["state"] == "DONE_FAILED_INFRASTRUCTURE"
+    assert "high-risk category security_auth_change" in v["failure_reason"]
+    assert "refusing to fall back to a weaker model" in v["failure_reason"] and "near its quota" in v["failure_reason"]
+    assert [c for c in client.calls if c.system.startswith("You are the Builder")] == []
+    attempt = phase(v, "stats")["attempt_details"][0]
+    assert attempt["routing"]["model"] is None and attempt["routing"]["stop_reason"].startswith("high-risk category")
+
+
+def test_requests_per_day_and_recent_outages(local_settings, demo_repo: Path) -> None:
+    cfg = load_config(local_settings.config_dir)
+    services, _ = make_services(local_settings, stats_model)
+    register(local_settings, demo_repo)
+    run_id = submit(services, stats_plan("feature"))
+    now = datetime.now(timezone.utc)
+    with session_scope(local_settings.db_url) as s:
+        fresh = provider_state(s, cfg.models, "anthropic", now, 60)
+        assert fresh.usage["day"].requests == 0 and fresh.down_until is None
+    _usage(local_settings.db_url, run_id, "anthropic", 10, error="ProviderUnavailable: anthropic: overloaded (HTTP 529)")
+    with session_scope(local_settings.db_url) as s:
+        st = provider_state(s, cfg.models, "anthropic", now, 60)
+        assert st.usage["day"].requests == 1 and st.usage["hour"].tokens == 10
+        assert st.down_until is not None and st.down_until > now and "529" in st.down_reason
+        routed = choose_model(s, cfg.models, cfg.strategy.run.routing, role="builder", complexity="low", category="feature",
+                              high_risk=False, chain=["claude-haiku-4-5", "gpt-5-mini"])
+        assert routed.model == "gpt-5-mini" and "is down until" in routed.skipped[0][1]
+        # A cooldown of 0 ignores outages.
+        assert provider_state(s, cfg.models, "anthropic", now, 0).down_until is None
+        # When every provider of a normal chain is only recently out, the chain is tried again.
+        again = choose_model(s, cfg.models, cfg.strategy.run.routing, role="builder", complexity="low", category="feature",
+                             high_risk=False, chain=["claude-haiku-4-5", "claude-sonnet-4-5"])
+        assert again.model == "claude-haiku-4-5"
+        high = choose_model(s, cfg.models, cfg.strategy.run.routing, role="builder", complexity="low", category="x",
+                            high_risk=True, chain=["claude-haiku-4-5", "gpt-5-mini"])
+        assert high.model is None and "is down until" in high.skipped[0][1]
+
+
+def test_fallback_backs_off_between_models(local_settings, demo_repo: Path) -> None:
+    services, _ = make_services(local_settings, _overloaded)
+    register(local_settings, demo_repo)
+    run_id = submit(services, stats_plan("feature"))
+    drive(services, ("start_run", run_id))
+    v = view(services, run_id)
+    assert v["state"] == "DONE_SUCCESS"
+    attempt = phase(v, "stats")["attempt_details"][0]
+    assert attempt["routing"]["fallbacks"] == ["gpt-5-mini"] and attempt["routing"]["model"] == "gpt-5-mini"
+    base = services.config.strategy.run.routing.backoff_base_s
+    with session_scope(local_settings.db_url) as s:
+        (event,) = [e for e in list_events(s, run_id) if e["type"] == "model.fallback"]
+        errors = [c.error for c in s.scalars(select(ModelCall).where(ModelCall.error.is_not(None)))]
+    assert base / 2 <= event["payload"]["backoff_s"] <= base  # the first backoff: within [base/2, base]
+    assert len(errors) == 1 and errors[0].startswith("ProviderUnavailable: ") and "529" in errors[0]
+
+
+def test_normal_category_falls_back_along_the_chain(local_settings, demo_repo: Path) -> None:
+    services, _ = make_services(local_settings, _overloaded)
+    register(local_settings, demo_repo)
+    run_id = submit(services, stats_plan("feature"))
+    drive(services, ("start_run", run_id))
+    v = view(services, run_id)
+    assert v["state"] == "DONE_SUCCESS"
+    attempt = phase(v, "stats")["attempt_details"][0]
+    assert attempt["model"] == "gpt-5-mini" and phase(v, "stats")["attempts"] == 1
+    with session_scope(local_settings.db_url) as s:
+        calls = [(c.model, c.error is None) for c in s.scalars(select(ModelCall).where(ModelCall.role == "builder").order_by(ModelCall.id))]
+        events = [e for e in list_events(s, run_id) if e["type"] == "model.fallback"]
+    assert calls == [("claude-haiku-4-5", False), ("gpt-5-mini", True)]
+    assert [(e["payload"]["from_model"], e["payload"]["to_model"]) for e in events] == [("claude-haiku-4-5", "gpt-5-mini")]
+    assert "529" in events[0]["payload"]["reason"]
+
+
+def test_high_risk_phase_stops_instead_of_downgrading(local_settings, demo_repo: Path) -> None:
+    services, _ = make_services(local_settings, _overloaded)
+    register(local_settings, demo_repo)
+    run_id = submit(services, stats_plan("security_auth_change"))
+    drive(services, ("start_run", run_id))
+    v = view(services, run_id)
+    assert v["state"] == "DONE_FAILED_INFRASTRUCTURE"
+    assert "never falls back to a weaker model" in v["failure_reason"] and "claude-haiku-4-5" in v["failure_reason"]
+    with session_scope(local_settings.db_url) as s:
+        models = {c.model for c in s.scalars(select(ModelCall).where(ModelCall.role == "builder"))}
+    assert models == {"claude-haiku-4-5"}
