@@ -46,9 +46,16 @@ class RoleModels(BaseModel):
     medium: str
     high: str
     fallback: list[str] = Field(default_factory=list)
+    # Per complexity, the models that follow the level's own after repeated failures of one kind
+    # (strategy.yaml run.model_after_failures); a level not listed keeps its model.
+    escalation: dict[Literal["low", "medium", "high"], list[str]] = Field(default_factory=dict)
 
     def for_complexity(self, complexity: str) -> str:
         return {"low": self.low, "medium": self.medium, "high": self.high}[complexity]
+
+    def escalation_chain(self, complexity: str, first: str | None = None) -> list[str]:
+        """The level's model (or ``first``), then its escalation models, without repeats."""
+        return list(dict.fromkeys([first or self.for_complexity(complexity), *self.escalation.get(complexity, [])]))  # type: ignore[call-overload]
 
 
 class ModelsConfig(BaseModel):
@@ -108,7 +115,7 @@ def load_config(config_dir: Path) -> AppConfig:
     except ValidationError as exc:
         raise ConfigError(str(exc)) from None
     for role in models.roles.values():
-        for m in [role.low, role.medium, role.high, *role.fallback]:
+        for m in [role.low, role.medium, role.high, *role.fallback, *(x for chain in role.escalation.values() for x in chain)]:
             prov = models.provider_of(m)
             if prov not in models.providers:
                 raise ConfigError(f"model {m!r} names unknown provider {prov!r}")

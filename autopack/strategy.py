@@ -75,6 +75,9 @@ class RunBudget(BaseModel):
     # Escalation: every this many failed attempts of a phase move it up a complexity level (and to
     # that level's model in models.yaml); 0 turns escalation off.
     escalate_after_failures: int = Field(2, ge=0)
+    # Within a level: after this many consecutive failures of one kind, the next attempt takes the
+    # next model of the level's escalation chain (models.yaml roles.<role>.escalation); 0: never.
+    model_after_failures: int = Field(2, ge=0)
     doctor: DoctorConfig = Field(default_factory=DoctorConfig)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
 

@@ -42,7 +42,7 @@ from autopack.engine.services import Services
 from autopack.engine.store import emit, transition
 from autopack.errors import BudgetExceeded, ConfigError, GitError, ProviderError, ProviderUnavailable, SandboxUnavailable
 from autopack.llm.base import LLMRequest, LLMResponse, Message
-from autopack.escalation import effective_complexity
+from autopack.escalation import effective_complexity, model_from_chain, trailing_same_kind
 from autopack.governance.doctor_prompt import render_doctor_prompt
 from autopack.governance.routing import backoff_seconds
 from autopack.normalize import failure_key
@@ -420,6 +420,17 @@ def build_phase(services: Services, phase_id: int, ctx: StepContext) -> list[Ste
                 if prev is not None and prev != model:
                     emit(s, run.id, "phase.deescalated", phase_key=ph.key, model=model, previous_model=prev)
                     why += f"; de-escalated from {prev}, which completed the previous {ph.spec['category']} phase"
+            kinds = [x.classification or x.failure_class for x in sorted(ph.attempts, key=lambda x: x.number)
+                     if x.failure_class and x.failure_class not in NOT_BURNING and (x.routing or {}).get("level") == level]
+            if kinds:
+                same = trailing_same_kind(kinds)
+                chain_model = model_from_chain(services.config.models.roles["builder"].escalation_chain(level, model), same,
+                                               services.config.strategy.run.model_after_failures)
+                if chain_model != model:
+                    emit(s, run.id, "attempt.escalated", phase_key=ph.key, level=level, model=chain_model, from_model=model,
+                         failures=same, kind=kinds[-1])
+                    why += f"; {same} consecutive {kinds[-1]} failures at {level}: next model of its escalation chain"
+                    model = chain_model
             high = bool(ph.budget.get("high_risk"))
             chain = [model, *services.config.models.roles["builder"].fallback]
             route = choose_model(s, services.config.models, services.config.strategy.run.routing, role="builder", complexity=level,
@@ -690,7 +701,7 @@ def audit(services: Services, attempt_id: int, ctx: StepContext) -> list[Step]:
             return []
         repo, spec, gate = Path(run.project.repo_path), dict(ph.spec), dict(a.gate or {})
         parent, sha, run_id, phase_id = a.parent_commit, a.candidate_commit, run.id, ph.id
-        model = services.model_for("auditor", spec["complexity"])
+        model = _auditor_model(services, ph, a, spec["complexity"])
         summary = (a.test_result or {}).get("summary", "")
         rules_text, rule_ids, rules_tokens = auditor_guidance(s, ph, services.config.strategy.learning)
         dual = bool(ph.budget.get("dual_audit"))
@@ -733,6 +744,17 @@ def audit(services: Services, attempt_id: int, ctx: StepContext) -> list[Step]:
         a.audit = record
         emit(s, a.run_id, "attempt.audited", phase_key=a.phase.key, attempt_id=a.id, verdict=record["verdict"], summary=record["summary"])
         return ctx.finish(s, [("decide", attempt_id)])
+
+
+def _auditor_model(services: Services, ph: Phase, current: Attempt, complexity: str) -> str:
+    """The auditor's model for ``current``: along the level's escalation chain after the auditor's
+    answers on the phase's earlier attempts were repeatedly no usable verdict."""
+    kinds = ["unusable" if (x.audit or {}).get("verdict") in ("invalid", "error") else "verdict"
+             for x in sorted(ph.attempts, key=lambda x: x.number) if x.id != current.id and x.audit]
+    same = trailing_same_kind(kinds) if kinds and kinds[-1] == "unusable" else 0
+    model = services.model_for("auditor", complexity)
+    return model_from_chain(services.config.models.roles["auditor"].escalation_chain(complexity, model), same,
+                            services.config.strategy.run.model_after_failures)
 
 
 def _judge(services: Services, run_id: str, phase_id: int, attempt_id: int, complexity: str, review: str,
