@@ -294,6 +294,27 @@ class ProjectSpend(Base):
     cost_reserved_usd: Mapped[float] = mapped_column(Float, default=0.0)
 
 
+class BudgetReservation(Base):
+    """One model call's reserved worst case until it is settled with the reported usage, or released
+    by the reconciler when the step that made it can no longer settle it (its worker died: the lease
+    expired, another worker re-claimed the step, the step or the run ended)."""
+
+    __tablename__ = "reservations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), index=True)
+    phase_id: Mapped[int | None] = mapped_column(ForeignKey("phases.id"), nullable=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"))
+    day: Mapped[str] = mapped_column(String(10))
+    tokens: Mapped[int] = mapped_column(BigInteger)
+    cost: Mapped[float] = mapped_column(Float)
+    step_id: Mapped[int | None] = mapped_column(ForeignKey("steps.id"), nullable=True)
+    fence: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    state: Mapped[str] = mapped_column(String(12), default="open", index=True)  # open | settled | released
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    closed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
 class Issue(Base):
     """A problem raised about a project (by the gate, an auditor or the Builder's governance),
     de-duplicated by a stable key across phases and runs."""

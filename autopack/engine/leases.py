@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -23,6 +24,10 @@ from autopack.errors import AutopackError
 log = logging.getLogger("autopack.leases")
 
 Step = tuple[str, Any]
+
+# The (step id, fence) this thread is executing, for records that must name their step (budget
+# reservations); set by ``runner.execute``.
+CURRENT_STEP: ContextVar[tuple[int, int] | None] = ContextVar("autopack_current_step", default=None)
 
 
 class StaleLease(AutopackError):

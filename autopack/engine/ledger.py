@@ -1,18 +1,25 @@
 """Budget reservation: the worst case of a model call is reserved with conditional updates (phase,
 run, and the project's day) before the call, and settled with the provider's reported usage after.
-``spent + reserved <= cap`` always, at every level, also under concurrency."""
+``spent + reserved <= cap`` always, at every level, also under concurrency.
+
+Each reservation is also a row (``reservations``) naming the step and fence that made it. When that
+step can no longer settle it (the worker died between the call and the settlement: its lease
+expired, another worker re-claimed the step, the step or the run ended), ``release_orphans`` (run by
+the reconciler) gives the reserved room back. A settlement that arrives after such a release (a
+worker paused past its lease) still records what was spent, once."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from autopack.db.models import Phase, ProjectSpend, Run
+from autopack.db.models import BudgetReservation, Phase, ProjectSpend, Run, StepRow
 from autopack.errors import BudgetExceeded
+from autopack.states import RUN_TERMINAL
 
 
 def estimate_tokens(text: str) -> int:
@@ -26,6 +33,7 @@ def today() -> str:
 
 @dataclass(frozen=True)
 class Reservation:
+    id: int
     run_id: str
     phase_id: int | None
     project_id: int
@@ -42,9 +50,11 @@ def _ensure_day(session: Session, project_id: int, day: str) -> None:
 
 
 def reserve(session: Session, run_id: str, phase_id: int | None, tokens: int, cost: float, phase_token_cap: int | None,
-            *, daily_token_cap: int | None = None, daily_cost_cap: float | None = None) -> Reservation:
+            *, daily_token_cap: int | None = None, daily_cost_cap: float | None = None,
+            step: tuple[int, int] | None = None) -> Reservation:
     """Reserve ``tokens`` and ``cost`` on the run (and the project's day when caps are given), or
-    raise ``BudgetExceeded`` and reserve nothing (the caller's transaction rolls back)."""
+    raise ``BudgetExceeded`` and reserve nothing (the caller's transaction rolls back). ``step`` is
+    the (step id, fence) making the call, so the reconciler can release what a dead worker left."""
     if phase_id is not None and phase_token_cap is not None:
         ph = session.get(Phase, phase_id)
         if ph is not None and ph.tokens_used + tokens > phase_token_cap:
@@ -88,17 +98,29 @@ def reserve(session: Session, run_id: str, phase_id: int | None, tokens: int, co
             kind = "tokens" if spend.tokens_used + spend.tokens_reserved + tokens > daily_token_cap else "cost"
             raise BudgetExceeded(kind, f"project daily {kind} cap reached for {day} "
                                        f"({spend.tokens_used} tokens / ${spend.cost_usd:.4f} spent today)")
-    return Reservation(run_id, phase_id, project_id, day, tokens, cost)
+    row = BudgetReservation(run_id=run_id, phase_id=phase_id, project_id=project_id, day=day, tokens=tokens, cost=cost,
+                            step_id=step[0] if step else None, fence=step[1] if step else None)
+    session.add(row)
+    session.flush()
+    return Reservation(row.id, run_id, phase_id, project_id, day, tokens, cost)
 
 
-def settle(session: Session, r: Reservation, used_tokens: int, used_cost: float) -> None:
-    """Replace a reservation by what the provider reported (zero when the call failed)."""
+def _close(session: Session, reservation_id: int, state: str) -> bool:
+    """Compare-and-set the reservation from open to ``state``; whether this call closed it."""
+    return bool(session.execute(
+        update(BudgetReservation).where(BudgetReservation.id == reservation_id, BudgetReservation.state == "open")
+        .values(state=state, closed_at=datetime.now(timezone.utc)).execution_options(synchronize_session=False)
+    ).rowcount)  # type: ignore[attr-defined]
+
+
+def _move(session: Session, run_id: str, project_id: int, day: str, release_tokens: int, release_cost: float,
+          used_tokens: int, used_cost: float) -> None:
     session.execute(
         update(Run)
-        .where(Run.id == r.run_id)
+        .where(Run.id == run_id)
         .values(
-            tokens_reserved=Run.tokens_reserved - r.tokens,
-            cost_reserved_usd=Run.cost_reserved_usd - r.cost,
+            tokens_reserved=Run.tokens_reserved - release_tokens,
+            cost_reserved_usd=Run.cost_reserved_usd - release_cost,
             tokens_used=Run.tokens_used + used_tokens,
             cost_usd=Run.cost_usd + used_cost,
         )
@@ -106,15 +128,22 @@ def settle(session: Session, r: Reservation, used_tokens: int, used_cost: float)
     )
     session.execute(
         update(ProjectSpend)
-        .where(ProjectSpend.project_id == r.project_id, ProjectSpend.day == r.day)
+        .where(ProjectSpend.project_id == project_id, ProjectSpend.day == day)
         .values(
-            tokens_reserved=ProjectSpend.tokens_reserved - r.tokens,
-            cost_reserved_usd=ProjectSpend.cost_reserved_usd - r.cost,
+            tokens_reserved=ProjectSpend.tokens_reserved - release_tokens,
+            cost_reserved_usd=ProjectSpend.cost_reserved_usd - release_cost,
             tokens_used=ProjectSpend.tokens_used + used_tokens,
             cost_usd=ProjectSpend.cost_usd + used_cost,
         )
         .execution_options(synchronize_session=False)
     )
+
+
+def settle(session: Session, r: Reservation, used_tokens: int, used_cost: float) -> None:
+    """Replace a reservation by what the provider reported (zero when the call failed). If the
+    reconciler already released it, only the spend is recorded."""
+    held = _close(session, r.id, "settled")
+    _move(session, r.run_id, r.project_id, r.day, r.tokens if held else 0, r.cost if held else 0.0, used_tokens, used_cost)
     if r.phase_id is not None:
         session.execute(
             update(Phase)
@@ -122,3 +151,27 @@ def settle(session: Session, r: Reservation, used_tokens: int, used_cost: float)
             .values(tokens_used=Phase.tokens_used + used_tokens, cost_usd=Phase.cost_usd + used_cost)
             .execution_options(synchronize_session=False)
         )
+
+
+def release_orphans(session: Session, now: datetime | None = None) -> int:
+    """Release the open reservations no step can settle any more: their step is done, its lease
+    expired, another claim replaced the one that reserved, or the run ended. Returns how many."""
+    now = now or datetime.now(timezone.utc)
+    terminal = [s.value for s in RUN_TERMINAL]
+    rows = session.execute(
+        select(BudgetReservation, StepRow.fence, StepRow.done_at, StepRow.lease_expires_at, Run.state)
+        .join(Run, Run.id == BudgetReservation.run_id)
+        .outerjoin(StepRow, StepRow.id == BudgetReservation.step_id)
+        .where(BudgetReservation.state == "open")
+    ).all()
+    released = 0
+    for r, fence, done_at, expires, run_state in rows:
+        if r.step_id is None:
+            orphan = run_state in terminal
+        else:
+            expired = expires is not None and (expires if expires.tzinfo else expires.replace(tzinfo=timezone.utc)) < now
+            orphan = run_state in terminal or done_at is not None or fence != r.fence or expired
+        if orphan and _close(session, r.id, "released"):
+            _move(session, r.run_id, r.project_id, r.day, r.tokens, r.cost, 0, 0.0)
+            released += 1
+    return released

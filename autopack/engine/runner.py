@@ -16,7 +16,8 @@ from sqlalchemy import and_, or_, select, update
 from autopack.db.models import Attempt, Phase, Run, StepRow
 from autopack.db.session import session_scope
 from autopack.engine.faults import crash_point
-from autopack.engine.leases import Claim, Heartbeat, StaleLease, StepContext, add_steps, claim, mark_done, now_utc
+from autopack.engine.leases import CURRENT_STEP, Claim, Heartbeat, StaleLease, StepContext, add_steps, claim, mark_done, now_utc
+from autopack.engine.ledger import release_orphans
 from autopack.engine.services import Services
 from autopack.logs import bind
 from autopack.engine.steps import STEPS, _end_run
@@ -58,7 +59,11 @@ def execute(services: Services, step_id: int, owner: str | None = None) -> list[
     try:
         with bind(**fields), Heartbeat(services.db_url, step_id, got.token, settings.lease_ttl_s):
             log.info("step %s(%s) claimed with fence %s (delivery %s)", got.name, got.arg, got.token, got.deliveries)
-            STEPS[got.name](services, arg, ctx)
+            token = CURRENT_STEP.set((step_id, got.token))
+            try:
+                STEPS[got.name](services, arg, ctx)
+            finally:
+                CURRENT_STEP.reset(token)
             if not ctx.finished:
                 with session_scope(services.db_url) as s:
                     ctx.finish(s, [], outcome="noop")
@@ -139,10 +144,11 @@ class ReconcileReport:
     undispatched_runs: list[str] = field(default_factory=list)
     timed_out: list[str] = field(default_factory=list)
     closed_steps: int = 0
+    released_reservations: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {"requeued": self.requeued, "timed_out": self.timed_out, "closed_steps": self.closed_steps,
-                "undispatched_runs": self.undispatched_runs}
+                "released_reservations": self.released_reservations, "undispatched_runs": self.undispatched_runs}
 
 
 def reconcile(services: Services, max_runtime_s: float | None = None) -> ReconcileReport:
@@ -181,6 +187,8 @@ def reconcile(services: Services, max_runtime_s: float | None = None) -> Reconci
         for row in due:
             row.enqueued_at = now
             report.requeued.append((row.id, row.name))
+        # Reservations whose step can no longer settle them (the worker died after its call).
+        report.released_reservations = release_orphans(s, now)
     from autopack.events.dispatch import runs_with_undispatched
 
     report.undispatched_runs = runs_with_undispatched(services.db_url, older_than_s=min(5.0, settings.pickup_grace_s))

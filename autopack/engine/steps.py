@@ -35,7 +35,7 @@ from autopack.engine import issues
 from autopack.engine.external import AWAITING
 from autopack.engine.doctor import classify_attempt, consult, history
 from autopack.engine.routing import choose_model, routing_record
-from autopack.engine.leases import StepContext
+from autopack.engine.leases import CURRENT_STEP, StepContext
 from autopack.engine.learning import auditor_guidance, promote, prompt_guidance, record_hint
 from autopack.engine.ledger import estimate_tokens, reserve, settle
 from autopack.engine.services import Services
@@ -195,7 +195,8 @@ def make_call(services: Services, scope: CallScope) -> Callable[[str, list[Messa
         rb = services.config.strategy.run
         with session_scope(services.db_url) as s:
             reservation = reserve(s, scope.run_id, scope.phase_id, worst_tokens, worst_cost, scope.phase_token_cap,
-                                  daily_token_cap=rb.project_daily_token_cap, daily_cost_cap=rb.project_daily_cost_cap_usd)
+                                  daily_token_cap=rb.project_daily_token_cap, daily_cost_cap=rb.project_daily_cost_cap_usd,
+                                  step=CURRENT_STEP.get())
         prompt = {"system": system, "messages": [m.model_dump() for m in messages]}
         try:
             resp = client.complete(req)

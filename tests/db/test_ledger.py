@@ -138,3 +138,81 @@ def test_twenty_concurrent_reservations_never_exceed_the_project_daily_cap(pg_ur
         spend = s.scalars(select(ProjectSpend)).all()
         assert len(spend) == 1 and spend[0].tokens_reserved == 1000
         assert sum(s.get(Run, r).tokens_reserved for r in runs) == 1000
+
+
+def _step(url: str, run_id: str, *, fence: int, expires_in_s: float | None, done: bool = False) -> int:
+    from datetime import datetime, timedelta, timezone
+
+    from autopack.db.models import StepRow
+
+    now = datetime.now(timezone.utc)
+    with session_scope(url) as s:
+        row = StepRow(run_id=run_id, name="build", arg="1", fence=fence,
+                      lease_expires_at=None if expires_in_s is None else now + timedelta(seconds=expires_in_s),
+                      done_at=now if done else None)
+        s.add(row)
+        s.flush()
+        return row.id
+
+
+def _reserved(url: str, run_id: str) -> tuple[int, int, int, int]:
+    with session_scope(url) as s:
+        run = s.get(Run, run_id)
+        assert run is not None
+        spend = s.scalar(select(ProjectSpend).where(ProjectSpend.project_id == run.project_id))
+        assert spend is not None
+        return run.tokens_reserved, run.tokens_used, spend.tokens_reserved, spend.tokens_used
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_the_reconciler_releases_what_a_dead_worker_reserved(backend: str, request: pytest.FixtureRequest) -> None:
+    """A worker that died between its call and the settlement leaves a reservation behind: it is
+    released once its step can no longer settle it, and a late settlement counts the spend once."""
+    from autopack.db.models import BudgetReservation, StepRow
+    from autopack.engine.ledger import release_orphans
+
+    url = request.getfixturevalue("sqlite_url" if backend == "sqlite" else "pg_url")
+    upgrade(url)
+    run_id = _run(url, token_cap=1000)
+    caps = {"daily_token_cap": 10_000, "daily_cost_cap": 10.0}
+    live = _step(url, run_id, fence=1, expires_in_s=60)
+    expired = _step(url, run_id, fence=1, expires_in_s=-1)
+    reclaimed = _step(url, run_id, fence=2, expires_in_s=60)
+    done = _step(url, run_id, fence=1, expires_in_s=None, done=True)
+    with session_scope(url) as s:
+        held = reserve(s, run_id, None, 100, 0.01, None, step=(live, 1), **caps)
+        dead = reserve(s, run_id, None, 200, 0.01, None, step=(expired, 1), **caps)
+        reserve(s, run_id, None, 300, 0.01, None, step=(reclaimed, 1), **caps)  # made under fence 1, step now at 2
+        reserve(s, run_id, None, 50, 0.01, None, step=(done, 1), **caps)
+    assert _reserved(url, run_id) == (650, 0, 650, 0)
+    with session_scope(url) as s:
+        assert release_orphans(s) == 3
+    assert _reserved(url, run_id) == (100, 0, 100, 0)  # only the live step's reservation is held
+    with session_scope(url) as s:
+        assert release_orphans(s) == 0  # idempotent
+        # The paused worker comes back and settles: the spend is recorded, nothing released twice.
+        settle(s, dead, 120, 0.005)
+        settle(s, held, 80, 0.004)
+    assert _reserved(url, run_id) == (0, 200, 0, 200)
+    with session_scope(url) as s:
+        states = sorted(r.state for r in s.scalars(select(BudgetReservation)))
+        assert states == ["released", "released", "released", "settled"]
+        # With the step finished, nothing is left open.
+        s.get(StepRow, live).done_at = s.get(StepRow, done).done_at  # type: ignore[union-attr]
+    with session_scope(url) as s:
+        assert release_orphans(s) == 0
+
+
+def test_a_reservation_outside_a_step_is_released_when_its_run_ends(sqlite_url: str) -> None:
+    from autopack.engine.ledger import release_orphans
+
+    run_id = _run(sqlite_url)
+    with session_scope(sqlite_url) as s:
+        reserve(s, run_id, None, 100, 0.01, None, daily_token_cap=10_000, daily_cost_cap=10.0)
+        assert release_orphans(s) == 0
+        run = s.get(Run, run_id)
+        assert run is not None
+        run.state = "DONE_FAILED_INFRASTRUCTURE"
+    with session_scope(sqlite_url) as s:
+        assert release_orphans(s) == 1
+    assert _reserved(sqlite_url, run_id) == (0, 0, 0, 0)
