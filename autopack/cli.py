@@ -286,6 +286,24 @@ def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_submit_edits(args: argparse.Namespace, settings: Settings) -> int:
+    """Post an external Builder's edits for a phase that waits for them."""
+    from autopack.client import ApiClient, ApiError
+
+    try:
+        edits = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
+    except OSError as exc:
+        _err(f"cannot read {args.file}: {exc.strerror or exc}")
+        return 2
+    try:
+        out = ApiClient(args.api or settings.api_url).builder_result(args.run_id, args.phase, edits, args.by)
+    except ApiError as exc:
+        _err(str(exc))
+        return 2
+    _out(f"run {out['run_id']} phase {out['phase']}: attempt {out['attempt']} {out['state']}")
+    return 0
+
+
 def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
     """What the beat-scheduled reconciler does, by hand: re-enqueue lost steps, end overdue runs."""
     from autopack.engine.runner import reconcile
@@ -429,6 +447,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("run_id")
     api_arg(sp)
     sp.set_defaults(func=cmd_cancel)
+
+    sp = sub.add_parser("submit-edits", help="be the Builder of a `builder: external` phase: post its edits")
+    sp.add_argument("run_id")
+    sp.add_argument("phase")
+    sp.add_argument("file", help="the edits (whole files, search/replace blocks or a unified diff); - reads stdin")
+    sp.add_argument("--by", help="who submits (recorded on the attempt)")
+    api_arg(sp)
+    sp.set_defaults(func=cmd_submit_edits)
 
     sp = sub.add_parser("reconcile", help="re-enqueue lost steps and end overdue runs (beat does this every 30 s)")
     sp.add_argument("--json", action="store_true")

@@ -46,3 +46,9 @@ class ApiClient:
 
     def cancel(self, run_id: str) -> dict[str, Any]:
         return self.request("POST", f"/runs/{run_id}/cancel")[1]
+
+    def builder_result(self, run_id: str, phase: str, edits: str, by: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"edits": edits}
+        if by is not None:
+            body["by"] = by
+        return self.request("POST", f"/runs/{run_id}/phases/{phase}/builder_result", body)[1]

@@ -4,11 +4,14 @@ next attempt."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
+from werkzeug.serving import make_server
 
+from autopack.cli import main
 from autopack.db.session import session_scope
 from autopack.engine.runner import execute
 from autopack.engine.runs import list_events
@@ -37,7 +40,7 @@ def _run_steps(services, steps: list[tuple[int, str]]) -> None:  # type: ignore[
         queue += execute(services, step_id, owner="test-driver")
 
 
-def test_external_builder_over_http(local_settings, demo_repo: Path) -> None:
+def test_external_builder_over_http(local_settings, demo_repo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     services, client = make_services(local_settings, demo_model())
     register(local_settings, demo_repo)
     run_id = submit(services, _plan())
@@ -82,9 +85,26 @@ def test_external_builder_over_http(local_settings, demo_repo: Path) -> None:
     assert stats["attempt_details"][1]["failure_class"] == "edit_refused" and stats["attempt_details"][1]["decision"] == "retry"
     assert "calc/core.py" in stats["attempt_details"][1]["failure"]
 
-    # The right edits pass the gate and the audit; the run goes on to the model-built phase.
+    # The right edits, sent with the CLI, pass the gate and the audit; the run goes on to the
+    # model-built phase.
     sent.clear()
-    assert http.post(url, json={"edits": G["STATS"], "by": "alice"}).status_code == 202
+    edits = tmp_path / "stats.edits"
+    edits.write_text(G["STATS"])
+    server = make_server("127.0.0.1", 0, create_app(local_settings, config=services.config, enqueue=sent.extend,
+                                                    broker_check=lambda: None), threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    api = f"http://127.0.0.1:{server.server_port}"
+    try:
+        assert main(["submit-edits", run_id, "stats", str(tmp_path / "missing"), "--api", api]) == 2
+        assert "cannot read" in capsys.readouterr().err
+        assert main(["submit-edits", run_id, "nope", str(edits), "--api", api]) == 2
+        assert "HTTP 404" in capsys.readouterr().err
+        assert main(["submit-edits", run_id, "stats", str(edits), "--by", "alice", "--api", api]) == 0
+        assert capsys.readouterr().out.strip() == f"run {run_id} phase stats: attempt 3 SUBMITTED"
+    finally:
+        server.shutdown()
+        thread.join()
     _run_steps(services, sent)
     v = view(services, run_id)
     assert v["state"] == "DONE_SUCCESS", v["failure_reason"]
