@@ -32,6 +32,40 @@ def should_replan(failures: list[Failure], replans_done: int, threshold: float =
     return True, f"the last two attempts failed the same way ({a.failure_class}, similarity {score:.2f})"
 
 
+# Failures that say the phase's plan is wrong rather than its code: no fix within the old plan will
+# do, so the phase is re-planned at once. (kind, pattern over the failure's text)
+FATAL_TYPES: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("wrong stack", re.compile(r"ModuleNotFoundError: No module named '[^'.]+'|command not found|"
+                               r"No matching distribution found")),
+    ("schema mismatch", re.compile(r"no such (?:column|table)|(?:column|relation) \S+ does not exist|"
+                                   r"schema mismatch|has no column named", re.IGNORECASE)),
+    ("contract wrong", re.compile(r"ImportError: cannot import name '[^']+'|"
+                                  r"TypeError: \S+\(\) (?:got an unexpected keyword argument|"
+                                  r"missing \d+ required (?:positional|keyword-only) argument|"
+                                  r"takes \d+ positional arguments? but \d+ (?:was|were) given)")),
+)
+
+
+def fatal_type(text: str) -> str | None:
+    """The kind of fatal failure ``text`` shows (wrong stack, schema mismatch, contract wrong), or None."""
+    for kind, pattern in FATAL_TYPES:
+        if pattern.search(text):
+            return kind
+    return None
+
+
+def should_replan_now(failures: list[Failure], replans_done: int, threshold: float = 0.85,
+                      max_replans: int = 1) -> tuple[bool, str]:
+    """``should_replan``, or at once when the latest failure is of a fatal type."""
+    go, why = should_replan(failures, replans_done, threshold, max_replans)
+    if go or replans_done >= max_replans or not failures:
+        return go, why
+    kind = fatal_type(failures[-1].signature)
+    if kind is None:
+        return False, ""
+    return True, f"a fatal failure type was seen ({kind}): the plan, not the code, needs to change"
+
+
 class Replanned(BaseModel):
     model_config = ConfigDict(extra="ignore")
 

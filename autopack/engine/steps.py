@@ -46,7 +46,7 @@ from autopack.escalation import effective_complexity, model_from_chain, trailing
 from autopack.governance.doctor_prompt import render_doctor_prompt
 from autopack.governance.routing import backoff_seconds
 from autopack.normalize import failure_key
-from autopack.replan import Failure, ReplanError, parse_replan, should_replan
+from autopack.replan import Failure, ReplanError, parse_replan, should_replan_now
 from autopack.sandbox.junit import JUnitError, failure_messages, parse_junit
 from autopack.sandbox.limits import SandboxLimits
 from autopack.states import PhaseState, RunState, TierState, is_terminal_run
@@ -940,7 +940,7 @@ def _diagnose(services: Services, ph: Phase, current: Attempt, burned: int, args
     rb = services.config.strategy.run
     cfg = rb.doctor
     replan_failures = [Failure(x.cls.value, x.message) for x in args.failures if x.cls.value not in NOT_BURNING]
-    go, why = should_replan(replan_failures, ph.replans, rb.replan_similarity, rb.max_replans)
+    go, why = should_replan_now(replan_failures, ph.replans, rb.replan_similarity, rb.max_replans)
     spec = ph.spec
 
     def ask(model: str) -> str:

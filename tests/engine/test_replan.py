@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from autopack.replan import Failure, ReplanError, parse_replan, should_replan
+from autopack.replan import Failure, ReplanError, fatal_type, parse_replan, should_replan, should_replan_now
 from tests.engine.harness import demo_model, demo_plan, drive, make_services, phase, register, submit, view
 
 pytestmark = pytest.mark.sandbox
@@ -55,3 +55,66 @@ def test_should_replan() -> None:
     assert parse_replan('ok: {"goal": "g", "approach": "a"}').goal == "g"
     with pytest.raises(ReplanError):
         parse_replan('{"approach": "no goal"}')
+
+
+@pytest.mark.parametrize(("text", "kind"), [
+    ("E   ModuleNotFoundError: No module named 'flask'", "wrong stack"),
+    ("ModuleNotFoundError: No module named 'calc.parse'", None),  # the project's own module: not the stack
+    ("sqlite3.OperationalError: no such column: users.email", "schema mismatch"),
+    ('psycopg.errors.UndefinedColumn: column "email" does not exist', "schema mismatch"),
+    ("relation users does not exist", "schema mismatch"),
+    ("ImportError: cannot import name 'parse' from 'calc'", "contract wrong"),
+    ("TypeError: mean() got an unexpected keyword argument 'x'", "contract wrong"),
+    ("TypeError: parse_numbers() missing 1 required positional argument: 'sep'", "contract wrong"),
+    ("TypeError: f() takes 1 positional argument but 2 were given", "contract wrong"),
+    ("AssertionError: 3 != 4", None),
+    ("Failed: DID NOT RAISE <class 'ValueError'>", None),
+])
+def test_fatal_type(text: str, kind: str | None) -> None:
+    assert fatal_type(text) == kind
+
+
+def test_should_replan_now_on_a_fatal_type() -> None:
+    fatal = [Failure("test_failure", "TypeError: parse_numbers() missing 1 required positional argument: 'sep'")]
+    go, why = should_replan_now(fatal, 0)
+    assert go and "contract wrong" in why
+    assert not should_replan_now(fatal, 1)[0]  # already re-planned
+    assert not should_replan_now([Failure("test_failure", "AssertionError: 3 != 4")], 0)[0]
+
+
+PARSE_CONTRACT = '''=== FILE: calc/parse.py ===
+```python
+"""Parsing numbers from text."""
+
+
+def parse_numbers(text: str, sep: str) -> list[float]:
+    return [float(t) for t in text.split(sep) if t]
+```
+'''
+
+
+def test_a_fatal_failure_type_is_replanned_at_once(local_settings, demo_repo: Path) -> None:
+    good = demo_model()
+    planned: list[str] = []
+
+    def respond(req):  # type: ignore[no-untyped-def]
+        first = req.messages[0].content
+        if req.system.startswith("You are the Planner"):
+            planned.append(first)
+            return '{"goal": "%s", "approach": "Keep the one-argument contract the tests use."}' % NEW_GOAL
+        if req.system.startswith("You are the Builder") and "# Phase parse" in first:
+            return good.__globals__["PARSE_FIXED"] if NEW_GOAL in first else PARSE_CONTRACT
+        return good(req)
+
+    services, _ = make_services(local_settings, respond)
+    register(local_settings, demo_repo)
+    run_id = submit(services, demo_plan())
+    drive(services, ("start_run", run_id))
+    v = view(services, run_id)
+    assert v["state"] == "DONE_SUCCESS", v["failure_reason"]
+    ph = phase(v, "parse")
+    assert ph["attempts"] == 2 and ph["replans"] == 1 and ph["goal"] == NEW_GOAL
+    assert ph["plan_history"][0]["replaced_after_attempt"] == 1 and "contract wrong" in ph["plan_history"][0]["reason"]
+    first = ph["attempt_details"][0]
+    assert first["doctor"]["action"] == "replan" and first["doctor"]["source"] == "rules"
+    assert len(planned) == 1 and "missing 1 required positional argument" in planned[0]
