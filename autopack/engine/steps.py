@@ -706,6 +706,15 @@ def audit(services: Services, attempt_id: int, ctx: StepContext) -> list[Step]:
         summary = (a.test_result or {}).get("summary", "")
         rules_text, rule_ids, rules_tokens = auditor_guidance(s, ph, services.config.strategy.learning)
         dual = bool(ph.budget.get("dual_audit"))
+        skipped: list[tuple[str, str]] = []
+        if not dual:
+            # A single audit moves past a provider near its quota or out; a dual audit keeps its two
+            # providers (and a high-risk review never goes to a weaker model).
+            route = choose_model(s, services.config.models, services.config.strategy.run.routing, role="auditor",
+                                 complexity=spec["complexity"], category=spec["category"], high_risk=False,
+                                 chain=[model, *services.config.models.roles["auditor"].fallback])
+            if route.model is not None and route.model != model:
+                skipped, model = route.skipped, route.model  # recorded on the audit
     diff = wt.diff(repo, parent, sha)
     gate_text = f"{'passed' if gate.get('passed') else 'failed'}: {gate.get('reason', '')}; tests: {summary}"
     system, user = render_auditor_prompt(
@@ -725,6 +734,8 @@ def audit(services: Services, attempt_id: int, ctx: StepContext) -> list[Step]:
 
     try:
         record = review("auditor", model)
+        if skipped:
+            record["skipped"] = [{"model": m, "reason": r} for m, r in skipped]
         if dual:
             second = services.model_for("second_auditor", spec["complexity"])
             if services.config.models.provider_of(second) == services.config.models.provider_of(model):

@@ -153,3 +153,17 @@ def test_high_risk_phase_stops_instead_of_downgrading(local_settings, demo_repo:
     with session_scope(local_settings.db_url) as s:
         models = {c.model for c in s.scalars(select(ModelCall).where(ModelCall.role == "builder"))}
     assert models == {"claude-haiku-4-5"}
+
+
+def test_a_single_audit_moves_past_a_provider_near_its_quota(local_settings, demo_repo: Path) -> None:
+    services, client = make_services(local_settings, stats_model)
+    register(local_settings, demo_repo)
+    run_id = submit(services, stats_plan("feature"))
+    _usage(local_settings.db_url, run_id, "openai", 3_800_000)  # the auditor's provider (gpt-5-mini)
+    drive(services, ("start_run", run_id))
+    v = view(services, run_id)
+    assert v["state"] == "DONE_SUCCESS", v["failure_reason"]
+    audit = phase(v, "stats")["attempt_details"][0]["audit"]
+    assert audit["model"] == "claude-haiku-4-5" and audit["skipped"][0]["model"] == "gpt-5-mini"
+    assert "near its quota" in audit["skipped"][0]["reason"]
+    assert [c.model for c in client.calls if c.system.startswith("You are the Auditor")] == ["claude-haiku-4-5"]
