@@ -21,6 +21,7 @@ ROUTES: dict[str, tuple[str, str]] = {
     "probe": ("autopack.probe", "ci"),
     "audit": ("autopack.audit", "audit"),
     "decide": ("autopack.decide", "events"),
+    "diagnose": ("autopack.diagnose", "agents"),
 }
 
 

@@ -824,27 +824,24 @@ def decide_attempt(services: Services, attempt_id: int, ctx: StepContext) -> lis
         )
         decision = decide(outcome)
         cls = classify_attempt(a, ph.budget["audit"]) if decision.action != "complete" else None
-        diagnosis = a.doctor  # a redelivered decide reuses the Doctor's recorded answer
-        consult_args = None
+        diagnosis = a.doctor  # recorded by the diagnose step (or a redelivered decide's first pass)
         if decision.action == "retry" and diagnosis is None and cls is not None:
-            consult_args = _consult_args(s, ph, a, cls)
+            args = _consult_args(s, services, ph, a, cls)
+            if _needs_agent(args, services.config.strategy.run.doctor):
+                # The Doctor's and the planner's model calls run on the agents queue; decide comes back.
+                ctx.guard(s)
+                return ctx.finish(s, [("diagnose", attempt_id)])
+            diagnosis = consult(args.failures, cfg=services.config.strategy.run.doctor, already_replanned=args.already_replanned,
+                                replan_reason=None, phase_calls=args.phase_calls, run_calls=args.run_calls, ask=None)
         repo, branch, head, sha, base = Path(run.project.repo_path), run.branch, run.head_commit, a.candidate_commit, run.base_commit
     if decision.action == "fail" and diagnosis is None:
         diagnosis = {"class": cls.value if cls else a.failure_class, "action": "fail", "source": "rules", "confidence": 1.0,
                      "reason": f"no attempts left: {decision.reason}", "hint": "", "burns_attempt": True, "calls": []}
-    if consult_args is not None:
-        diagnosis = _diagnose(services, ph, a, burned, consult_args)
-        with session_scope(services.db_url) as s:
-            ctx.guard(s)
-            a2 = s.get(Attempt, attempt_id)
-            assert a2 is not None
-            if a2.decision is not None:
-                return []
-            a2.classification, a2.doctor = diagnosis["class"], diagnosis
     action = diagnosis["action"] if decision.action == "retry" and diagnosis else decision.action
     replanned = None
-    if action == "replan":
-        replanned = _replan(services, ph, a, diagnosis["reason"] if diagnosis else "")
+    if action == "replan" and diagnosis and diagnosis.get("plan"):
+        plan = diagnosis["plan"]
+        replanned = (plan["goal"], plan["approach"], diagnosis["reason"], plan["model"])
     lesson = None
     if decision.action == "complete" and services.config.strategy.learning.lesson_model and any(
         x.failure_key for x in ph.attempts if x.id != attempt_id
@@ -928,42 +925,88 @@ class _ConsultArgs:
     failures: list[Any]
     phase_calls: int
     run_calls: int
+    already_replanned: bool
+    replan_reason: str | None
+    burned: int
 
 
-def _consult_args(s: Session, ph: Phase, current: Attempt, cls: Any) -> _ConsultArgs:
-    """What the Doctor needs, read inside the decide step's first transaction."""
+def _consult_args(s: Session, services: Services, ph: Phase, current: Attempt, cls: Any) -> _ConsultArgs:
+    """What the Doctor needs, read in a transaction: the phase's failures, the Doctor's calls so far
+    and whether the re-plan rule (alike failures, a fatal type) fires."""
     from sqlalchemy import func
 
     from autopack.governance.doctor import FailureRecord
 
+    rb = services.config.strategy.run
     failures = history([x for x in ph.attempts if x.id != current.id], ph.budget["audit"])
     failures.append(FailureRecord(cls, current.failure_signature or current.failure or ""))
+    replan_failures = [Failure(x.cls.value, x.message) for x in failures if x.cls.value not in NOT_BURNING]
+    go, why = should_replan_now(replan_failures, ph.replans, rb.replan_similarity, rb.max_replans)
     doctor_calls = select(func.count(ModelCall.id)).where(ModelCall.role == "doctor")
     return _ConsultArgs(
         failures=failures,
         phase_calls=int(s.scalar(doctor_calls.where(ModelCall.phase_id == ph.id)) or 0),
         run_calls=int(s.scalar(doctor_calls.where(ModelCall.run_id == ph.run_id)) or 0),
+        already_replanned=ph.replans >= rb.max_replans,
+        replan_reason=why if go else None,
+        burned=sum(1 for x in ph.attempts if x.failure_class not in NOT_BURNING),
     )
 
 
-def _diagnose(services: Services, ph: Phase, current: Attempt, burned: int, args: _ConsultArgs) -> dict[str, Any]:
-    """The Doctor's record for ``current``: the similarity re-plan rule first, then ``consult``."""
+def _needs_agent(args: _ConsultArgs, cfg: Any) -> bool:
+    """Whether deciding needs a model (a re-plan, or the Doctor where the rules do not settle it)."""
+    from autopack.governance.doctor import DoctorBudget, can_call, deterministic_decision
+
+    if args.replan_reason is not None:
+        return True
+    if deterministic_decision(args.failures, already_replanned=args.already_replanned) is not None:
+        return False
+    return cfg.model is not None and can_call(args.phase_calls, args.run_calls, DoctorBudget(cfg.max_calls_per_phase, cfg.max_calls_per_run))
+
+
+def diagnose(services: Services, attempt_id: int, ctx: StepContext) -> list[Step]:
+    """On the agents queue: the Doctor's decision about a failed attempt (cheap model, then the
+    strong one when unsure) or the planner's new plan for the phase, recorded on the attempt;
+    then decide again, which acts on it."""
+    with session_scope(services.db_url) as s:
+        a = s.get(Attempt, attempt_id)
+        if a is None or a.decision is not None:
+            return []
+        ph, run = a.phase, a.phase.run
+        if is_terminal_run(run.state):
+            return []
+        if a.doctor is None:
+            cls = classify_attempt(a, ph.budget["audit"])
+            if cls is None:
+                return ctx.finish(s, [("decide", attempt_id)])
+            args = _consult_args(s, services, ph, a, cls)
+    if a.doctor is not None:  # a redelivered diagnose: the record is kept, decide again
+        with session_scope(services.db_url) as s:
+            ctx.guard(s)
+            return ctx.finish(s, [("decide", attempt_id)])
     rb = services.config.strategy.run
-    cfg = rb.doctor
-    replan_failures = [Failure(x.cls.value, x.message) for x in args.failures if x.cls.value not in NOT_BURNING]
-    go, why = should_replan_now(replan_failures, ph.replans, rb.replan_similarity, rb.max_replans)
-    spec = ph.spec
+    cfg, spec = rb.doctor, ph.spec
 
     def ask(model: str) -> str:
         system, user = render_doctor_prompt(
             services.prompts, phase_id=ph.key, category=spec["category"], goal=spec["goal"], scope=spec["scope"],
-            history=args.failures, attempts_used=burned, max_attempts=ph.max_attempts, already_replanned=ph.replans >= rb.max_replans,
+            history=args.failures, attempts_used=args.burned, max_attempts=ph.max_attempts, already_replanned=args.already_replanned,
         )
-        call = make_call(services, CallScope(ph.run_id, ph.id, current.id, "doctor", model, None))
+        call = make_call(services, CallScope(ph.run_id, ph.id, attempt_id, "doctor", model, None))
         return call(system, [Message(role="user", content=user)], cfg.max_tokens).text
 
-    return consult(args.failures, cfg=cfg, already_replanned=ph.replans >= rb.max_replans, replan_reason=why if go else None,
-                   phase_calls=args.phase_calls, run_calls=args.run_calls, ask=ask)
+    record = consult(args.failures, cfg=cfg, already_replanned=args.already_replanned, replan_reason=args.replan_reason,
+                     phase_calls=args.phase_calls, run_calls=args.run_calls, ask=ask)
+    if record["action"] == "replan":
+        plan = _replan(services, ph, a, record["reason"])
+        record["plan"] = None if plan is None else {"goal": plan[0], "approach": plan[1], "model": plan[3]}
+    with session_scope(services.db_url) as s:
+        ctx.guard(s)
+        a = s.get(Attempt, attempt_id)
+        assert a is not None
+        if a.decision is None and a.doctor is None:
+            a.classification, a.doctor = record["class"], record
+        return ctx.finish(s, [("decide", attempt_id)])
 
 
 def _replan(services: Services, ph: Phase, current: Attempt, why: str) -> tuple[str, str, str, str] | None:
@@ -1020,4 +1063,5 @@ STEPS: dict[str, Callable[[Services, Any, StepContext], list[Step]]] = {
     "probe": probe,
     "audit": audit,
     "decide": decide_attempt,
+    "diagnose": diagnose,
 }

@@ -113,7 +113,7 @@ def call_step(services: Services, run_id: str, name: str, arg: Any) -> list[Step
         with session_scope(services.db_url) as s:
             row = s.get(StepRow, sid)
             assert row is not None
-            out.append((row.name, int(row.arg) if row.name in ("build", "probe", "audit", "decide") else row.arg))
+            out.append((row.name, int(row.arg) if row.name in ("build", "probe", "audit", "decide", "diagnose") else row.arg))
     return out
 
 
