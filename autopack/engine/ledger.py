@@ -52,13 +52,22 @@ def _ensure_day(session: Session, project_id: int, day: str) -> None:
 def reserve(session: Session, run_id: str, phase_id: int | None, tokens: int, cost: float, phase_token_cap: int | None,
             *, daily_token_cap: int | None = None, daily_cost_cap: float | None = None,
             step: tuple[int, int] | None = None) -> Reservation:
-    """Reserve ``tokens`` and ``cost`` on the run (and the project's day when caps are given), or
-    raise ``BudgetExceeded`` and reserve nothing (the caller's transaction rolls back). ``step`` is
+    """Reserve ``tokens`` and ``cost`` on the run (and the project's day when caps are given) after
+    checking the phase's caps, or raise ``BudgetExceeded`` and reserve nothing (the caller's
+    transaction rolls back). ``step`` is
     the (step id, fence) making the call, so the reconciler can release what a dead worker left."""
-    if phase_id is not None and phase_token_cap is not None:
+    if phase_id is not None:
+        # The phase's caps (its category's token_cap and cost_cap_usd) bound every call made for it:
+        # Builder, auditors, judge, Doctor, planner. One call of a phase runs at a time.
         ph = session.get(Phase, phase_id)
-        if ph is not None and ph.tokens_used + tokens > phase_token_cap:
-            raise BudgetExceeded("tokens", f"phase token cap {phase_token_cap} reached ({ph.tokens_used} used, call needs up to {tokens})")
+        if ph is not None:
+            token_cap = phase_token_cap if phase_token_cap is not None else (ph.budget or {}).get("token_cap")
+            cost_cap = (ph.budget or {}).get("cost_cap_usd")
+            if token_cap is not None and ph.tokens_used + tokens > int(token_cap):
+                raise BudgetExceeded("tokens", f"phase token cap {token_cap} reached ({ph.tokens_used} used, call needs up to {tokens})")
+            if cost_cap is not None and ph.cost_usd + cost > float(cost_cap) + 1e-12:
+                raise BudgetExceeded("cost", f"phase cost cap ${float(cost_cap):.2f} reached (${ph.cost_usd:.4f} spent, "
+                                             f"call needs up to ${cost:.4f})")
     res = session.execute(
         update(Run)
         .where(

@@ -216,3 +216,27 @@ def test_a_reservation_outside_a_step_is_released_when_its_run_ends(sqlite_url: 
     with session_scope(sqlite_url) as s:
         assert release_orphans(s) == 1
     assert _reserved(sqlite_url, run_id) == (0, 0, 0, 0)
+
+
+def test_a_phases_caps_bound_every_call_made_for_it(sqlite_url: str) -> None:
+    from autopack.db.models import Phase, Tier
+
+    run_id = _run(sqlite_url)
+    with session_scope(sqlite_url) as s:
+        tier = Tier(run_id=run_id, key="t", name="t", index=0)
+        s.add(tier)
+        s.flush()
+        ph = Phase(run_id=run_id, tier_id=tier.id, key="p", index=0, spec={}, budget={"token_cap": 500, "cost_cap_usd": 0.05},
+                   max_attempts=3, tokens_used=400, cost_usd=0.04)
+        s.add(ph)
+        s.flush()
+        phase_id = ph.id
+    with session_scope(sqlite_url) as s:  # an auditor's call: no explicit cap, the phase's apply
+        with pytest.raises(BudgetExceeded, match="phase token cap 500"):
+            reserve(s, run_id, phase_id, 150, 0.001, None)
+    with session_scope(sqlite_url) as s:
+        with pytest.raises(BudgetExceeded, match=r"phase cost cap \$0.05") as exc:
+            reserve(s, run_id, phase_id, 50, 0.02, None)
+        assert exc.value.kind == "cost"
+    with session_scope(sqlite_url) as s:
+        reserve(s, run_id, phase_id, 100, 0.01, None)

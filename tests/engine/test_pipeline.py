@@ -230,3 +230,17 @@ def test_a_baseline_that_cannot_run_stops_the_run_before_any_model_call(local_se
     assert v["state"] == "DONE_FAILED_SETUP"
     assert "baseline tests could not run" in v["failure_reason"] and "JUnit" in v["failure_reason"]
     assert client.calls == []
+
+
+def test_the_phase_cost_cap_stops_the_run_before_the_call(local_settings, demo_repo: Path) -> None:
+    services, client = make_services(local_settings, demo_model())
+    strategy = services.config.strategy.model_copy(deep=True)
+    strategy.categories["feature"] = {"cost_cap_usd": 0.001}
+    services.config = services.config.model_copy(update={"strategy": strategy})
+    register(local_settings, demo_repo)
+    run_id = submit(services, demo_plan())
+    drive(services, ("start_run", run_id))
+    v = view(services, run_id)
+    assert v["state"] == "DONE_FAILED_BUDGET_EXHAUSTED"
+    assert v["failure_reason"].startswith("phase stats: phase cost cap $0.00 reached")
+    assert client.calls == []
