@@ -220,7 +220,10 @@ def _print_run(run: dict[str, Any]) -> None:
         _out(f"  tier {tier['id']}: {tier['state']}")
         for ph in tier["phases"]:
             commit = (ph.get("commit") or "")[:10]
-            _out(f"    {ph['id']:<20} {ph['state']:<9} attempts {ph['attempts']}/{ph['max_attempts']} {commit}")
+            details = ph.get("attempt_details") or []
+            waiting = bool(details) and details[-1].get("state") == "AWAITING_BUILDER"
+            note = f"waiting for its external Builder: autopack submit-edits {run['id']} {ph['id']} FILE" if waiting else ""
+            _out(f"    {ph['id']:<20} {ph['state']:<9} attempts {ph['attempts']}/{ph['max_attempts']} {commit}{note}".rstrip())
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:

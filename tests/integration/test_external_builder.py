@@ -74,6 +74,8 @@ def test_external_builder_on_a_real_cluster(tmp_path: Path, redis_url: str, pg_u
                 break
             assert time.monotonic() < deadline, view
             time.sleep(0.3)
+        shown = cli("status", run_id).stdout
+        assert f"attempts 1/3 waiting for its external Builder: autopack submit-edits {run_id} stats FILE" in shown, shown
         sent = cli("submit-edits", run_id, "stats", str(edits), "--by", "integration-test")
         assert sent.returncode == 0, sent.stderr
         deadline = time.monotonic() + 120
