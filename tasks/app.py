@@ -70,6 +70,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "timezone": "UTC",
     }
     if settings.celery_broker_url.startswith("filesystem://"):
+        conf["broker_transport"] = "tasks.fs_transport:Transport"  # atomic message files
         conf["broker_transport_options"] = {
             "data_folder_in": str(settings.broker_dir / "queue"),
             "data_folder_out": str(settings.broker_dir / "queue"),

@@ -1,4 +1,5 @@
-"""Test support: poll Flower's workers API until it lists at least three workers."""
+"""Test support: poll Flower's workers API until it lists at least three workers, each with the
+queues it consumes (Flower fills those in from a broadcast that can miss a busy worker's reply)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ def flower_workers(port: int, auth: str, timeout: float = 60) -> dict:  # type: 
         try:
             with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - loopback
                 workers = json.loads(resp.read())
-                if len(workers) >= 3:
+                if len(workers) >= 3 and all(info.get("active_queues") for info in workers.values()):
                     return workers
                 last = workers
         except OSError as exc:
