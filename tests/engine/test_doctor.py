@@ -18,6 +18,7 @@ from autopack.engine.issues import run_issues
 from autopack.engine.runs import get_run, list_events
 from autopack.plan import parse_plan
 from autopack.workspace.git import Git
+from web.schemas import RunOut
 from tests.engine.harness import demo_model, demo_plan, drive, make_services, phase, register, submit, view
 
 pytestmark = pytest.mark.sandbox
@@ -101,6 +102,7 @@ def test_retry_with_the_doctors_hint(local_settings, demo_repo: Path) -> None:
     with session_scope(local_settings.db_url) as s:
         roles = [c.role for c in s.scalars(select(ModelCall).where(ModelCall.role == "doctor"))]
     assert roles == ["doctor"]
+    RunOut.model_validate(v)
 
 
 def test_an_unsure_doctor_escalates_and_the_strong_one_skips_the_phase(local_settings, demo_repo: Path) -> None:

@@ -18,6 +18,7 @@ from autopack.engine.runs import list_events
 from autopack.plan import parse_plan
 from tests.engine.harness import demo_model, drive, make_services, phase, register, submit, view
 from web import create_app
+from web.schemas import RunOut
 
 pytestmark = pytest.mark.sandbox
 
@@ -112,6 +113,7 @@ def test_external_builder_over_http(local_settings, demo_repo: Path, tmp_path: P
     assert stats["state"] == "COMPLETE" and stats["attempts"] == 3 and stats["attempt_details"][2]["decision"] == "complete"
     assert stats["attempt_details"][2]["audit"]["verdict"] == "approve"
     assert phase(v, "parse")["state"] == "COMPLETE"
+    RunOut.model_validate(v)  # what GET /runs/<id> returns matches its published schema
     assert http.post(url, json={"edits": G["STATS"]}).status_code == 409
     with session_scope(local_settings.db_url) as s:
         kinds = [e["type"] for e in list_events(s, run_id)]

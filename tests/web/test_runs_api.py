@@ -148,7 +148,8 @@ def test_openapi_document(api) -> None:  # type: ignore[no-untyped-def]
     client, _ = api
     doc = client.get("/openapi.json").get_json()
     assert doc["openapi"].startswith("3.1")
-    assert {"/runs", "/runs/{run_id}", "/runs/{run_id}/cancel", "/runs/{run_id}/events", "/health"} <= set(doc["paths"])
+    assert {"/runs", "/runs/{run_id}", "/runs/{run_id}/cancel", "/runs/{run_id}/events", "/health",
+            "/runs/{run_id}/phases/{phase}/builder_result"} <= set(doc["paths"])
     schemas = doc["components"]["schemas"]
     assert schemas["Plan"]["additionalProperties"] is False
 
