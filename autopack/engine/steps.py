@@ -721,19 +721,24 @@ def audit(services: Services, attempt_id: int, ctx: StepContext) -> list[Step]:
         services.prompts, phase_id=spec["id"], goal=spec["goal"], category=spec["category"],
         deliverables=spec.get("deliverables", []), gate=gate_text, diff=diff, rules_text=rules_text,
     )
-    def review(role: str, model: str) -> dict[str, Any]:
-        call = make_call(services, CallScope(run_id, phase_id, attempt_id, role, model, None, tuple(rule_ids), (), rules_tokens))
-        provider = services.config.models.provider_of(model)
+    def review(role: str, model: str, fallback: list[str] | None = None) -> dict[str, Any]:
+        scope = CallScope(run_id, phase_id, attempt_id, role, model, None, tuple(rule_ids), (), rules_tokens)
+        # A single audit moves along the auditor's chain on an outage; a dual audit keeps its providers.
+        call, used = fallback_call(services, scope, list(dict.fromkeys([model, *(fallback or [])])))
         try:
             verdict = parse_verdict(call(system, [Message(role="user", content=user)], 1500).text)
-            return {"model": model, "provider": provider, **verdict.model_dump(), "approved": verdict.approved}
+            out = {**verdict.model_dump(), "approved": verdict.approved}
         except VerdictError as exc:
-            return {"model": model, "provider": provider, "verdict": "invalid", "approved": None, "summary": str(exc), "issues": []}
+            out = {"verdict": "invalid", "approved": None, "summary": str(exc), "issues": []}
         except ProviderError as exc:
-            return {"model": model, "provider": provider, "verdict": "error", "approved": None, "summary": str(exc), "issues": []}
+            out = {"verdict": "error", "approved": None, "summary": str(exc), "issues": []}
+        model = used[-1]
+        return {"model": model, "provider": services.config.models.provider_of(model), **out,
+                **({"fallbacks": used[1:]} if len(used) > 1 else {})}
 
     try:
-        record = review("auditor", model)
+        record = review("auditor", model, None if dual else [m for m in services.config.models.roles["auditor"].fallback
+                                                             if m not in {x for x, _ in skipped}])
         if skipped:
             record["skipped"] = [{"model": m, "reason": r} for m, r in skipped]
         if dual:
@@ -754,6 +759,9 @@ def audit(services: Services, attempt_id: int, ctx: StepContext) -> list[Step]:
         if a.audit is not None:
             return []
         a.audit = record
+        if record["verdict"] == "error" and a.phase.budget["audit"] == "required":
+            # No auditor could be reached: not the change's fault, so no attempt is used up.
+            a.failure_class, a.failure = "provider_error", f"auditor unavailable: {record['summary']}"[:4000]
         emit(s, a.run_id, "attempt.audited", phase_key=a.phase.key, attempt_id=a.id, verdict=record["verdict"], summary=record["summary"])
         return ctx.finish(s, [("decide", attempt_id)])
 

@@ -153,3 +153,34 @@ def test_a_single_audit_moves_past_a_provider_near_its_quota(local_settings, dem
     assert audit["model"] == "claude-haiku-4-5" and audit["skipped"][0]["model"] == "gpt-5-mini"
     assert "near its quota" in audit["skipped"][0]["reason"]
     assert [c.model for c in client.calls if c.system.startswith("You are the Auditor")] == ["claude-haiku-4-5"]
+
+
+def test_an_auditor_outage_falls_back_and_a_total_one_uses_no_attempt(local_settings, demo_repo: Path) -> None:
+    down = {"gpt-5-mini", "claude-haiku-4-5", "claude-sonnet-4-5"}  # every auditor model, for the first review
+
+    def respond(req):  # type: ignore[no-untyped-def]
+        if req.system.startswith("You are the Auditor") and req.model in down:
+            down.discard(req.model)
+            raise ProviderUnavailable("p", "overloaded_error: Overloaded", 529)
+        return stats_model(req)
+
+    services, _ = make_services(local_settings, respond)
+    strategy = services.config.strategy.model_copy(deep=True)
+    strategy.categories["feature"] = {"audit": "required"}
+    strategy.run.routing.backoff_base_s = 0.05
+    services.config = services.config.model_copy(update={"strategy": strategy})
+    register(local_settings, demo_repo)
+    run_id = submit(services, stats_plan("feature"))
+    drive(services, ("start_run", run_id))
+    v = view(services, run_id)
+    assert v["state"] == "DONE_SUCCESS", v["failure_reason"]
+    first, second = phase(v, "stats")["attempt_details"]
+    # The whole chain was out: the attempt failed as a provider error and used up no attempt.
+    assert first["audit"]["verdict"] == "error" and first["audit"]["fallbacks"] == ["claude-haiku-4-5", "claude-sonnet-4-5"]
+    assert first["failure_class"] == "provider_error" and first["classification"] == "provider_error"
+    assert first["doctor"]["burns_attempt"] is False and first["decision"] == "retry"
+    # The next review skips openai, whose last call was the outage, for anthropic, which has answered since
+    # (the second attempt's Builder call).
+    assert second["audit"]["verdict"] == "approve" and second["audit"]["model"] == "claude-haiku-4-5"
+    assert second["audit"]["skipped"][0]["model"] == "gpt-5-mini" and "is down until" in second["audit"]["skipped"][0]["reason"]
+    assert second["decision"] == "complete"
