@@ -224,6 +224,10 @@ def _print_run(run: dict[str, Any]) -> None:
             waiting = bool(details) and details[-1].get("state") == "AWAITING_BUILDER"
             note = f"waiting for its external Builder: autopack submit-edits {run['id']} {ph['id']} FILE" if waiting else ""
             _out(f"    {ph['id']:<20} {ph['state']:<9} attempts {ph['attempts']}/{ph['max_attempts']} {commit}{note}".rstrip())
+            diagnosed = [d["doctor"] for d in details if d.get("doctor")]
+            if diagnosed:
+                last = diagnosed[-1]
+                _out(f"      last failure: {last.get('class')} -> {last.get('action')} ({last.get('source')}): {last.get('reason', '')[:160]}")
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:

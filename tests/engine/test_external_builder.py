@@ -101,6 +101,10 @@ def test_external_builder_over_http(local_settings, demo_repo: Path, tmp_path: P
         assert "cannot read" in capsys.readouterr().err
         assert main(["submit-edits", run_id, "nope", str(edits), "--api", api]) == 2
         assert "HTTP 404" in capsys.readouterr().err
+        assert main(["status", run_id, "--api", api]) == 0
+        shown = capsys.readouterr().out
+        assert f"attempts 3/3 waiting for its external Builder: autopack submit-edits {run_id} stats FILE" in shown
+        assert "last failure: scope_violation -> retry_with_fix (rules): first scope_violation of the phase" in shown
         assert main(["submit-edits", run_id, "stats", str(edits), "--by", "alice", "--api", api]) == 0
         assert capsys.readouterr().out.strip() == f"run {run_id} phase stats: attempt 3 SUBMITTED"
     finally:
