@@ -10,6 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from autopack.db.models import Event, ModelCall, Rule, Run
+from autopack.engine.issues import run_issues
 
 
 def collect_facts(session: Session, run: Run) -> dict[str, Any]:
@@ -22,6 +23,8 @@ def collect_facts(session: Session, run: Run) -> dict[str, Any]:
             attempts.append({
                 "number": a.number, "model": a.model, "decision": a.decision, "failure_class": a.failure_class,
                 "failure": (a.failure or "").splitlines()[0][:200] if a.failure else None,
+                "classification": a.classification, "action": (a.doctor or {}).get("action"),
+                "action_by": (a.doctor or {}).get("source"), "action_reason": ((a.doctor or {}).get("reason") or "")[:200] or None,
                 "commit": a.candidate_commit, "tokens": a.tokens_used, "cost_usd": round(a.cost_usd, 6),
                 "started": a.created_at.isoformat(), "finished": a.finished_at.isoformat() if a.finished_at else None,
             })
@@ -55,7 +58,8 @@ def collect_facts(session: Session, run: Run) -> dict[str, Any]:
         "failures_by_class": dict(sorted(failures.items())), "fixes": fixes, "cost_by_role_model": dict(sorted(cost.items())),
         "rules_applied": [f"rule {i}" for i in sorted(applied)],
         "rules_learned": [f"rule {r.id} ({r.scope_pattern}): {r.text}" for r in learned],
-        "open_issues": [],
+        "open_issues": [f"[{i['severity']}] {i['source']}: {i['summary'][:200]} (phases {', '.join(i['phases'])})"
+                        for i in run_issues(session, run)["issues"] if i["open_in_run"]],
     }
 
 
@@ -72,6 +76,8 @@ def render(facts: dict[str, Any], narrative: str | None = None) -> str:
         for a in ph["attempts"]:
             what = a["decision"] or "unfinished"
             why = f" ({a['failure_class']}: {a['failure']})" if a["failure_class"] else ""
+            if a.get("action"):
+                why += f"; {a.get('classification') or a['failure_class']} → {a['action']} by {a['action_by']}: {a['action_reason']}"
             out.append(f"  - attempt {a['number']} with {a['model']}: {what}{why}")
     out += ["", "## Failures and what fixed them", ""]
     if facts["failures_by_class"]:

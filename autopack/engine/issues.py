@@ -47,8 +47,9 @@ def raised_on(a: Attempt) -> list[dict[str, str]]:
 
 
 def record(session: Session, a: Attempt, accepted: bool) -> int:
-    """Record ``a``'s issues. Those of an accepted attempt stay open; those of an attempt that was
-    retried are closed for the run when its phase later completes (``close_fixed``)."""
+    """Record ``a``'s issues. Those of the attempt that settles its phase (``accepted``: it completed
+    the phase, or the phase ends here failed or skipped) stay open; those of an attempt that is
+    retried are recorded as seen but not open: the retry is there to fix them."""
     ph = a.phase
     run = ph.run
     now = utcnow()

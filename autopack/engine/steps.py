@@ -878,7 +878,7 @@ def decide_attempt(services: Services, attempt_id: int, ctx: StepContext) -> lis
             a.classification, a.doctor = diagnosis["class"], diagnosis
             emit(s, run.id, "attempt.diagnosed", phase_key=ph.key, attempt_id=a.id, failure_class=diagnosis["class"],
                  action=diagnosis["action"], source=diagnosis["source"], reason=diagnosis["reason"][:500])
-        issues.record(s, a, accepted=decision.action == "complete")
+        issues.record(s, a, accepted=action not in ("retry_with_fix", "replan"))
         if decision.action == "complete":
             a.state = "ACCEPTED"
             run.head_commit = sha

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from autopack import postmortem
 from autopack.config import load_config
 from autopack.db.models import ModelCall
 from autopack.db.session import session_scope
@@ -131,9 +132,15 @@ def test_mark_fatal_ends_the_run_and_is_an_issue(local_settings, demo_repo: Path
     assert phase(v, "cli")["state"] == "QUEUED"
     with session_scope(local_settings.db_url) as s:
         found = run_issues(s, get_run(s, run_id))["issues"]
+        run = get_run(s, run_id)
+        markdown = postmortem.render(postmortem.collect_facts(s, run))
     doctor_issues = [i for i in found if i["source"] == "doctor"]
-    assert len(doctor_issues) == 1 and doctor_issues[0]["severity"] == "major"
+    assert len(doctor_issues) == 1 and doctor_issues[0]["severity"] == "major" and doctor_issues[0]["open_in_run"]
     assert "mark_fatal" in doctor_issues[0]["summary"] and "contradict" in doctor_issues[0]["summary"]
+    # The postmortem tells what was decided about each failure, and keeps the issue open.
+    assert "test_failure → retry_with_fix by rules" in markdown
+    assert "test_failure → mark_fatal by model: the tests contradict the goal" in markdown
+    assert "- [major] doctor: mark_fatal: the tests contradict the goal (phases parse)" in markdown
 
 
 def test_rollback_moves_the_branch_back_to_the_base(local_settings, demo_repo: Path) -> None:
