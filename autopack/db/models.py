@@ -142,6 +142,8 @@ class Attempt(Base):
     routing: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     # Edits posted by an external Builder (phase ``builder: external``), before they are applied.
     submission: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # The lesson model's lesson for the hint this attempt's fix leaves ("" when it gave none).
+    lesson: Mapped[str | None] = mapped_column(Text, nullable=True)
     tokens_used: Mapped[int] = mapped_column(BigInteger, default=0)
     cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

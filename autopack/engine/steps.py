@@ -833,6 +833,11 @@ def decide_attempt(services: Services, attempt_id: int, ctx: StepContext) -> lis
         decision = decide(outcome)
         cls = classify_attempt(a, ph.budget["audit"]) if decision.action != "complete" else None
         diagnosis = a.doctor  # recorded by the diagnose step (or a redelivered decide's first pass)
+        if decision.action == "complete" and a.lesson is None and _wants_lesson(services, ph, a):
+            # The lesson model's call runs on the agents queue too; decide comes back to complete.
+            ctx.guard(s)
+            return ctx.finish(s, [("diagnose", attempt_id)])
+        lesson = a.lesson or None
         if decision.action == "retry" and diagnosis is None and cls is not None:
             args = _consult_args(s, services, ph, a, cls)
             if _needs_agent(args, services.config.strategy.run.doctor):
@@ -850,11 +855,6 @@ def decide_attempt(services: Services, attempt_id: int, ctx: StepContext) -> lis
     if action == "replan" and diagnosis and diagnosis.get("plan"):
         plan = diagnosis["plan"]
         replanned = (plan["goal"], plan["approach"], diagnosis["reason"], plan["model"])
-    lesson = None
-    if decision.action == "complete" and services.config.strategy.learning.lesson_model and any(
-        x.failure_key for x in ph.attempts if x.id != attempt_id
-    ):
-        lesson = _model_lesson(services, ph, a, repo)
     if decision.action == "complete" or action == "rollback_run":
         target = sha if decision.action == "complete" else base
         assert target is not None and head is not None
@@ -973,9 +973,10 @@ def _needs_agent(args: _ConsultArgs, cfg: Any) -> bool:
 
 
 def diagnose(services: Services, attempt_id: int, ctx: StepContext) -> list[Step]:
-    """On the agents queue: the Doctor's decision about a failed attempt (cheap model, then the
-    strong one when unsure) or the planner's new plan for the phase, recorded on the attempt;
-    then decide again, which acts on it."""
+    """On the agents queue, the model calls a decision needs, recorded on the attempt: for a failed
+    attempt the Doctor's decision (cheap model, then the strong one when unsure) or the planner's
+    new plan; for a passing one that fixed earlier failures, the lesson model's lesson. Then decide
+    again, which acts on it."""
     with session_scope(services.db_url) as s:
         a = s.get(Attempt, attempt_id)
         if a is None or a.decision is not None:
@@ -983,11 +984,24 @@ def diagnose(services: Services, attempt_id: int, ctx: StepContext) -> list[Step
         ph, run = a.phase, a.phase.run
         if is_terminal_run(run.state):
             return []
-        if a.doctor is None:
-            cls = classify_attempt(a, ph.budget["audit"])
-            if cls is None:
+        cls = classify_attempt(a, ph.budget["audit"])
+        if cls is None:
+            # A passing attempt that fixed earlier failures: the lesson model writes the hint's lesson.
+            if a.lesson is not None or not _wants_lesson(services, ph, a):
+                ctx.guard(s)
                 return ctx.finish(s, [("decide", attempt_id)])
+            repo = Path(run.project.repo_path)
+        elif a.doctor is None:
             args = _consult_args(s, services, ph, a, cls)
+    if cls is None:
+        lesson = _model_lesson(services, ph, a, repo)
+        with session_scope(services.db_url) as s:
+            ctx.guard(s)
+            a = s.get(Attempt, attempt_id)
+            assert a is not None
+            if a.lesson is None:
+                a.lesson = lesson or ""  # "" : asked, no usable answer; the built-in lesson is used
+            return ctx.finish(s, [("decide", attempt_id)])
     if a.doctor is not None:  # a redelivered diagnose: the record is kept, decide again
         with session_scope(services.db_url) as s:
             ctx.guard(s)
@@ -1034,6 +1048,12 @@ def _replan(services: Services, ph: Phase, current: Attempt, why: str) -> tuple[
         log.warning("re-planning phase %s failed (%s); retrying with the old plan", ph.key, exc)
         return None
     return plan.goal.strip(), plan.approach.strip(), why, model
+
+
+def _wants_lesson(services: Services, ph: Phase, accepted: Attempt) -> bool:
+    """Whether a lesson model is configured and ``accepted`` fixed earlier failures of its phase."""
+    return bool(services.config.strategy.learning.lesson_model) and any(
+        x.failure_key for x in ph.attempts if x.id != accepted.id)
 
 
 def _model_lesson(services: Services, ph: Phase, accepted: Attempt, repo: Path) -> str | None:

@@ -23,6 +23,7 @@ def upgrade() -> None:
         batch.add_column(sa.Column("doctor", sa.JSON(), nullable=True))
         batch.add_column(sa.Column("routing", sa.JSON(), nullable=True))
         batch.add_column(sa.Column("submission", sa.JSON(), nullable=True))
+        batch.add_column(sa.Column("lesson", sa.Text(), nullable=True))
     with op.batch_alter_table("model_calls") as batch:
         batch.create_index("ix_model_calls_provider_created_at", ["provider", "created_at"])
     op.create_table(
@@ -56,5 +57,5 @@ def downgrade() -> None:
     with op.batch_alter_table("model_calls") as batch:
         batch.drop_index("ix_model_calls_provider_created_at")
     with op.batch_alter_table("attempts") as batch:
-        for col in ("submission", "routing", "doctor", "classification"):
+        for col in ("lesson", "submission", "routing", "doctor", "classification"):
             batch.drop_column(col)

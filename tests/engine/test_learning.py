@@ -97,7 +97,9 @@ def test_configured_models_write_the_lesson_and_the_narrative(local_settings, tm
     services.config = services.config.model_copy(update={"strategy": services.config.strategy.model_copy(update={"learning": learning})})
     register(local_settings, create_target_repo(tmp_path / "a"), "demo")
     run_id = submit(services, demo_plan())
-    drive(services, ("start_run", run_id))
+    done = drive(services, ("start_run", run_id))
+    # The two fixes' lessons are written on the agents queue (a diagnose step each), not inside decide.
+    assert [name for name, _ in done].count("diagnose") == 2
     dispatch_pending(services)
     with session_scope(local_settings.db_url) as s:
         lessons = [h.lesson for h in s.scalars(select(Hint))]
