@@ -5,7 +5,6 @@ and decide steps run on the workers and the run ends DONE_SUCCESS with the phase
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from autopack.procs import ProcessGroup, free_port, wait_http, worker_argv
 from autopack.settings import ROOT
 from autopack.workspace.worktree import branch_log
 from tasks.app import QUEUES
+from tests.integration.prod import prod_env
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow, pytest.mark.redis, pytest.mark.postgres]
 
@@ -31,15 +31,7 @@ def test_external_builder_on_a_real_cluster(tmp_path: Path, redis_url: str, pg_u
     broker = redis_url.rsplit("/", 1)[0] + "/12"
     redis.Redis.from_url(broker).flushdb()
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AUTOPACK_")}
-    env.update(
-        AUTOPACK_PROFILE="prod",
-        AUTOPACK_STATE_DIR=str(tmp_path / "state"),
-        AUTOPACK_REDIS_URL=broker,
-        AUTOPACK_POSTGRES_URL=pg_url,
-        AUTOPACK_LLM_SCRIPT=str(ROOT / "examples" / "demo" / "model.py"),  # plays the Auditor
-        AUTOPACK_API_URL=f"http://127.0.0.1:{port}",
-    )
+    env = prod_env(tmp_path, broker, pg_url, port, AUTOPACK_LLM_SCRIPT=str(ROOT / "examples" / "demo" / "model.py"))
 
     def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "autopack.cli", *args], env=env, capture_output=True, text=True, timeout=timeout)
