@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
+from autopack.answers import parse_answer
 from autopack.prompts import PromptLibrary
 
 MAX_DIFF_CHARS = 60_000
@@ -57,18 +56,9 @@ def render_auditor_prompt(
     return system, user
 
 
-_OBJECT = re.compile(r"\{.*\}", re.DOTALL)
-
-
 def parse_verdict(text: str) -> AuditVerdict:
     """The JSON verdict in the Auditor's answer (a fenced or bare object)."""
-    match = _OBJECT.search(text)
-    if not match:
-        raise VerdictError("no JSON object in the auditor's answer")
-    try:
-        return AuditVerdict.model_validate(json.loads(match.group(0)))
-    except (json.JSONDecodeError, ValidationError) as exc:
-        raise VerdictError(f"auditor verdict is malformed: {exc}") from None
+    return parse_answer(text, AuditVerdict, "the auditor", VerdictError)
 
 
 class JudgeDecision(BaseModel):
@@ -79,13 +69,7 @@ class JudgeDecision(BaseModel):
 
 
 def parse_judge(text: str) -> JudgeDecision:
-    match = _OBJECT.search(text)
-    if not match:
-        raise VerdictError("no JSON object in the judge's answer")
-    try:
-        return JudgeDecision.model_validate(json.loads(match.group(0)))
-    except (json.JSONDecodeError, ValidationError) as exc:
-        raise VerdictError(f"judge decision is malformed: {exc}") from None
+    return parse_answer(text, JudgeDecision, "the judge", VerdictError)
 
 
 def combine(records: list[dict[str, object]], judge: dict[str, object] | None) -> dict[str, object]:

@@ -3,12 +3,12 @@ rewritten goal and approach."""
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
+from autopack.answers import parse_answer
 from autopack.normalize import similarity
 
 
@@ -78,10 +78,4 @@ class ReplanError(ValueError):
 
 
 def parse_replan(text: str) -> Replanned:
-    match = re.search(r"\{.*\}", text, re.DOTALL)
-    if not match:
-        raise ReplanError("no JSON object in the planner's answer")
-    try:
-        return Replanned.model_validate(json.loads(match.group(0)))
-    except (json.JSONDecodeError, ValidationError) as exc:
-        raise ReplanError(f"planner answer is malformed: {exc}") from None
+    return parse_answer(text, Replanned, "the planner", ReplanError)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from autopack.errors import DoctorVerdictError
-from autopack.governance._json import json_object
+from autopack.answers import json_object
 from autopack.governance.doctor import DoctorAction, DoctorDecision, FailureRecord
 from autopack.normalize import normalize_error
 from autopack.prompts import PromptLibrary
