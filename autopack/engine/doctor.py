@@ -53,6 +53,12 @@ def history(attempts: Sequence[Attempt], audit_mode: str) -> list[FailureRecord]
     return out
 
 
+def no_attempts_left(cls: str | None, reason: str) -> dict[str, Any]:
+    """The record of a failure after which the phase has no attempt left: it fails, by rule."""
+    return {"class": cls, "action": "fail", "source": "rules", "confidence": 1.0, "reason": f"no attempts left: {reason}",
+            "hint": "", "burns_attempt": True, "calls": []}
+
+
 def _record(d: DoctorDecision, cls: FailureClass, calls: list[dict[str, Any]] | None = None, note: str = "") -> dict[str, Any]:
     return {
         "class": cls.value,
@@ -69,10 +75,11 @@ def _record(d: DoctorDecision, cls: FailureClass, calls: list[dict[str, Any]] | 
 def consult(
     failures: Sequence[FailureRecord], *, cfg: DoctorConfig, already_replanned: bool, replan_reason: str | None,
     phase_calls: int, run_calls: int, ask: Ask | None,
-) -> dict[str, Any]:
-    """What to do about the latest of ``failures``: a re-plan the similarity rule asks for, a rule's
+) -> dict[str, Any] | None:
+    """What to do about the latest of ``failures``: a re-plan the re-plan rule asks for, a rule's
     decision, or the model Doctor's (cheap, then strong when unsure) within its call budget. A Doctor
-    that cannot answer leaves the phase to retry with the failure as feedback."""
+    that cannot answer leaves the phase to retry with the failure as feedback. Without ``ask``, None
+    when a model would be asked: the caller hands the decision to a step that can ask one."""
     last = failures[-1]
     if replan_reason is not None:
         return _record(DoctorDecision(DoctorAction.REPLAN, "", 1.0, replan_reason), last.cls)
@@ -83,8 +90,10 @@ def consult(
     calls: list[dict[str, Any]] = []
     decision: DoctorDecision | None = None
     for model in (cfg.model, cfg.strong_model):
-        if model is None or ask is None or not can_call(phase_calls + len(calls), run_calls + len(calls), budget):
+        if model is None or not can_call(phase_calls + len(calls), run_calls + len(calls), budget):
             break
+        if ask is None:
+            return None
         try:
             answer = parse_doctor_verdict(ask(model))
         except (DoctorVerdictError, ProviderError, BudgetExceeded) as exc:

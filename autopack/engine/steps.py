@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from autopack import gate as gatelib
@@ -33,7 +33,7 @@ from autopack.edits.govern import EditPolicy, default_protected
 from autopack.engine.faults import crash_point
 from autopack.engine import issues
 from autopack.engine.external import AWAITING
-from autopack.engine.doctor import classify_attempt, consult, history
+from autopack.engine.doctor import classify_attempt, consult, history, no_attempts_left
 from autopack.engine.routing import choose_model, routing_record
 from autopack.engine.leases import CURRENT_STEP, StepContext
 from autopack.engine.learning import auditor_guidance, promote, prompt_guidance, record_hint
@@ -43,8 +43,9 @@ from autopack.engine.store import emit, transition
 from autopack.errors import BudgetExceeded, ConfigError, GitError, ProviderError, ProviderUnavailable, SandboxUnavailable
 from autopack.llm.base import LLMRequest, LLMResponse, Message
 from autopack.escalation import effective_complexity, model_from_chain, trailing_same_kind
+from autopack.governance.doctor import FailureRecord
 from autopack.governance.doctor_prompt import render_doctor_prompt
-from autopack.governance.routing import backoff_seconds
+from autopack.governance.routing import RouteDecision, backoff_seconds
 from autopack.normalize import failure_key
 from autopack.replan import Failure, ReplanError, parse_replan, should_replan_now
 from autopack.sandbox.junit import JUnitError, failure_messages, parse_junit
@@ -517,11 +518,10 @@ def build_phase(services: Services, phase_id: int, ctx: StepContext) -> list[Ste
 def _await_external_builder(s: Session, run: Run, ph: Phase) -> list[Step]:
     """A new attempt that waits for edits at ``POST /runs/<id>/phases/<phase>/builder_result``."""
     transition(s, ph, PhaseState.EXECUTING, attempts_used=ph.attempts_used + 1)
+    routing = routing_record(RouteDecision("external", None), role="builder", wanted="external", level=ph.spec["complexity"],
+                             why="the plan names an external Builder for this phase")
     attempt = Attempt(phase_id=ph.id, run_id=run.id, number=ph.attempts_used, model="external", parent_commit=run.head_commit,
-                      state=AWAITING, routing={"role": "builder", "model": "external", "wanted": "external",
-                                                         "why": "the plan names an external Builder for this phase",
-                                                         "level": ph.spec["complexity"], "skipped": [], "fallbacks": [],
-                                                         "stop_reason": None})
+                      state=AWAITING, routing=routing)
     s.add(attempt)
     s.flush()
     ph.current_attempt_id = attempt.id
@@ -840,16 +840,15 @@ def decide_attempt(services: Services, attempt_id: int, ctx: StepContext) -> lis
         lesson = a.lesson or None
         if decision.action == "retry" and diagnosis is None and cls is not None:
             args = _consult_args(s, services, ph, a, cls)
-            if _needs_agent(args, services.config.strategy.run.doctor):
+            diagnosis = consult(args.failures, cfg=services.config.strategy.run.doctor, already_replanned=args.already_replanned,
+                                replan_reason=args.replan_reason, phase_calls=args.phase_calls, run_calls=args.run_calls, ask=None)
+            if diagnosis is None or diagnosis["action"] == "replan":
                 # The Doctor's and the planner's model calls run on the agents queue; decide comes back.
                 ctx.guard(s)
                 return ctx.finish(s, [("diagnose", attempt_id)])
-            diagnosis = consult(args.failures, cfg=services.config.strategy.run.doctor, already_replanned=args.already_replanned,
-                                replan_reason=None, phase_calls=args.phase_calls, run_calls=args.run_calls, ask=None)
         repo, branch, head, sha, base = Path(run.project.repo_path), run.branch, run.head_commit, a.candidate_commit, run.base_commit
     if decision.action == "fail" and diagnosis is None:
-        diagnosis = {"class": cls.value if cls else a.failure_class, "action": "fail", "source": "rules", "confidence": 1.0,
-                     "reason": f"no attempts left: {decision.reason}", "hint": "", "burns_attempt": True, "calls": []}
+        diagnosis = no_attempts_left(cls.value if cls else a.failure_class, decision.reason)
     action = diagnosis["action"] if decision.action == "retry" and diagnosis else decision.action
     replanned = None
     if action == "replan" and diagnosis and diagnosis.get("plan"):
@@ -941,10 +940,6 @@ class _ConsultArgs:
 def _consult_args(s: Session, services: Services, ph: Phase, current: Attempt, cls: Any) -> _ConsultArgs:
     """What the Doctor needs, read in a transaction: the phase's failures, the Doctor's calls so far
     and whether the re-plan rule (alike failures, a fatal type) fires."""
-    from sqlalchemy import func
-
-    from autopack.governance.doctor import FailureRecord
-
     rb = services.config.strategy.run
     failures = history([x for x in ph.attempts if x.id != current.id], ph.budget["audit"])
     failures.append(FailureRecord(cls, current.failure_signature or current.failure or ""))
@@ -959,17 +954,6 @@ def _consult_args(s: Session, services: Services, ph: Phase, current: Attempt, c
         replan_reason=why if go else None,
         burned=sum(1 for x in ph.attempts if x.failure_class not in NOT_BURNING),
     )
-
-
-def _needs_agent(args: _ConsultArgs, cfg: Any) -> bool:
-    """Whether deciding needs a model (a re-plan, or the Doctor where the rules do not settle it)."""
-    from autopack.governance.doctor import DoctorBudget, can_call, deterministic_decision
-
-    if args.replan_reason is not None:
-        return True
-    if deterministic_decision(args.failures, already_replanned=args.already_replanned) is not None:
-        return False
-    return cfg.model is not None and can_call(args.phase_calls, args.run_calls, DoctorBudget(cfg.max_calls_per_phase, cfg.max_calls_per_run))
 
 
 def diagnose(services: Services, attempt_id: int, ctx: StepContext) -> list[Step]:
@@ -1019,6 +1003,7 @@ def diagnose(services: Services, attempt_id: int, ctx: StepContext) -> list[Step
 
     record = consult(args.failures, cfg=cfg, already_replanned=args.already_replanned, replan_reason=args.replan_reason,
                      phase_calls=args.phase_calls, run_calls=args.run_calls, ask=ask)
+    assert record is not None  # with ``ask`` there is always a decision
     if record["action"] == "replan":
         plan = _replan(services, ph, a, record["reason"])
         record["plan"] = None if plan is None else {"goal": plan[0], "approach": plan[1], "model": plan[3]}

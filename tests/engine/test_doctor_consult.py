@@ -88,3 +88,15 @@ def test_call_budget(phase_calls: int, run_calls: int, asked_models: list[str]) 
 def test_no_model_configured() -> None:
     rec, asked = _consult({}, cfg=DoctorConfig(model=None))
     assert asked == [] and rec["action"] == "retry_with_fix" and rec["reason"].startswith("no Doctor model is configured")
+
+
+def test_without_ask_a_needed_model_is_none_and_rules_still_decide() -> None:
+    """decide consults without a model: None means "hand over to the diagnose step"."""
+    none = consult(TWICE, cfg=CFG, already_replanned=False, replan_reason=None, phase_calls=0, run_calls=0, ask=None)
+    assert none is None
+    first = consult(TWICE[:1], cfg=CFG, already_replanned=False, replan_reason=None, phase_calls=0, run_calls=0, ask=None)
+    assert first is not None and first["source"] == "rules" and first["action"] == "retry_with_fix"
+    spent = consult(TWICE, cfg=CFG, already_replanned=False, replan_reason=None, phase_calls=2, run_calls=0, ask=None)
+    assert spent is not None and spent["reason"].startswith("the Doctor's call budget is spent")
+    replan = consult(TWICE, cfg=CFG, already_replanned=False, replan_reason="alike", phase_calls=0, run_calls=0, ask=None)
+    assert replan is not None and replan["action"] == "replan"
