@@ -7,7 +7,7 @@ attempt. Modules:
 - ``classify``: ``AttemptFacts`` → ``FailureClass``; ``burns_attempt``.
 - ``doctor``: ``DoctorAction``, ``DoctorDecision``, ``deterministic_decision``, ``needs_escalation``,
   ``DoctorBudget``/``can_call``; ``doctor_prompt``: ``render_doctor_prompt``, ``parse_doctor_verdict``.
-- ``quotas``: ``QuotaWindow``, ``UsageTotals``, ``usage_in_window``, ``quota_pressure``.
+- ``quotas``: ``QuotaWindow``, ``UsageTotals``, ``quota_pressure``.
 - ``routing``: ``route``, ``backoff_seconds``.
 
 The other governance decisions live beside the engine as pure modules of their own: ``autopack.decide``

@@ -36,7 +36,7 @@ def candidates(models: ModelsConfig, chain: Sequence[str], tiers: Mapping[str, i
 @dataclass(frozen=True)
 class ProviderState:
     """What is known of a provider now: until when it is down (and why), its usage per quota
-    period (``quotas.totals_by_period`` or a database query), its quota windows."""
+    period (summed from ``model_calls`` by ``engine/routing.py``), its quota windows."""
 
     down_until: datetime | None = None
     down_reason: str = ""

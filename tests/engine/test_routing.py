@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from autopack.config import load_config
+from autopack.config import QuotaConfig, load_config
 from autopack.db.models import ModelCall
 from autopack.db.session import session_scope
 from autopack.engine.routing import choose_model, provider_state
@@ -184,3 +184,29 @@ def test_an_auditor_outage_falls_back_and_a_total_one_uses_no_attempt(local_sett
     assert second["audit"]["verdict"] == "approve" and second["audit"]["model"] == "claude-haiku-4-5"
     assert second["audit"]["skipped"][0]["model"] == "gpt-5-mini" and "is down until" in second["audit"]["skipped"][0]["reason"]
     assert second["decision"] == "complete"
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_quota_windows_sum_the_recorded_calls(backend: str, local_settings, demo_repo: Path, request: pytest.FixtureRequest) -> None:
+    """Each window holds the calls recorded after now - period, of that provider only."""
+    from autopack.db.migrate import upgrade
+
+    url = local_settings.db_url if backend == "sqlite" else request.getfixturevalue("pg_url")
+    upgrade(url)
+    settings = local_settings.model_copy(update={"database_url": url}) if backend == "postgresql" else local_settings
+    services, _ = make_services(settings, stats_model)
+    register(settings, demo_repo)
+    run_id = submit(services, stats_plan("feature"))
+    now = datetime.now(timezone.utc)
+    for ago, tokens, provider in [(timedelta(minutes=5), 100, "anthropic"), (timedelta(minutes=59), 200, "anthropic"),
+                                  (timedelta(hours=1, seconds=1), 400, "anthropic"), (timedelta(hours=5), 1000, "anthropic"),
+                                  (timedelta(days=1, seconds=1), 2000, "anthropic"), (timedelta(days=3), 4000, "anthropic"),
+                                  (timedelta(days=8), 8000, "anthropic"), (timedelta(minutes=1), 50_000, "openai")]:
+        _usage(url, run_id, provider, tokens, at=now - ago)
+    cfg = services.config.models.model_copy(deep=True)
+    cfg.providers["anthropic"].quotas = [QuotaConfig(kind="tokens", period=p, limit=10**9) for p in ("hour", "day", "week")]
+    with session_scope(url) as s:
+        usage = provider_state(s, cfg, "anthropic", now, 0).usage
+    assert (usage["hour"].tokens, usage["hour"].requests) == (300, 2)
+    assert (usage["day"].tokens, usage["day"].requests) == (1700, 4)
+    assert (usage["week"].tokens, usage["week"].requests) == (7700, 6)
