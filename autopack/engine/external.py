@@ -34,11 +34,9 @@ def submit_builder_result(session: Session, run_id: str, phase_key: str, edits: 
     if by is not None and (not isinstance(by, str) or len(by) > 200):
         raise InvalidRequest("by", "must be a string of at most 200 characters")
     try:
-        ops = parse_edits(edits)
+        parse_edits(edits)  # read now for a quick 422 (raises on an answer without any edit too)
     except EditParseError as exc:
         raise InvalidRequest("edits", f"cannot be read: {exc}") from None
-    if not ops:
-        raise InvalidRequest("edits", "contains no edit")
     if ph.spec.get("builder") != "external":
         raise Conflict(f"phase {phase_key} is built by a model, not by an external Builder")
     attempt = _waiting_attempt(session, ph)

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from autopack.config import ModelsConfig
@@ -31,12 +31,18 @@ def provider_state(session: Session, models: ModelsConfig, provider: str, now: d
     cfg = models.providers.get(provider)
     windows = [QuotaWindow(q.kind, q.period, q.limit) for q in (cfg.quotas if cfg else [])]
     usage: dict[str, UsageTotals] = {}
-    for period in sorted({w.period for w in windows}):
-        tokens, requests = session.execute(
-            select(func.coalesce(func.sum(ModelCall.input_tokens + ModelCall.output_tokens), 0), func.count(ModelCall.id))
-            .where(ModelCall.provider == provider, ModelCall.created_at > now - PERIODS[period])
-        ).one()
-        usage[period] = UsageTotals(int(tokens), int(requests))
+    periods = sorted({w.period for w in windows}, key=lambda p: PERIODS[p])
+    if periods:
+        # Every window in one pass over the longest: per period, its calls' tokens and their count.
+        tokens = ModelCall.input_tokens + ModelCall.output_tokens
+        columns = []
+        for period in periods:
+            inside = ModelCall.created_at > now - PERIODS[period]
+            columns += [func.coalesce(func.sum(case((inside, tokens), else_=0)), 0), func.count(case((inside, ModelCall.id)))]
+        row = session.execute(select(*columns).where(ModelCall.provider == provider,
+                                                     ModelCall.created_at > now - PERIODS[periods[-1]])).one()
+        for i, period in enumerate(periods):
+            usage[period] = UsageTotals(int(row[2 * i]), int(row[2 * i + 1]))
     down_until, reason = None, ""
     if cooldown_s > 0:
         last = session.execute(

@@ -26,7 +26,9 @@ from autopack.states import PHASE_TERMINAL, PhaseState, RunState, TierState, is_
 
 log = logging.getLogger("autopack.runner")
 
-INT_ARGS = frozenset({"build", "probe", "audit", "decide", "diagnose"})
+# Steps whose argument is an attempt id; with ``build`` (a phase id), the steps with an integer argument.
+ATTEMPT_STEPS = frozenset({"probe", "audit", "decide", "diagnose"})
+INT_ARGS = ATTEMPT_STEPS | {"build"}
 
 
 def worker_id() -> str:
@@ -103,7 +105,7 @@ def give_up(services: Services, got: Claim) -> list[tuple[int, str]]:
 def _phase_of(s: Any, got: Claim) -> Phase | None:
     if got.name == "build":
         return s.get(Phase, int(got.arg))
-    if got.name in ("probe", "audit", "decide", "diagnose"):
+    if got.name in ATTEMPT_STEPS:
         a = s.get(Attempt, int(got.arg))
         return a.phase if a is not None else None
     return None

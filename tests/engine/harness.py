@@ -105,7 +105,7 @@ def drive(services: Services, first: Step, limit: int = 200) -> list[Step]:
 def call_step(services: Services, run_id: str, name: str, arg: Any) -> list[Step]:
     """Run one step (a fresh step row) as a worker would; return the (name, arg) steps it created."""
     from autopack.db.models import StepRow
-    from autopack.engine.runner import create_step, execute
+    from autopack.engine.runner import INT_ARGS, create_step, execute
 
     step_id, _ = create_step(services.db_url, run_id, name, arg)
     out = []
@@ -113,7 +113,7 @@ def call_step(services: Services, run_id: str, name: str, arg: Any) -> list[Step
         with session_scope(services.db_url) as s:
             row = s.get(StepRow, sid)
             assert row is not None
-            out.append((row.name, int(row.arg) if row.name in ("build", "probe", "audit", "decide", "diagnose") else row.arg))
+            out.append((row.name, int(row.arg) if row.name in INT_ARGS else row.arg))
     return out
 
 
