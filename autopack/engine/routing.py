@@ -76,6 +76,15 @@ def choose_model(session: Session, models: ModelsConfig, routing: RoutingConfig,
     return decision
 
 
+def fallback_chain(chosen: str, fallback: Sequence[str], skipped: Iterable[str], keep_provider: bool) -> list[str]:
+    """What a call moves along on an outage: the chosen model, then the role's fallback models that
+    routing did not skip; only the chosen one when the phase must keep it (high-risk, dual audit)."""
+    if keep_provider:
+        return [chosen]
+    left_out = set(skipped)
+    return list(dict.fromkeys([chosen, *(m for m in fallback if m not in left_out)]))
+
+
 def routing_record(decision: RouteDecision, *, role: str, wanted: str, level: str, why: str,
                    fallbacks: Iterable[str] = ()) -> dict[str, Any]:
     """What ``GET /runs/<id>`` shows of a routing decision on an attempt."""

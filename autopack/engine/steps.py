@@ -34,7 +34,7 @@ from autopack.engine.faults import crash_point
 from autopack.engine import issues
 from autopack.engine.external import AWAITING
 from autopack.engine.doctor import classify_attempt, consult, history, no_attempts_left
-from autopack.engine.routing import choose_model, routing_record
+from autopack.engine.routing import choose_model, fallback_chain, routing_record
 from autopack.engine.leases import CURRENT_STEP, StepContext
 from autopack.engine.learning import auditor_guidance, promote, prompt_guidance, record_hint
 from autopack.engine.ledger import estimate_tokens, reserve, settle
@@ -486,8 +486,7 @@ def build_phase(services: Services, phase_id: int, ctx: StepContext) -> list[Ste
     ctx_ = dataclasses.replace(ctx_, rules_text=guidance)
     system, user = render_builder_prompt(services.prompts, ctx_)
     scope = CallScope(run_id, phase_id, attempt_id, "builder", model, int(budget["token_cap"]), tuple(rule_ids), tuple(hint_ids), guidance_tokens)
-    fallback = [m for m in services.config.models.roles["builder"].fallback if m not in skipped_models]
-    chain = [model] if budget.get("high_risk") else list(dict.fromkeys([model, *fallback]))
+    chain = fallback_chain(model, services.config.models.roles["builder"].fallback, skipped_models, bool(budget.get("high_risk")))
     call, used = fallback_call(services, scope, chain)
     try:
         outcome = run_builder(
@@ -721,10 +720,11 @@ def audit(services: Services, attempt_id: int, ctx: StepContext) -> list[Step]:
         services.prompts, phase_id=spec["id"], goal=spec["goal"], category=spec["category"],
         deliverables=spec.get("deliverables", []), gate=gate_text, diff=diff, rules_text=rules_text,
     )
-    def review(role: str, model: str, fallback: list[str] | None = None) -> dict[str, Any]:
+    def review(role: str, model: str) -> dict[str, Any]:
         scope = CallScope(run_id, phase_id, attempt_id, role, model, None, tuple(rule_ids), (), rules_tokens)
         # A single audit moves along the auditor's chain on an outage; a dual audit keeps its providers.
-        call, used = fallback_call(services, scope, list(dict.fromkeys([model, *(fallback or [])])))
+        chain = fallback_chain(model, services.config.models.roles["auditor"].fallback, (m for m, _ in skipped), dual)
+        call, used = fallback_call(services, scope, chain)
         try:
             verdict = parse_verdict(call(system, [Message(role="user", content=user)], 1500).text)
             out = {**verdict.model_dump(), "approved": verdict.approved}
@@ -737,8 +737,7 @@ def audit(services: Services, attempt_id: int, ctx: StepContext) -> list[Step]:
                 **({"fallbacks": used[1:]} if len(used) > 1 else {})}
 
     try:
-        record = review("auditor", model, None if dual else [m for m in services.config.models.roles["auditor"].fallback
-                                                             if m not in {x for x, _ in skipped}])
+        record = review("auditor", model)
         if skipped:
             record["skipped"] = [{"model": m, "reason": r} for m, r in skipped]
         if dual:
