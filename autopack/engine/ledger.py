@@ -54,8 +54,8 @@ def reserve(session: Session, run_id: str, phase_id: int | None, tokens: int, co
             step: tuple[int, int] | None = None) -> Reservation:
     """Reserve ``tokens`` and ``cost`` on the run (and the project's day when caps are given) after
     checking the phase's caps, or raise ``BudgetExceeded`` and reserve nothing (the caller's
-    transaction rolls back). ``step`` is
-    the (step id, fence) making the call, so the reconciler can release what a dead worker left."""
+    transaction rolls back). ``step`` is the (step id, fence) making the call, so the reconciler can
+    release what a dead worker left."""
     if phase_id is not None:
         # The phase's caps (its category's token_cap and cost_cap_usd) bound every call made for it:
         # Builder, auditors, judge, Doctor, planner. One call of a phase runs at a time.
