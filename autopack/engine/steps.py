@@ -53,6 +53,7 @@ from autopack.sandbox.limits import SandboxLimits
 from autopack.states import PhaseState, RunState, TierState, is_terminal_run
 from autopack.workspace import worktree as wt
 from autopack.workspace.git import Git
+from autopack.workspace.reader import TreeReader
 
 log = logging.getLogger("autopack.engine")
 
@@ -366,14 +367,15 @@ def _start_next_phase(s: Session, run: Run, tier: Tier) -> list[Step]:
     return _start_next_tier(s, run)
 
 
-def _context(services: Services, repo: Path, commit: str, spec: dict[str, Any], feedback: str | None) -> tuple[PhaseContext, list[str]]:
-    git = Git(repo)
-    entries = git.list_entries(commit)
+def _context(services: Services, tree: TreeReader, spec: dict[str, Any], feedback: str | None) -> tuple[PhaseContext, list[str]]:
+    entries = tree.entries()
     files = sorted(entries)
     scope = list(spec["scope"])
-    in_scope = {f: git.read_blob(commit, f) or "" for f in files if _matches(f, scope) and entries[f] in ("100644", "100755")}
+    scoped = [f for f in files if _matches(f, scope) and entries[f] in ("100644", "100755")]
     acc = _acceptance_files(spec, files)
-    acc_files = {f: git.read_blob(commit, f) or "" for f in acc}
+    texts = tree.read_many(scoped + list(acc))
+    in_scope = {f: texts[f] or "" for f in scoped}
+    acc_files = {f: texts[f] or "" for f in acc}
     ctx = PhaseContext(
         phase_id=spec["id"],
         goal=spec["goal"],
@@ -475,14 +477,14 @@ def build_phase(services: Services, phase_id: int, ctx: StepContext) -> list[Ste
         skipped_models = {x["model"] for x in (attempt.routing or {}).get("skipped", [])}
         worktree_path = _worktree_path(services, run)
     assert head is not None
-    git = Git(repo)
+    tree = TreeReader(repo, head)  # the parent's files, each read once for context, edits and governance
     if external:
-        files = sorted(git.list_entries(head))
-        outcome = check_submission(submission, lambda p: git.read_blob(head, p), _policy(spec, files))
+        files = sorted(tree.entries())
+        outcome = check_submission(submission, tree.read, _policy(spec, files))
         used = ["external"]
         return _commit_candidate(services, ctx, phase_id, attempt_id, outcome, used, repo, worktree_path, head, spec,
                                  run_id, number, epoch, index)
-    ctx_, files = _context(services, repo, head, spec, feedback)
+    ctx_, files = _context(services, tree, spec, feedback)
     ctx_ = dataclasses.replace(ctx_, rules_text=guidance)
     system, user = render_builder_prompt(services.prompts, ctx_)
     scope = CallScope(run_id, phase_id, attempt_id, "builder", model, int(budget["token_cap"]), tuple(rule_ids), tuple(hint_ids), guidance_tokens)
@@ -494,7 +496,7 @@ def build_phase(services: Services, phase_id: int, ctx: StepContext) -> list[Ste
             system=system,
             user=user,
             call=call,
-            read=lambda p: git.read_blob(head, p),
+            read=tree.read,
             policy=_policy(spec, files),
             max_tokens=int(budget["builder_max_tokens"]),
             fix_rounds=int(budget["edit_fix_rounds"]),
@@ -540,7 +542,7 @@ def _commit_candidate(services: Services, ctx: StepContext, phase_id: int, attem
     trailers = {"Autopack-Run": run_id, "Autopack-Phase": spec["id"], "Autopack-Attempt": str(number)}
     goal_line = spec["goal"].strip().splitlines()[0][:72]
     try:
-        wt.ensure_worktree(repo, worktree_path, head)
+        wt.ensure_worktree(repo, worktree_path, head, reset=False)  # commit_candidate resets it
         sha = wt.commit_candidate(
             worktree_path, head, outcome.changes, message=f"{spec['id']}: {goal_line}", trailers=trailers, timestamp=epoch + 60 * index
         )

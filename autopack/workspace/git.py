@@ -197,11 +197,6 @@ class Git:
             return None
         return proc.stdout.decode("utf-8", "surrogateescape").strip() or None
 
-    def object_format_zero(self) -> str:
-        """The all-zero object id of this repository's hash (``0`` × 40 for SHA-1)."""
-        fmt = self.run("rev-parse", "--show-object-format").strip()
-        return "0" * (64 if fmt == "sha256" else 40)
-
     def read_blob(self, commit: str, path: str) -> str | None:
         """The content of ``path`` at ``commit``, or ``None`` if it is not a file there.
 
@@ -224,16 +219,41 @@ class Git:
         symlink, ``160000`` gitlink (submodule; not descended into). With
         ``paths``, only entries at or under those paths are listed.
         """
+        return {path: mode for path, (mode, _oid) in self.list_objects(commit, *paths).items()}
+
+    def list_objects(self, commit: str, *paths: str) -> dict[str, tuple[str, str]]:
+        """Like :meth:`list_entries`, with each entry's object id: ``{path: (mode, oid)}``."""
         _check_arg(commit, "revision")
         out = self.run_bytes("ls-tree", "-r", "-z", "--full-tree", commit, "--", *paths).stdout
-        entries: dict[str, str] = {}
+        entries: dict[str, tuple[str, str]] = {}
         for record in out.split(b"\0"):
             if not record:
                 continue
             meta, _, raw_path = record.partition(b"\t")
-            mode = meta.split(b" ", 1)[0].decode()
-            entries[raw_path.decode("utf-8", "surrogateescape")] = mode
+            mode, _type, oid = meta.decode().split(" ", 2)
+            entries[raw_path.decode("utf-8", "surrogateescape")] = (mode, oid)
         return entries
+
+    def read_objects(self, oids: list[str]) -> dict[str, bytes]:
+        """The contents of the blobs ``oids`` from one ``git cat-file --batch``; ids that name
+        no object are left out."""
+        for oid in oids:
+            _check_arg(oid, "object id")
+        if not oids:
+            return {}
+        out = self.run_bytes("cat-file", "--batch", input="".join(f"{oid}\n" for oid in oids)).stdout
+        found: dict[str, bytes] = {}
+        pos = 0
+        for oid in oids:
+            eol = out.index(b"\n", pos)
+            header = out[pos:eol].decode("utf-8", "replace").split(" ")
+            pos = eol + 1
+            if len(header) != 3:  # "<oid> missing" (or ambiguous)
+                continue
+            size = int(header[2])
+            found[oid] = out[pos : pos + size]
+            pos += size + 1  # the contents are followed by a newline
+        return found
 
     def list_files(self, commit: str) -> list[str]:
         """Every path at ``commit`` (files, symlinks and gitlinks), sorted as git sorts them."""

@@ -10,6 +10,7 @@ always *detached*, so moving a branch ref (the run's integration branch
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import re
 import shutil
@@ -49,23 +50,36 @@ def _common_dir(git: Git) -> Path:
     return Path(out).resolve()
 
 
-def _is_worktree_of(repo: Path, path: Path) -> bool:
-    """Whether ``path`` is the top of a working tree that shares ``repo``'s object store."""
+def _worktree_dirs(path: Path) -> tuple[Path, Path, Path] | None:
+    """``(top, git dir, common dir)`` of the working tree at ``path`` in one git call, or
+    ``None`` when ``path`` is not inside one."""
     if not (path / ".git").exists():
-        return False
-    wt = Git(path)
+        return None
     try:
-        top = wt.run("rev-parse", "--show-toplevel").strip()
-        return Path(top).resolve() == path.resolve() and _common_dir(wt) == _common_dir(Git(repo))
+        out = Git(path).run(
+            "rev-parse", "--path-format=absolute", "--show-toplevel", "--git-dir", "--git-common-dir"
+        ).splitlines()
     except GitError:
-        return False
+        return None
+    if len(out) != 3:
+        return None
+    top, git_dir, common = (Path(x.strip()).resolve() for x in out)
+    return top, git_dir, common
 
 
-def _is_main_worktree(path: Path) -> bool:
-    """Whether ``path`` is a repository's main working tree (the user's own checkout)."""
-    wt = Git(path)
-    git_dir = wt.run("rev-parse", "--path-format=absolute", "--git-dir").strip()
-    return Path(git_dir).resolve() == _common_dir(wt)
+def _classify(repo: Path, path: Path) -> str | None:
+    """``"linked"`` when ``path`` is the top of a linked worktree of ``repo``, ``"main"`` when it
+    is ``repo``'s own checkout (the user's; never reset), ``None`` otherwise."""
+    dirs = _worktree_dirs(path)
+    if dirs is None:
+        return None
+    top, git_dir, common = dirs
+    try:
+        if top != path.resolve() or common != _common_dir(Git(repo)):
+            return None
+    except GitError:
+        return None
+    return "main" if git_dir == common else "linked"
 
 
 def _is_stale_worktree_of(repo: Path, path: Path) -> bool:
@@ -95,13 +109,16 @@ def _reset_clean(git: Git, commit: str) -> None:
     git.run("clean", "-ffdxq")
 
 
-def ensure_worktree(repo: Path, path: Path, commit: str) -> Path:
+def ensure_worktree(repo: Path, path: Path, commit: str, *, reset: bool = True) -> Path:
     """A detached worktree of ``repo`` at ``path``, clean and checked out at ``commit``.
 
     An existing worktree is reset hard and cleaned (``git clean -ffdx``). A missing
     one (deleted, or this is another machine) is pruned and recreated. A directory
     at ``path`` that is neither a worktree of ``repo`` nor the remains of one is
     refused with :class:`GitError` rather than deleted. Returns the resolved path.
+
+    ``reset=False`` leaves an existing worktree as it is (for a caller that resets it
+    itself, as :func:`commit_candidate` does); a recreated one is always at ``commit``.
     """
     repo = Path(repo).resolve()
     path = Path(path).absolute()
@@ -110,12 +127,14 @@ def ensure_worktree(repo: Path, path: Path, commit: str) -> Path:
     if sha is None:
         raise GitError(f"ensure_worktree: {commit!r} is not a commit in {repo}")
 
-    if path.exists() and _is_worktree_of(repo, path):
-        if _is_main_worktree(path):
-            raise GitError(
-                f"ensure_worktree: {path} is the repository's own checkout; refusing to reset it"
-            )
-        _reset_clean(Git(path), sha)
+    kind = _classify(repo, path) if path.exists() else None
+    if kind == "main":
+        raise GitError(
+            f"ensure_worktree: {path} is the repository's own checkout; refusing to reset it"
+        )
+    if kind == "linked":
+        if reset:
+            _reset_clean(Git(path), sha)
         return path.resolve()
 
     if path.is_symlink():
@@ -132,7 +151,7 @@ def ensure_worktree(repo: Path, path: Path, commit: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     # -f: also take over a registration whose directory was deleted but not pruned.
     git.run("worktree", "add", "--force", "--detach", "--quiet", str(path), sha)
-    _reset_clean(Git(path), sha)
+    # A fresh worktree is checked out at ``sha`` with no untracked files: nothing to reset.
     return path.resolve()
 
 
@@ -145,7 +164,8 @@ def remove_worktree(repo: Path, path: Path) -> None:
     repo = Path(repo).resolve()
     path = Path(path).absolute()
     git = Git(repo)
-    if path.exists() and _is_worktree_of(repo, path) and not _is_main_worktree(path):
+    kind = _classify(repo, path) if path.exists() else None
+    if kind == "linked":
         git.run("worktree", "remove", "--force", "--force", str(path.resolve()))
     elif path.exists() and _is_stale_worktree_of(repo, path):
         shutil.rmtree(path)
@@ -158,8 +178,14 @@ def remove_worktree(repo: Path, path: Path) -> None:
 def _check_ref_name(git: Git, ref: str) -> None:
     if not ref.startswith("refs/") or ref.startswith("-"):
         raise GitError(f"not a full ref name (must start with refs/): {ref!r}")
-    if git.run_bytes("check-ref-format", ref, check=False).returncode != 0:
+    if not _valid_ref_name(ref):
         raise GitError(f"invalid ref name: {ref!r}")
+
+
+@functools.lru_cache(maxsize=4096)
+def _valid_ref_name(ref: str) -> bool:
+    """``git check-ref-format``'s answer, which depends on the name alone (so it is cached)."""
+    return Git(Path(tempfile.gettempdir())).run_bytes("check-ref-format", ref, check=False).returncode == 0
 
 
 def update_ref_cas(repo: Path, ref: str, new: str, expected_old: str | None) -> None:
@@ -184,16 +210,12 @@ def update_ref_cas(repo: Path, ref: str, new: str, expected_old: str | None) -> 
         raise GitError(f"update_ref_cas: {new!r} is not a commit")
     old_sha: str | None = None
     if expected_old is not None:
-        old_sha = git.rev_parse(expected_old) or expected_old
+        old_sha = expected_old if _is_full_id(expected_old, len(new_sha)) else (git.rev_parse(expected_old) or expected_old)
         _check_ref_arg(old_sha)
 
-    actual = git.rev_parse(ref, peel_commit=False)
-    if actual == new_sha:
-        return
-    if actual != old_sha:
-        raise RefMovedAt(ref, old_sha, actual)
-
-    zero = git.object_format_zero()
+    # The move is tried first; git checks ``old`` under the ref's lock. Only a refusal needs
+    # the ref read: already at ``new`` (this move was done before) is success.
+    zero = "0" * len(new_sha)  # the all-zero id of this repository's hash: "must not exist"
     proc = git.run_bytes(
         "update-ref", "-m", "autopack", ref, new_sha, old_sha or zero, check=False
     )
@@ -207,6 +229,14 @@ def update_ref_cas(repo: Path, ref: str, new: str, expected_old: str | None) -> 
     raise GitError(
         f"git update-ref {ref} failed: {proc.stderr.decode('utf-8', 'replace').strip()}"
     )
+
+
+_HEX = frozenset("0123456789abcdef")
+
+
+def _is_full_id(value: str, length: int) -> bool:
+    """Whether ``value`` is already a full object id (nothing for ``rev-parse`` to resolve)."""
+    return len(value) == length and set(value) <= _HEX
 
 
 def _check_ref_arg(value: str) -> None:
@@ -452,8 +482,10 @@ def commit_candidate(
 
     if keep_as is not None:
         keep_ref(root, CANDIDATE_REF_PREFIX + keep_as, sha)
-    # Leave the worktree's detached HEAD (and its index) on the candidate.
-    _reset_clean(git, sha)
+    # Leave the worktree's detached HEAD (and its index) on the candidate. The files already
+    # are its tree (the parent's, cleaned, plus the changes), so a mixed reset is enough;
+    # HEAD is detached (``_reset_clean`` above), so no branch moves.
+    git.run("reset", "--quiet", sha)
     return sha
 
 

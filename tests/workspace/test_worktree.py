@@ -82,6 +82,21 @@ def test_ensure_worktree_resets_and_cleans_existing(repo: Path, head: str, tmp_p
     assert sh_git(wt, "status", "--porcelain", "--ignored") == ""
 
 
+def test_ensure_worktree_without_reset_leaves_an_existing_worktree(repo: Path, head: str, tmp_path: Path) -> None:
+    wt = ensure_worktree(repo, tmp_path / "wt", head)
+    (wt / "README.md").write_text("dirty\n")
+    first = Git(repo).rev_parse("HEAD~1")
+    assert first is not None
+    assert ensure_worktree(repo, wt, first, reset=False) == wt
+    assert (wt / "README.md").read_text() == "dirty\n"
+    assert Git(wt).rev_parse("HEAD") == head
+    # A missing one is still recreated, at the commit asked for.
+    shutil.rmtree(wt)
+    ensure_worktree(repo, wt, first, reset=False)
+    assert Git(wt).rev_parse("HEAD") == first
+    assert sh_git(wt, "status", "--porcelain", "--ignored") == ""
+
+
 def test_ensure_worktree_never_moves_an_attached_branch(repo: Path, head: str, tmp_path: Path) -> None:
     wt = ensure_worktree(repo, tmp_path / "wt", head)
     sh_git(wt, "checkout", "-q", "-b", "someone-elses")
@@ -178,6 +193,36 @@ def test_update_ref_cas_expected_absent(repo: Path, head: str) -> None:
     with pytest.raises(RefMovedAt) as info:
         update_ref_cas(repo, "refs/autopack/absent", head, first)
     assert info.value.actual is None
+
+
+def test_update_ref_cas_expected_old_by_name(repo: Path, head: str) -> None:
+    first = Git(repo).rev_parse("HEAD~1")
+    assert first is not None
+    create_branch(repo, "autopack/run-1", head)
+    update_ref_cas(repo, "refs/heads/autopack/run-1", first, "main")  # main is at head
+    assert Git(repo).rev_parse("refs/heads/autopack/run-1") == first
+    with pytest.raises(RefMovedAt) as info:
+        update_ref_cas(repo, "refs/heads/autopack/run-1", head, "main")
+    assert info.value.expected == head and info.value.actual == first
+
+
+def test_update_ref_cas_in_a_sha256_repository(tmp_path: Path) -> None:
+    repo = tmp_path / "sha256"
+    repo.mkdir()
+    sh_git(repo, "init", "-q", "--object-format=sha256", "-b", "main")
+    (repo / "f").write_text("1\n")
+    sh_git(repo, "add", "f")
+    sh_git(repo, "commit", "-q", "-m", "one")
+    (repo / "f").write_text("2\n")
+    sh_git(repo, "commit", "-q", "-am", "two")
+    two = sh_git(repo, "rev-parse", "HEAD").strip()
+    one = sh_git(repo, "rev-parse", "HEAD~1").strip()
+    assert len(two) == 64
+    create_branch(repo, "autopack/run-1", one)  # "absent" is the 64-digit zero id here
+    update_ref_cas(repo, "refs/heads/autopack/run-1", two, one)
+    assert Git(repo).rev_parse("autopack/run-1") == two
+    with pytest.raises(RefMoved):
+        create_branch(repo, "autopack/run-1", one)
 
 
 def test_update_ref_cas_rejects_bad_names_and_commits(repo: Path, head: str) -> None:
