@@ -9,11 +9,35 @@ A bare phase is the pipeline's hops with nothing in them: build (queue build) â†
 name. With ``dispatch`` each hop also sends a no-op to ``events``, as Autopack's task shell sends
 the event dispatcher after every step. ``decide`` pushes its time on a Redis list, so the driver
 measures the same interval as for Autopack (one decide to the next).
+
+The *work-matched* chain (``start_matched``) has the same four hops on the same queues, but each
+does the minimal real work of the corresponding Autopack step, with its own ``git`` plumbing (not
+Autopack's workspace layer, so what that layer costs beyond this counts as Autopack's overhead):
+
+* build: the phase's one file (``out/p<N>.txt``) written as a blob, a temporary index read from the
+  parent's tree with that blob added, ``write-tree``, ``commit-tree -p parent`` with fixed author
+  and committer dates;
+* probe: the commit's tree exported into a fresh temp dir (temporary index, ``read-tree``,
+  ``checkout-index --prefix``), then the plan's test command run there through Autopack's sandbox
+  runner in the cluster's ``AUTOPACK_SANDBOX`` mode, as Autopack's probe runs it (the sandboxed test
+  process is the work itself); it must write a passing JUnit report;
+* audit: ``git diff parent commit``;
+* decide: the chain's branch moved with ``git update-ref ref commit parent`` (compare-and-set).
+
+Each hop passes the repository, the ref, the parent and the commit to the next in its arguments.
+A failing hop sets ``<key>:error`` so the driver stops waiting.
 """
 
 from __future__ import annotations
 
+import functools
+import os
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -58,3 +82,121 @@ for _name, _queue in HOPS:
 @app.task(name="bench.bare.dispatch")
 def _dispatch(key: str) -> None:
     return None
+
+
+# ------------------------------------------------------------------------------ work-matched chain
+
+MATCHED = (("bench.matched.build", "build"), ("bench.matched.probe", "ci"), ("bench.matched.audit", "audit"),
+           ("bench.matched.decide", "events"))
+JUNIT = "autopack-junit.xml"  # the report path Autopack appends to the test command (--junitxml)
+TEST_TIMEOUT_S = 300  # config/strategy.yaml's run.test_timeout_s, which Autopack's probe uses as its limits
+_DATE = "@1700000000 +0000"
+_GIT_ENV = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+_GIT_ENV.update(GIT_CONFIG_GLOBAL=os.devnull, GIT_CONFIG_NOSYSTEM="1", GIT_TERMINAL_PROMPT="0", LC_ALL="C",
+                GIT_AUTHOR_NAME="Bench", GIT_AUTHOR_EMAIL="bench@example.invalid", GIT_AUTHOR_DATE=_DATE,
+                GIT_COMMITTER_NAME="Bench", GIT_COMMITTER_EMAIL="bench@example.invalid", GIT_COMMITTER_DATE=_DATE)
+_sandbox: Any = None
+
+
+def _git(repo: str, *args: str, index: str | None = None, input: str | None = None) -> str:
+    env = _GIT_ENV if index is None else {**_GIT_ENV, "GIT_INDEX_FILE": index}
+    return subprocess.run(["git", *args], cwd=repo, env=env, input=input, capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def _test_argv() -> list[str]:
+    from _cluster import make_plan  # the same test command as the plan Autopack runs
+
+    return [a.replace("{python}", sys.executable) for a in make_plan(1)["test_command"]] + ["--junitxml", JUNIT]
+
+
+def _get_sandbox() -> Any:
+    """The runner Autopack's services build for the cluster's AUTOPACK_SANDBOX, once per process."""
+    global _sandbox
+    if _sandbox is None:
+        from autopack.sandbox import BwrapSandbox, UnsandboxedRunner, check_bwrap
+
+        if os.environ.get("AUTOPACK_SANDBOX", "bwrap") == "none":
+            _sandbox = UnsandboxedRunner()
+        else:
+            check_bwrap()
+            _sandbox = BwrapSandbox()
+    return _sandbox
+
+
+def start_matched(key: str, repo: str, ref: str, head: str, phases: int, dispatch: bool) -> None:
+    """Send the first build of ``phases`` work-matched phases on ``ref`` (which is at ``head``)."""
+    app.send_task(MATCHED[0][0], args=[key, repo, ref, 0, phases, dispatch, head, None], queue=MATCHED[0][1])
+
+
+def _send(index: int, key: str, repo: str, ref: str, phase: int, phases: int, dispatch: bool,
+          parent: str, commit: str | None) -> None:
+    name, queue = MATCHED[index]
+    app.send_task(name, args=[key, repo, ref, phase, phases, dispatch, parent, commit], queue=queue)
+    if dispatch:
+        app.send_task("bench.bare.dispatch", args=[key], queue="events")
+
+
+def _failing(fn: Any) -> Any:
+    """Record a hop's failure where the driver looks, then let Celery log it."""
+    @functools.wraps(fn)
+    def wrapper(key: str, *args: Any) -> None:
+        try:
+            fn(key, *args)
+        except Exception as exc:
+            _r().set(f"{key}:error", f"{fn.__name__}: {exc!r}"[:2000])
+            raise
+    return wrapper
+
+
+@app.task(name=MATCHED[0][0])
+@_failing
+def _matched_build(key: str, repo: str, ref: str, phase: int, phases: int, dispatch: bool, parent: str, _c: None) -> None:
+    path = f"out/p{phase}.txt"
+    blob = _git(repo, "hash-object", "-w", "--stdin", input=f"p{phase}\n")
+    with tempfile.TemporaryDirectory(prefix="bench-index-") as tmp:
+        index = str(Path(tmp) / "index")
+        _git(repo, "read-tree", parent, index=index)
+        _git(repo, "update-index", "--add", "--cacheinfo", f"100644,{blob},{path}", index=index)
+        tree = _git(repo, "write-tree", index=index)
+    commit = _git(repo, "commit-tree", tree, "-p", parent, "-m", f"bench p{phase}\n\nBench-Chain: {key}")
+    _send(1, key, repo, ref, phase, phases, dispatch, parent, commit)
+
+
+@app.task(name=MATCHED[1][0])
+@_failing
+def _matched_probe(key: str, repo: str, ref: str, phase: int, phases: int, dispatch: bool, parent: str, commit: str) -> None:
+    from autopack.sandbox import SandboxLimits
+
+    with tempfile.TemporaryDirectory(prefix="bench-tree-") as tmp:
+        index, tree = str(Path(tmp) / "index"), Path(tmp) / "tree"
+        tree.mkdir()
+        _git(repo, "read-tree", commit, index=index)
+        _git(repo, "checkout-index", "--all", "--force", f"--prefix={tree}/", index=index)
+        res = _get_sandbox().run(tree, _test_argv(), SandboxLimits(timeout_s=TEST_TIMEOUT_S, cpu_s=TEST_TIMEOUT_S),
+                                 collect=[JUNIT])
+    report = res.files.get(JUNIT) or ""
+    if res.exit_code != 0 or 'failures="0"' not in report:
+        raise RuntimeError(f"the test run failed: exit {res.exit_code}, killed {res.killed}, report {report[:200]!r}, "
+                           f"stderr {res.stderr[-500:]!r}")
+    _send(2, key, repo, ref, phase, phases, dispatch, parent, commit)
+
+
+@app.task(name=MATCHED[2][0])
+@_failing
+def _matched_audit(key: str, repo: str, ref: str, phase: int, phases: int, dispatch: bool, parent: str, commit: str) -> None:
+    if f"out/p{phase}.txt" not in _git(repo, "diff", parent, commit):
+        raise RuntimeError(f"the diff {parent}..{commit} lacks out/p{phase}.txt")
+    _send(3, key, repo, ref, phase, phases, dispatch, parent, commit)
+
+
+@app.task(name=MATCHED[3][0])
+@_failing
+def _matched_decide(key: str, repo: str, ref: str, phase: int, phases: int, dispatch: bool, parent: str, commit: str) -> None:
+    _git(repo, "update-ref", "-m", "bench", ref, commit, parent)
+    _r().rpush(key, repr(time.time()))
+    if phase + 1 == phases:
+        if dispatch:
+            app.send_task("bench.bare.dispatch", args=[key], queue="events")
+        return
+    _send(0, key, repo, ref, phase + 1, phases, dispatch, commit, None)

@@ -2,6 +2,13 @@
 choreography with the same hops on the same broker, queues, settings and worker processes, in the
 same run. Goal: Autopack ≤ 3× the bare chain.
 
+The bare chain's hops do nothing, while each Autopack phase does real work (a commit, a tree export
+and a test run, a diff, a ref move), so a second comparator is printed beside it: a *work-matched*
+bare chain, the same hops each doing the minimal real work of its step with its own git plumbing
+(see ``_bare.py``), its test run in the same sandbox mode. Autopack / work-matched, and Autopack −
+work-matched in ms, are Autopack's overhead over doing the same work in a bare chain; the headline
+ratio stays Autopack / the hop-only chain.
+
     .venv/bin/python bench/orchestration.py [--phases 20] [--rounds 3] [--sandbox none|bwrap|both]
 
 The model is ``bench/_model.py`` used directly through ``AUTOPACK_LLM_SCRIPT`` (in-process, zero
@@ -11,8 +18,9 @@ real sandbox (two test runs per phase: none here, one probe; the baseline is out
 
 Per phase = (time the last phase's decide step finished − time the first one's did) / (phases − 1):
 N−1 whole cycles build → probe → audit → decide → next build, without run setup and baseline.
-The bare chain is timed the same way (each bare decide pushes its time). Rounds alternate bare and
-Autopack; the figures are medians over rounds, and the best round of each
+The bare chains are timed the same way (each bare decide pushes its time). Rounds alternate the
+bare chain, the bare chain with dispatch messages, the work-matched chain and Autopack; the figures
+are medians over rounds, and the best round of each
 (the least disturbed by other load on the machine) is printed beside them. Task runtimes (worker side, from Celery task events)
 split Autopack's time per phase into work inside tasks and the rest (broker, queue waits).
 """
@@ -29,7 +37,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _cluster import Cluster, TaskTap, loadavg, make_plan, make_target, say  # noqa: E402
+from _cluster import Cluster, TaskTap, git, loadavg, make_plan, make_target, say  # noqa: E402
 
 # The Procfile's topology (no beat: nothing here needs the reconciler).
 WORKERS = [
@@ -38,6 +46,33 @@ WORKERS = [
     ("events", "events,agents,maintenance", "prefork", 2),
 ]
 STEP_TASKS = ("autopack.build_phase", "autopack.probe", "autopack.audit", "autopack.decide")
+MATCHED_TASKS = ("bench.matched.build", "bench.matched.probe", "bench.matched.audit", "bench.matched.decide")
+
+
+def _log_tails(cluster: Cluster, lines: int = 15) -> str:
+    """The end of each process's log, for an error message (the logs go with the temp dir)."""
+    out = []
+    for log in sorted((cluster.workdir / "logs").glob("*.log")):
+        tail = log.read_text(errors="replace").splitlines()[-lines:]
+        if tail:
+            out.append(f"\n--- {log.name} (last {len(tail)} lines)\n" + "\n".join(tail))
+    return "".join(out)
+
+
+def _per_phase(cluster: Cluster, key: str, phases: int, timeout: float, what: str) -> float:
+    """Wait for a bare chain's ``phases`` decide times on ``key``; (last − first) / (phases − 1)."""
+    deadline = time.monotonic() + timeout
+    while cluster.redis.llen(key) < phases:
+        error = cluster.redis.get(f"{key}:error")
+        if error:
+            raise RuntimeError(f"the {what} failed: {error.decode()}{_log_tails(cluster)}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the {what} did not finish ({cluster.redis.llen(key)} of {phases} decides)"
+                               f"{_log_tails(cluster)}")
+        time.sleep(0.01)
+    times = [float(x) for x in cluster.redis.lrange(key, 0, -1)]
+    cluster.redis.delete(key)
+    return (times[-1] - times[0]) / (phases - 1)
 
 
 def bare_round(cluster: Cluster, phases: int, dispatch: bool, timeout: float) -> float:
@@ -45,14 +80,24 @@ def bare_round(cluster: Cluster, phases: int, dispatch: bool, timeout: float) ->
 
     key = f"bench:bare:{time.time_ns()}"
     _bare.start(key, phases, dispatch)
-    deadline = time.monotonic() + timeout
-    while cluster.redis.llen(key) < phases:
-        if time.monotonic() > deadline:
-            raise TimeoutError("the bare chain did not finish")
-        time.sleep(0.01)
-    times = [float(x) for x in cluster.redis.lrange(key, 0, -1)]
-    cluster.redis.delete(key)
-    return (times[-1] - times[0]) / (phases - 1)
+    return _per_phase(cluster, key, phases, timeout, "bare chain")
+
+
+def matched_round(cluster: Cluster, repo: Path, phases: int, timeout: float) -> float:
+    """The work-matched bare chain (no dispatch messages, like the hop-only one) on a fresh branch
+    of ``repo`` from ``main``; checks afterwards that the branch got exactly one commit per phase."""
+    import _bare
+
+    key = f"bench:matched:{time.time_ns()}"
+    ref = f"refs/heads/matched-{time.time_ns()}"
+    head = git(repo, "rev-parse", "main").strip()
+    git(repo, "update-ref", ref, head)
+    _bare.start_matched(key, str(repo), ref, head, phases, False)
+    per_phase = _per_phase(cluster, key, phases, timeout, "work-matched bare chain")
+    count = int(git(repo, "rev-list", "--count", f"{head}..{ref}").strip())
+    if count != phases:
+        raise RuntimeError(f"the work-matched chain left {count} commits on {ref}, expected {phases}")
+    return per_phase
 
 
 def autopack_round(cluster: Cluster, phases: int, timeout: float) -> dict[str, float]:
@@ -81,16 +126,21 @@ def measure(sandbox: str, phases: int, rounds: int, work: Path) -> dict[str, flo
         # This process sends the bare chain's first message through the same app: same broker.
         os.environ.update({k: v for k, v in cluster.env.items() if k.startswith("AUTOPACK_")})
         cluster.add_project("bench", make_target(work / f"target-{sandbox}"))
+        # The work-matched chain's own target (the same make_target), so its branches and objects
+        # stay out of Autopack's repository.
+        matched_repo = make_target(work / f"matched-target-{sandbox}")
         # Warm-up: imports, connections, the first git and sandbox runs.
         autopack_round(cluster, 2, 120)
         bare_round(cluster, 2, False, 60)
         bare_round(cluster, 2, True, 60)
-        bare, bare_d, ap = [], [], []
+        matched_round(cluster, matched_repo, 2, 60)
+        bare, bare_d, matched, ap = [], [], [], []
         runtimes: dict[str, list[float]] = {}
         with TaskTap() as tap:
             for _ in range(rounds):
                 bare.append(bare_round(cluster, phases, False, 120))
                 bare_d.append(bare_round(cluster, phases, True, 120))
+                matched.append(matched_round(cluster, matched_repo, phases, 150))
                 ap.append(autopack_round(cluster, phases, 150))
                 time.sleep(0.5)  # let the last task events arrive
                 for name, rts in tap.runtimes().items():
@@ -104,8 +154,15 @@ def measure(sandbox: str, phases: int, rounds: int, work: Path) -> dict[str, flo
         "autopack_end_to_end_s_per_phase": med["end_to_end_per_phase"],
         "autopack_rounds_s_per_phase": [round(r["per_phase"], 4) for r in ap],
         "bare_rounds_s_per_phase": [round(b, 4) for b in bare],
+        "work_matched_s_per_phase": statistics.median(matched),
+        "work_matched_rounds_s_per_phase": [round(m, 4) for m in matched],
     }
     out["ratio"] = out["autopack_s_per_phase"] / out["bare_s_per_phase"]
+    # Autopack beside a bare chain doing the same work: what orchestration adds over the work.
+    out["ratio_vs_work_matched"] = out["autopack_s_per_phase"] / out["work_matched_s_per_phase"]
+    out["overhead_over_work_matched_s_per_phase"] = out["autopack_s_per_phase"] - out["work_matched_s_per_phase"]
+    out["work_matched_best_s_per_phase"] = min(matched)
+    out["ratio_vs_work_matched_best"] = min(r["per_phase"] for r in ap) / min(matched)
     # The best round of each: what is left when the machine's other load gets out of the way.
     out["bare_best_s_per_phase"] = min(bare)
     out["autopack_best_s_per_phase"] = min(r["per_phase"] for r in ap)
@@ -116,6 +173,7 @@ def measure(sandbox: str, phases: int, rounds: int, work: Path) -> dict[str, flo
     out["task_count_per_phase"] = {k: round(len(v) / (rounds * phases), 2) for k, v in sorted(runtimes.items())}
     # Work inside the four step tasks per phase, from the workers' own runtimes.
     out["autopack_task_runtime_s_per_phase"] = sum(statistics.mean(runtimes[t]) for t in STEP_TASKS if t in runtimes)
+    out["work_matched_task_runtime_s_per_phase"] = sum(statistics.mean(runtimes[t]) for t in MATCHED_TASKS if t in runtimes)
     return out
 
 
@@ -130,6 +188,13 @@ def report(r: dict) -> None:
         f"end to end incl. setup and baseline: {ms(r['autopack_end_to_end_s_per_phase'])} per phase")
     say(f"[sandbox={sb}] ratio Autopack / bare chain: {r['ratio']:.1f}x (medians; goal <= 3x); vs bare chain with dispatch: "
         f"{r['ratio_vs_bare_dispatch']:.1f}x; best rounds: {ms(r['autopack_best_s_per_phase'])} / {ms(r['bare_best_s_per_phase'])} = {r['ratio_best']:.1f}x")
+    say(f"[sandbox={sb}] work-matched bare chain, same 4 hops, each doing its step's minimal work (blob + commit-tree; "
+        f"tree export + the test run; git diff; update-ref CAS): {ms(r['work_matched_s_per_phase'])} per phase "
+        f"(rounds: {', '.join(ms(x) for x in r['work_matched_rounds_s_per_phase'])}); "
+        f"inside its 4 tasks: {ms(r['work_matched_task_runtime_s_per_phase'])}")
+    say(f"[sandbox={sb}] ratio Autopack / work-matched bare chain: {r['ratio_vs_work_matched']:.1f}x (medians; best rounds "
+        f"{r['ratio_vs_work_matched_best']:.1f}x): Autopack's overhead over doing the same work in a bare chain is "
+        f"{ms(r['overhead_over_work_matched_s_per_phase'])} per phase")
     say(f"[sandbox={sb}] Autopack hop times (previous step done -> this step done): "
         + ", ".join(f"{k} {ms(v)}" for k, v in r["hops"].items()))
     say(f"[sandbox={sb}] worker-side task runtimes (mean, tasks per phase): "
