@@ -905,6 +905,8 @@ def decide_attempt(services: Services, attempt_id: int, ctx: StepContext) -> lis
                 feedback += f"\n\nThe Doctor's advice: {diagnosis['hint']}"
             transition(s, ph, PhaseState.RETRY, feedback=feedback)
             emit(s, run.id, "phase.retry", phase_key=ph.key, attempt_id=a.id, reason=decision.reason)
+            if replanned is None and _auditor_was_out(a):
+                return ctx.finish(s, [("audit", _reaudit(s, run, ph, a))])
             return ctx.finish(s, [("build", ph.id)])
         if action == "skip_phase":
             transition(s, ph, PhaseState.SKIPPED, feedback=None)
@@ -926,6 +928,29 @@ def decide_attempt(services: Services, attempt_id: int, ctx: StepContext) -> lis
         else:
             _end_run(s, run, RunState.DONE_FAILED_TIER_BLOCKED, reason)
         return ctx.finish(s, [])
+
+
+def _auditor_was_out(a: Attempt) -> bool:
+    """Whether ``a`` failed only because no auditor of its required audit answered: its candidate
+    was built and passed the gate, so it needs another review, not another Builder call."""
+    return (a.failure_class == "provider_error" and (a.audit or {}).get("verdict") == "error"
+            and a.candidate_commit is not None and bool((a.gate or {}).get("passed")))
+
+
+def _reaudit(s: Session, run: Run, ph: Phase, a: Attempt) -> int:
+    """A new attempt holding ``a``'s candidate, already built and tested, for the audit step. It uses up
+    no attempt (``a`` failed as a provider error) and pays for no second build; returns its id."""
+    transition(s, ph, PhaseState.EXECUTING, attempts_used=ph.attempts_used + 1)
+    again = Attempt(phase_id=ph.id, run_id=run.id, number=ph.attempts_used, model=a.model, parent_commit=a.parent_commit,
+                    candidate_commit=a.candidate_commit, edits=a.edits, refusals=a.refusals, edit_rounds=a.edit_rounds,
+                    test_result=a.test_result, gate=a.gate, routing=a.routing, submission=a.submission, state="TESTED")
+    s.add(again)
+    s.flush()
+    ph.current_attempt_id = again.id
+    transition(s, ph, PhaseState.GATE)
+    emit(s, run.id, "attempt.started", phase_key=ph.key, attempt_id=again.id, number=again.number, model=again.model,
+         reaudit_of=a.id)
+    return again.id
 
 
 @dataclass

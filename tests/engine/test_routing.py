@@ -164,7 +164,7 @@ def test_an_auditor_outage_falls_back_and_a_total_one_uses_no_attempt(local_sett
             raise ProviderUnavailable("p", "overloaded_error: Overloaded", 529)
         return stats_model(req)
 
-    services, _ = make_services(local_settings, respond)
+    services, client = make_services(local_settings, respond)
     strategy = services.config.strategy.model_copy(deep=True)
     strategy.categories["feature"] = {"audit": "required"}
     strategy.run.routing.backoff_base_s = 0.05
@@ -179,11 +179,21 @@ def test_an_auditor_outage_falls_back_and_a_total_one_uses_no_attempt(local_sett
     assert first["audit"]["verdict"] == "error" and first["audit"]["fallbacks"] == ["claude-haiku-4-5", "claude-sonnet-4-5"]
     assert first["failure_class"] == "provider_error" and first["classification"] == "provider_error"
     assert first["doctor"]["burns_attempt"] is False and first["decision"] == "retry"
-    # The next review skips openai, whose last call was the outage, for anthropic, which has answered since
-    # (the second attempt's Builder call).
-    assert second["audit"]["verdict"] == "approve" and second["audit"]["model"] == "claude-haiku-4-5"
-    assert second["audit"]["skipped"][0]["model"] == "gpt-5-mini" and "is down until" in second["audit"]["skipped"][0]["reason"]
+    # The candidate was built and passed the gate: the next attempt reviews that same candidate again
+    # instead of paying for a second build. Every provider's last call was the outage, so routing takes
+    # the wanted model again.
+    assert second["commit"] == first["commit"] and second["test_summary"] == first["test_summary"]
+    assert second["gate"] == first["gate"] and second["gate"]["passed"] is True
+    assert second["tokens"] < first["tokens"]  # the second review only: no Builder tokens
+    assert second["audit"]["verdict"] == "approve" and second["audit"]["model"] == "gpt-5-mini"
     assert second["decision"] == "complete"
+    builder_calls = [c for c in client.calls if c.system.startswith("You are the Builder")]
+    assert len(builder_calls) == 1
+    with session_scope(local_settings.db_url) as s:
+        started = [e for e in list_events(s, run_id) if e["type"] == "attempt.started"]
+        audited = [e for e in list_events(s, run_id) if e["type"] == "attempt.audited"]
+    assert len(started) == 2 and started[1]["payload"]["reaudit_of"] == started[0]["attempt_id"]
+    assert [e["attempt_id"] for e in audited] == [started[0]["attempt_id"], started[1]["attempt_id"]]
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
