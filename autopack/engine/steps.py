@@ -482,7 +482,7 @@ def build_phase(services: Services, phase_id: int, ctx: StepContext) -> list[Ste
         files = sorted(tree.entries())
         outcome = check_submission(submission, tree.read, _policy(spec, files))
         used = ["external"]
-        return _commit_candidate(services, ctx, phase_id, attempt_id, outcome, used, repo, worktree_path, head, spec,
+        return _commit_candidate(services, ctx, phase_id, attempt_id, outcome, used, repo, worktree_path, tree, spec,
                                  run_id, number, epoch, index)
     ctx_, files = _context(services, tree, spec, feedback)
     ctx_ = dataclasses.replace(ctx_, rules_text=guidance)
@@ -512,7 +512,7 @@ def build_phase(services: Services, phase_id: int, ctx: StepContext) -> list[Ste
         return _attempt_failed(services, ctx, attempt_id, "provider_error", str(exc))
     except ProviderError as exc:
         return _attempt_failed(services, ctx, attempt_id, "provider_error", str(exc))
-    return _commit_candidate(services, ctx, phase_id, attempt_id, outcome, used, repo, worktree_path, head, spec,
+    return _commit_candidate(services, ctx, phase_id, attempt_id, outcome, used, repo, worktree_path, tree, spec,
                              run_id, number, epoch, index)
 
 
@@ -533,7 +533,7 @@ def _await_external_builder(s: Session, run: Run, ph: Phase) -> list[Step]:
 
 
 def _commit_candidate(services: Services, ctx: StepContext, phase_id: int, attempt_id: int, outcome: BuildOutcome,
-                      used: list[str], repo: Path, worktree_path: Path, head: str, spec: dict[str, Any], run_id: str,
+                      used: list[str], repo: Path, worktree_path: Path, tree: TreeReader, spec: dict[str, Any], run_id: str,
                       number: int, epoch: int, index: int) -> list[Step]:
     """Governed edits → the deterministic candidate commit (kept under the run's refs) → the gate."""
     rounds = [r.__dict__ for r in outcome.rounds]
@@ -542,9 +542,10 @@ def _commit_candidate(services: Services, ctx: StepContext, phase_id: int, attem
     trailers = {"Autopack-Run": run_id, "Autopack-Phase": spec["id"], "Autopack-Attempt": str(number)}
     goal_line = spec["goal"].strip().splitlines()[0][:72]
     try:
-        wt.ensure_worktree(repo, worktree_path, head, reset=False)  # commit_candidate resets it
+        wt.ensure_worktree(repo, worktree_path, tree.commit, reset=False)  # commit_candidate resets it
         sha = wt.commit_candidate(
-            worktree_path, head, outcome.changes, message=f"{spec['id']}: {goal_line}", trailers=trailers, timestamp=epoch + 60 * index
+            worktree_path, tree.commit, outcome.changes, message=f"{spec['id']}: {goal_line}", trailers=trailers,
+            timestamp=epoch + 60 * index, parent_entries=tree.entries(),
         )
         wt.keep_ref(repo, f"refs/autopack/{run_id}/{spec['id']}/{number}", sha)
     except GitError as exc:

@@ -30,6 +30,11 @@ class TreeReader:
         self._objects: dict[str, tuple[str, str]] | None = None
         self._texts: dict[str, str | None] = {}
 
+    @property
+    def commit(self) -> str:
+        """The commit whose files this reads."""
+        return self._commit
+
     def entries(self) -> dict[str, str]:
         """Every non-tree entry as ``{path: mode}`` (as :meth:`Git.list_entries`)."""
         return {path: mode for path, (mode, _oid) in self._listing().items()}

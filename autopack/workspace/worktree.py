@@ -50,6 +50,13 @@ def _common_dir(git: Git) -> Path:
     return Path(out).resolve()
 
 
+@functools.lru_cache(maxsize=256)
+def _repo_common_dir(repo: Path) -> Path:
+    """The common git directory of the target repository ``repo`` (resolved): where a repository's
+    git directory is does not change while Autopack works on it, so it is asked once per process."""
+    return _common_dir(Git(repo))
+
+
 def _worktree_dirs(path: Path) -> tuple[Path, Path, Path] | None:
     """``(top, git dir, common dir)`` of the working tree at ``path`` in one git call, or
     ``None`` when ``path`` is not inside one."""
@@ -75,7 +82,8 @@ def _classify(repo: Path, path: Path) -> str | None:
         return None
     top, git_dir, common = dirs
     try:
-        if top != path.resolve() or common != _common_dir(Git(repo)):
+        # The cached answer is checked again on a mismatch, so a repository re-created differently stays right.
+        if top != path.resolve() or (common != _repo_common_dir(repo.resolve()) and common != _common_dir(Git(repo))):
             return None
     except GitError:
         return None
@@ -103,9 +111,9 @@ def _is_stale_worktree_of(repo: Path, path: Path) -> bool:
 
 def _reset_clean(git: Git, commit: str) -> None:
     """Detach HEAD at ``commit`` and make the worktree exactly its tree (no untracked files)."""
-    # Detach first: ``reset --hard`` on an attached HEAD would move that branch.
-    git.run("update-ref", "--no-deref", "-m", "autopack: reset workspace", "HEAD", commit)
-    git.run("reset", "--hard", "--quiet", commit)
+    # ``checkout --detach --force``: HEAD is detached (no branch moves, whatever was checked out)
+    # and tracked files and the index become the commit's, local changes discarded.
+    git.run("checkout", "--quiet", "--force", "--detach", commit)
     git.run("clean", "-ffdxq")
 
 
@@ -182,9 +190,22 @@ def _check_ref_name(git: Git, ref: str) -> None:
         raise GitError(f"invalid ref name: {ref!r}")
 
 
-@functools.lru_cache(maxsize=4096)
+# Components made only of these characters, not starting with "." and not ending with ".lock" or ".",
+# are valid for git whatever else its rules say; anything else is left to ``git check-ref-format``.
+_PLAIN_COMPONENT = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$")
+
+
 def _valid_ref_name(ref: str) -> bool:
-    """``git check-ref-format``'s answer, which depends on the name alone (so it is cached)."""
+    """``git check-ref-format``'s answer. The names Autopack makes (``refs/autopack/<run>/<phase>/<n>``,
+    ``refs/heads/autopack/<run>``) are plain and decided here without a process."""
+    parts = ref.split("/")
+    if all(_PLAIN_COMPONENT.match(c) and ".." not in c and not c.endswith((".", ".lock")) for c in parts):
+        return True
+    return _git_says_valid_ref_name(ref)
+
+
+@functools.lru_cache(maxsize=1024)
+def _git_says_valid_ref_name(ref: str) -> bool:
     return Git(Path(tempfile.gettempdir())).run_bytes("check-ref-format", ref, check=False).returncode == 0
 
 
@@ -414,6 +435,7 @@ def commit_candidate(
     author_name: str = "Autopack",
     author_email: str = "autopack@localhost",
     keep_as: str | None = None,
+    parent_entries: Mapping[str, str] | None = None,
 ) -> str:
     """Make the phase's candidate commit: ``parent`` plus ``changes``. Returns its SHA.
 
@@ -430,6 +452,8 @@ def commit_candidate(
     ``core.hooksPath`` is forced to ``/dev/null``). Afterwards the worktree's
     detached HEAD is at the candidate. With ``keep_as``, the commit is anchored
     at ``refs/autopack/candidates/<keep_as>`` so garbage collection keeps it.
+    ``parent_entries`` (``{path: mode}`` of ``parent``, as :meth:`Git.list_entries` gives it) saves
+    listing the parent's tree again when the caller has it.
     """
     if isinstance(timestamp, bool) or not isinstance(timestamp, int) or timestamp < 0:
         raise GitError(f"timestamp must be a non-negative integer, got {timestamp!r}")
@@ -445,7 +469,7 @@ def commit_candidate(
         raise GitError(f"commit_candidate: {parent!r} is not a commit")
 
     # Paths inside a submodule belong to another repository.
-    entries = git.list_entries(parent_sha)
+    entries = parent_entries if parent_entries is not None else git.list_entries(parent_sha)
     gitlinks = {p for p, mode in entries.items() if mode == MODE_GITLINK}
     for path in changes:
         parts = _split_repo_path(path)

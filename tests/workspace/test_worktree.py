@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -397,6 +398,22 @@ def test_commit_candidate_refuses_unsafe_and_submodule_paths(repo: Path, head: s
     for path in ("vendor/lib/evil.py", "vendor/lib", ".git/hooks/pre-commit", "../outside"):
         with pytest.raises(UnsafePath):
             candidate(wt, parent, {path: "x\n"})
+        # The same with the parent's listing handed in by the caller.
+        with pytest.raises(UnsafePath):
+            candidate(wt, parent, {path: "x\n"}, parent_entries=Git(repo).list_entries(parent))
+
+
+@pytest.mark.parametrize("name", [
+    "refs/autopack/run-1/p1/1", "refs/heads/autopack/0f3a_b.c", "refs/heads/a.lock", "refs/heads/a..b",
+    "refs/heads/.hidden", "refs/heads/x.", "refs/heads/a//b", "refs/heads/a/", "refs/heads/sp ace",
+    "refs/heads/t~1", "refs/heads/q?", "refs/heads/at@{x}", "refs/heads/@", "refs/heads/-dash",
+    "refs/heads/caf\u00e9", "refs/heads/a.lock/b", "refs/heads/ctl\x01",
+])
+def test_ref_names_are_judged_as_git_judges_them(repo: Path, name: str) -> None:
+    from autopack.workspace.worktree import _valid_ref_name
+
+    says = subprocess.run(["git", "check-ref-format", name], capture_output=True).returncode == 0
+    assert _valid_ref_name(name) is says
 
 
 def test_commit_candidate_validates_inputs(repo: Path, head: str, tmp_path: Path) -> None:
