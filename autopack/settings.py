@@ -43,10 +43,13 @@ class Settings(BaseSettings):
     ci_time_limit: int = 1200
     audit_time_limit: int = 600
     default_time_limit: int = 300
-    # Redis redelivers an unacknowledged message after this: above the longest step (the CI limit).
+    # Redis redelivers an unacknowledged message after this; the broker gets the larger of it and
+    # every queue's hard limit, plus a minute (tasks/app.py).
     visibility_timeout: int = 4 * 3600
     # Worker recycling and deploys: a pool process is replaced after this many tasks or this much
-    # resident memory (KiB); on SIGTERM a worker finishes running steps for up to the soft timeout.
+    # resident memory (KiB). A cold shutdown (SIGQUIT; SIGTERM too where REMAP_SIGTERM=SIGQUIT, as
+    # docker-compose.yml sets) first lets running steps go on for up to the soft shutdown timeout;
+    # a plain SIGTERM is Celery's warm shutdown, which waits for them.
     max_tasks_per_child: int = 200
     max_memory_per_child_kb: int = 1_000_000
     soft_shutdown_timeout_s: float = 60.0

@@ -81,7 +81,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         }
     else:
         # Every place Redis' visibility timeout must be set, above the longest step's hard limit.
-        vt = max(settings.visibility_timeout, settings.ci_time_limit, settings.build_time_limit) + 60
+        vt = max(settings.visibility_timeout, *(queue_time_limit(settings, q) for q in QUEUES)) + 60
         conf["broker_transport_options"] = {"visibility_timeout": vt}
         conf["result_backend_transport_options"] = {"visibility_timeout": vt}
         conf["visibility_timeout"] = vt

@@ -83,3 +83,17 @@ def test_a_step_that_fails_for_good_ends_the_run(local_settings, demo_repo: Path
         set_services(None)
     assert v["state"] == "DONE_FAILED_INFRASTRUCTURE"
     assert "model exploded" in v["failure_reason"] and "build" in v["failure_reason"]
+
+
+def test_redis_visibility_timeout_is_above_every_queues_hard_limit() -> None:
+    """A task still running when the visibility timeout passes would be delivered a second time."""
+    from autopack.settings import Settings
+    from tasks.app import celery_config, queue_time_limit
+
+    for longest in ("build_time_limit", "ci_time_limit", "audit_time_limit", "default_time_limit"):
+        settings = Settings(profile="prod", visibility_timeout=60, **{longest: 9 * 3600})
+        conf = celery_config(settings)
+        vt = conf["broker_transport_options"]["visibility_timeout"]
+        assert vt > 9 * 3600, longest
+        assert conf["result_backend_transport_options"]["visibility_timeout"] == vt == conf["visibility_timeout"]
+        assert all(vt > queue_time_limit(settings, q) for q in QUEUES)
