@@ -542,10 +542,10 @@ def _commit_candidate(services: Services, ctx: StepContext, phase_id: int, attem
     trailers = {"Autopack-Run": run_id, "Autopack-Phase": spec["id"], "Autopack-Attempt": str(number)}
     goal_line = spec["goal"].strip().splitlines()[0][:72]
     try:
-        wt.ensure_worktree(repo, worktree_path, tree.commit, reset=False)  # commit_candidate resets it
+        wt.ensure_worktree(repo, worktree_path, tree.commit)  # clean at the parent (recreated if it cannot be)
         sha = wt.commit_candidate(
             worktree_path, tree.commit, outcome.changes, message=f"{spec['id']}: {goal_line}", trailers=trailers,
-            timestamp=epoch + 60 * index, parent_entries=tree.entries(),
+            timestamp=epoch + 60 * index, parent_entries=tree.entries(), reset_first=False,
         )
         wt.keep_ref(repo, f"refs/autopack/{run_id}/{spec['id']}/{number}", sha)
     except GitError as exc:

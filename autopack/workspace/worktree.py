@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import logging
 import os
 import re
 import shutil
@@ -38,6 +39,8 @@ __all__ = [
 ]
 
 CANDIDATE_REF_PREFIX = "refs/autopack/candidates/"
+
+log = logging.getLogger(__name__)
 
 _TRAILER_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*$")
 
@@ -125,8 +128,11 @@ def ensure_worktree(repo: Path, path: Path, commit: str, *, reset: bool = True) 
     at ``path`` that is neither a worktree of ``repo`` nor the remains of one is
     refused with :class:`GitError` rather than deleted. Returns the resolved path.
 
-    ``reset=False`` leaves an existing worktree as it is (for a caller that resets it
-    itself, as :func:`commit_candidate` does); a recreated one is always at ``commit``.
+    An existing worktree that cannot be reset (a stale ``index.lock``, a torn index left
+    by a git process killed mid-write) is removed and recreated.
+
+    ``reset=False`` leaves an existing worktree as it is; a recreated one is always at
+    ``commit``.
     """
     repo = Path(repo).resolve()
     path = Path(path).absolute()
@@ -141,9 +147,18 @@ def ensure_worktree(repo: Path, path: Path, commit: str, *, reset: bool = True) 
             f"ensure_worktree: {path} is the repository's own checkout; refusing to reset it"
         )
     if kind == "linked":
-        if reset:
+        if not reset:
+            return path.resolve()
+        try:
             _reset_clean(Git(path), sha)
-        return path.resolve()
+            return path.resolve()
+        except GitError as exc:
+            # A git process killed mid-write (a worker's whole process group SIGKILLed on a deploy,
+            # or by the OOM killer) leaves an index.lock or a torn index behind, and every reset
+            # would fail from then on. A worktree holds nothing the repository does not: it is
+            # thrown away and made again.
+            log.warning("worktree %s could not be reset (%s); recreating it", path, exc)
+            shutil.rmtree(path)
 
     if path.is_symlink():
         raise GitError(f"ensure_worktree: {path} is a symlink; refusing to use it")
@@ -436,6 +451,7 @@ def commit_candidate(
     author_email: str = "autopack@localhost",
     keep_as: str | None = None,
     parent_entries: Mapping[str, str] | None = None,
+    reset_first: bool = True,
 ) -> str:
     """Make the phase's candidate commit: ``parent`` plus ``changes``. Returns its SHA.
 
@@ -453,7 +469,8 @@ def commit_candidate(
     detached HEAD is at the candidate. With ``keep_as``, the commit is anchored
     at ``refs/autopack/candidates/<keep_as>`` so garbage collection keeps it.
     ``parent_entries`` (``{path: mode}`` of ``parent``, as :meth:`Git.list_entries` gives it) saves
-    listing the parent's tree again when the caller has it.
+    listing the parent's tree again when the caller has it. ``reset_first=False`` is for a
+    caller that has just made the worktree clean at ``parent`` (:func:`ensure_worktree`).
     """
     if isinstance(timestamp, bool) or not isinstance(timestamp, int) or timestamp < 0:
         raise GitError(f"timestamp must be a non-negative integer, got {timestamp!r}")
@@ -477,7 +494,8 @@ def commit_candidate(
             if "/".join(parts[:i]) in gitlinks:
                 raise UnsafePath(path, f"is inside the submodule {'/'.join(parts[:i])!r}")
 
-    _reset_clean(git, parent_sha)
+    if reset_first:
+        _reset_clean(git, parent_sha)
     write_changes(root, changes)
 
     date = f"@{timestamp} +0000"

@@ -98,6 +98,31 @@ def test_ensure_worktree_without_reset_leaves_an_existing_worktree(repo: Path, h
     assert sh_git(wt, "status", "--porcelain", "--ignored") == ""
 
 
+@pytest.mark.parametrize("damage", ["index.lock", "torn index"])
+def test_ensure_worktree_recreates_one_a_killed_git_left_broken(repo: Path, head: str, tmp_path: Path, damage: str) -> None:
+    """A git process SIGKILLed mid-write leaves its lock (or half an index): the worktree is made again."""
+    wt = ensure_worktree(repo, tmp_path / "wt", head)
+    git_dir = Path(sh_git(wt, "rev-parse", "--path-format=absolute", "--git-dir").strip())
+    if damage == "index.lock":
+        (git_dir / "index.lock").write_bytes(b"")
+    else:
+        (git_dir / "index").write_bytes((git_dir / "index").read_bytes()[:40])
+    (wt / "README.md").write_text("dirty\n")
+    if damage == "index.lock":
+        with pytest.raises(subprocess.CalledProcessError):
+            sh_git(wt, "reset", "--hard", "-q", head)  # plain git is stuck on it
+    first = Git(repo).rev_parse("HEAD~1")
+    assert first is not None
+    assert ensure_worktree(repo, wt, first) == wt
+    assert Git(wt).rev_parse("HEAD") == first
+    assert (wt / "README.md").read_text() == "# target\n"
+    assert sh_git(wt, "status", "--porcelain", "--ignored") == ""
+    sha = candidate(wt, first, {"src/app.py": "def main():\n    return 3\n"})
+    assert Git(repo).read_blob(sha, "src/app.py") == "def main():\n    return 3\n"
+    listed = [line for line in sh_git(repo, "worktree", "list", "--porcelain").splitlines() if line.startswith("worktree ")]
+    assert listed == [f"worktree {repo.resolve()}", f"worktree {wt.resolve()}"]  # the repo's own and this one, once
+
+
 def test_ensure_worktree_never_moves_an_attached_branch(repo: Path, head: str, tmp_path: Path) -> None:
     wt = ensure_worktree(repo, tmp_path / "wt", head)
     sh_git(wt, "checkout", "-q", "-b", "someone-elses")

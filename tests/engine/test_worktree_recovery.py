@@ -1,0 +1,45 @@
+"""A run whose worktree a killed git process left locked goes on: the build step recreates the
+worktree from the repository instead of failing every attempt on the stale index.lock."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.engine.harness import demo_model, demo_plan, drive, make_services, register, submit, view
+
+pytestmark = pytest.mark.sandbox
+
+
+def test_a_stale_index_lock_in_the_worktree_costs_no_attempt(local_settings, demo_repo: Path) -> None:
+    good = demo_model()
+    builds: list[str] = []
+    run: dict[str, str] = {}
+
+    def respond(req):  # type: ignore[no-untyped-def]
+        if req.system.startswith("You are the Builder"):
+            builds.append(req.model)
+            if len(builds) == 2:
+                # As if the previous build's worker had been SIGKILLed with its git child mid-write.
+                wt = local_settings.worktrees_dir / run["id"]
+                git_dir = subprocess.run(["git", "rev-parse", "--path-format=absolute", "--git-dir"], cwd=wt,
+                                         capture_output=True, text=True, check=True).stdout.strip()
+                (Path(git_dir) / "index.lock").write_bytes(b"")
+        return good(req)
+
+    services, _ = make_services(local_settings, respond)
+    register(local_settings, demo_repo)
+    run["id"] = submit(services, demo_plan())
+    drive(services, ("start_run", run["id"]))
+    v = view(services, run["id"])
+    assert v["state"] == "DONE_SUCCESS", v["failure_reason"]
+    assert len(builds) >= 2
+    for tier in v["tiers"]:
+        for ph in tier["phases"]:
+            assert all(a["failure_class"] != "edit_refused" for a in ph["attempt_details"]), ph["attempt_details"]
+    wt = local_settings.worktrees_dir / run["id"]
+    git_dir = subprocess.run(["git", "rev-parse", "--path-format=absolute", "--git-dir"], cwd=wt,
+                             capture_output=True, text=True, check=True).stdout.strip()
+    assert not (Path(git_dir) / "index.lock").exists()
