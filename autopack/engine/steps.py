@@ -65,6 +65,10 @@ JUNIT = "autopack-junit.xml"
 # helpers
 
 
+# A lock on the run's own branch older than this is the remains of a git process killed mid-update.
+STALE_REF_LOCK_S = 60.0
+
+
 def _worktree_path(services: Services, run: Run) -> Path:
     return services.settings.worktrees_dir / run.id
 
@@ -860,7 +864,7 @@ def decide_attempt(services: Services, attempt_id: int, ctx: StepContext) -> lis
         target = sha if decision.action == "complete" else base
         assert target is not None and head is not None
         try:
-            wt.update_ref_cas(repo, f"refs/heads/{branch}", target, head)
+            wt.update_ref_cas(repo, f"refs/heads/{branch}", target, head, stale_lock_s=STALE_REF_LOCK_S)
         except GitError as exc:
             # A worker whose lease was taken over finds the ref moved on: it stops here, silently.
             _fail_run_now(services, ctx, a.run_id, RunState.DONE_FAILED_INFRASTRUCTURE, f"integration branch moved unexpectedly: {exc}")

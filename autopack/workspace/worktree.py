@@ -17,6 +17,7 @@ import re
 import shutil
 import stat
 import tempfile
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -224,7 +225,7 @@ def _git_says_valid_ref_name(ref: str) -> bool:
     return Git(Path(tempfile.gettempdir())).run_bytes("check-ref-format", ref, check=False).returncode == 0
 
 
-def update_ref_cas(repo: Path, ref: str, new: str, expected_old: str | None) -> None:
+def update_ref_cas(repo: Path, ref: str, new: str, expected_old: str | None, *, stale_lock_s: float | None = None) -> None:
     """Move ``ref`` to ``new`` only if it is at ``expected_old`` (``None``: only if absent).
 
     Runs ``git update-ref <ref> <new> <expected-old>``, which git performs
@@ -238,6 +239,11 @@ def update_ref_cas(repo: Path, ref: str, new: str, expected_old: str | None) -> 
     Raises :class:`RefMovedAt` (a :class:`RefMoved`) carrying the ref's actual value
     when it is elsewhere; :class:`GitError` for other failures (unknown commit,
     lock held by another process).
+
+    With ``stale_lock_s``, a lock file of this very ref older than that many seconds is
+    taken for the remains of a git process killed mid-update (git holds it for
+    milliseconds): it is removed and the move tried once more. Only for refs that no one
+    but Autopack writes.
     """
     git = Git(repo)
     _check_ref_name(git, ref)
@@ -255,6 +261,8 @@ def update_ref_cas(repo: Path, ref: str, new: str, expected_old: str | None) -> 
     proc = git.run_bytes(
         "update-ref", "-m", "autopack", ref, new_sha, old_sha or zero, check=False
     )
+    if proc.returncode != 0 and stale_lock_s is not None and _remove_stale_lock(repo, ref, stale_lock_s):
+        proc = git.run_bytes("update-ref", "-m", "autopack", ref, new_sha, old_sha or zero, check=False)
     if proc.returncode == 0:
         return
     actual = git.rev_parse(ref, peel_commit=False)
@@ -265,6 +273,23 @@ def update_ref_cas(repo: Path, ref: str, new: str, expected_old: str | None) -> 
     raise GitError(
         f"git update-ref {ref} failed: {proc.stderr.decode('utf-8', 'replace').strip()}"
     )
+
+
+def _remove_stale_lock(repo: Path, ref: str, older_than_s: float) -> bool:
+    """Remove ``ref``'s lock file if it is older than ``older_than_s``; whether it did."""
+    lock = _repo_common_dir(Path(repo).resolve()) / f"{ref}.lock"
+    try:
+        age = time.time() - lock.lstat().st_mtime
+    except FileNotFoundError:
+        return False
+    if age < older_than_s:
+        return False
+    log.warning("removing %s, left %.0f s ago by a git process that did not finish", lock, age)
+    try:
+        lock.unlink()
+    except FileNotFoundError:
+        return False
+    return True
 
 
 _HEX = frozenset("0123456789abcdef")

@@ -1,5 +1,6 @@
-"""A run whose worktree a killed git process left locked goes on: the build step recreates the
-worktree from the repository instead of failing every attempt on the stale index.lock."""
+"""What a git process killed mid-write leaves behind does not end a run: a stale index.lock in the
+run's worktree (the build step recreates the worktree from the repository) or a stale lock on the
+run's branch (decide removes a lock of the run's own branch older than a minute and moves it)."""
 
 from __future__ import annotations
 
@@ -43,3 +44,41 @@ def test_a_stale_index_lock_in_the_worktree_costs_no_attempt(local_settings, dem
     git_dir = subprocess.run(["git", "rev-parse", "--path-format=absolute", "--git-dir"], cwd=wt,
                              capture_output=True, text=True, check=True).stdout.strip()
     assert not (Path(git_dir) / "index.lock").exists()
+
+
+def test_a_stale_lock_on_the_run_branch_is_removed_and_the_phase_completes(local_settings, demo_repo: Path) -> None:
+    import os
+    import time
+
+    from autopack.db.models import Run
+    from autopack.db.session import session_scope
+
+    good = demo_model()
+    audits: list[int] = []
+    run: dict[str, str] = {}
+    locks: list[Path] = []
+
+    def respond(req):  # type: ignore[no-untyped-def]
+        if req.system.startswith("You are the Auditor"):
+            audits.append(1)
+            if len(audits) == 2:
+                # As if the previous decide's git update-ref had been SIGKILLed holding the branch's lock.
+                with session_scope(local_settings.db_url) as s:
+                    r = s.get(Run, run["id"])
+                    assert r is not None
+                    branch = r.branch
+                lock = demo_repo / ".git" / "refs" / "heads" / f"{branch}.lock"
+                lock.write_text("")
+                old = time.time() - 3600
+                os.utime(lock, (old, old))
+                locks.append(lock)
+        return good(req)
+
+    services, _ = make_services(local_settings, respond)
+    register(local_settings, demo_repo)
+    run["id"] = submit(services, demo_plan())
+    drive(services, ("start_run", run["id"]))
+    v = view(services, run["id"])
+    assert locks, "the plan had fewer than two audits"
+    assert v["state"] == "DONE_SUCCESS", v["failure_reason"]
+    assert not locks[0].exists()

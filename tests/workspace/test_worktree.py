@@ -4,6 +4,7 @@ import os
 import shutil
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -249,6 +250,26 @@ def test_update_ref_cas_in_a_sha256_repository(tmp_path: Path) -> None:
     assert Git(repo).rev_parse("autopack/run-1") == two
     with pytest.raises(RefMoved):
         create_branch(repo, "autopack/run-1", one)
+
+
+def test_update_ref_cas_removes_only_a_stale_lock_of_its_ref(repo: Path, head: str) -> None:
+    first = Git(repo).rev_parse("HEAD~1")
+    assert first is not None
+    create_branch(repo, "autopack/run-1", first)
+    lock = repo / ".git" / "refs" / "heads" / "autopack" / "run-1.lock"
+    lock.write_text("")
+    # A fresh lock may belong to a live git: left alone, the move fails.
+    with pytest.raises(GitError) as info:
+        update_ref_cas(repo, "refs/heads/autopack/run-1", head, first, stale_lock_s=60)
+    assert not isinstance(info.value, RefMoved) and lock.exists()
+    old = time.time() - 120
+    os.utime(lock, (old, old))
+    # Without stale_lock_s nothing is removed, however old.
+    with pytest.raises(GitError):
+        update_ref_cas(repo, "refs/heads/autopack/run-1", head, first)
+    assert lock.exists()
+    update_ref_cas(repo, "refs/heads/autopack/run-1", head, first, stale_lock_s=60)
+    assert Git(repo).rev_parse("refs/heads/autopack/run-1") == head and not lock.exists()
 
 
 def test_update_ref_cas_rejects_bad_names_and_commits(repo: Path, head: str) -> None:
