@@ -47,9 +47,9 @@ class Settings(BaseSettings):
     # every queue's hard limit, plus a minute (tasks/app.py).
     visibility_timeout: int = 4 * 3600
     # Worker recycling and deploys: a pool process is replaced after this many tasks or this much
-    # resident memory (KiB). A cold shutdown (SIGQUIT; SIGTERM too where REMAP_SIGTERM=SIGQUIT, as
-    # docker-compose.yml sets) first lets running steps go on for up to the soft shutdown timeout;
-    # a plain SIGTERM is Celery's warm shutdown, which waits for them.
+    # resident memory (KiB). A cold shutdown (SIGQUIT; SIGTERM too where REMAP_SIGTERM=SIGQUIT, as the
+    # Procfile and docker-compose.yml set for workers) first lets running steps go on for up to the
+    # soft shutdown timeout; a plain SIGTERM is Celery's warm shutdown, which waits for them.
     max_tasks_per_child: int = 200
     max_memory_per_child_kb: int = 1_000_000
     soft_shutdown_timeout_s: float = 60.0

@@ -114,8 +114,36 @@ def argv(command: str | list[Any] | None) -> list[str]:
     return shlex.split(command) if isinstance(command, str) else [str(c) for c in command]
 
 
+ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
+
+
+def assignments(line: str) -> list[dict[str, str]]:
+    """Per simple command of a shell line, the ``NAME=value`` assignments before its program."""
+    out = []
+    for words in _simple_commands(line):
+        env: dict[str, str] = {}
+        for word in words:
+            if not ASSIGNMENT.match(word):
+                break
+            name, _, value = word.partition("=")
+            env[name] = value
+        out.append(env)
+    return out
+
+
 def shell_commands(line: str) -> list[list[str]]:
-    """The simple commands of a shell line (split on ``&& || ; |``), redirections dropped."""
+    """The simple commands of a shell line (split on ``&& || ; |``), redirections and leading
+    ``NAME=value`` assignments dropped."""
+    out = []
+    for words in _simple_commands(line):
+        while words and ASSIGNMENT.match(words[0]):
+            words = words[1:]
+        if words:
+            out.append(words)
+    return out
+
+
+def _simple_commands(line: str) -> list[list[str]]:
     lex = shlex.shlex(line, posix=True, punctuation_chars=True)
     lex.whitespace_split = True
     commands: list[list[str]] = [[]]
@@ -585,6 +613,18 @@ def test_a_pool_can_be_scaled_as_documented() -> None:
         assert conc.isdigit() or m, f"{name}: -c {conc}"
         if m:
             assert m[1] in comments, f"{name}: {m[1]} is not documented"
+
+
+def test_procfile_workers_take_sigterm_as_the_soft_shutdown() -> None:
+    """honcho stops its processes with SIGTERM: as SIGQUIT that is Celery's soft shutdown, bounded by
+    the setting, instead of a warm shutdown that waits for every running step."""
+    workers = 0
+    for name, line in procfile().items():
+        for words, env in zip(shell_commands(interpolate(line, PROCFILE_ENV)), assignments(interpolate(line, PROCFILE_ENV))):
+            if words[:1] == ["celery"] and parse_celery(words).sub == "worker":
+                assert env.get("REMAP_SIGTERM") == "SIGQUIT", f"Procfile {name}: SIGTERM would be a warm shutdown"
+                workers += 1
+    assert workers == 3
 
 
 def test_workers_stop_within_the_grace_period() -> None:
