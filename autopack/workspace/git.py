@@ -79,6 +79,16 @@ class LogEntry(TypedDict):
     trailers: dict[str, str]
 
 
+def is_file_mode(mode: str) -> bool:
+    """Whether an entry of this mode has text to read: a file (plain or executable) or a symlink."""
+    return mode.startswith("1") and mode != MODE_GITLINK
+
+
+def decode_text(data: bytes) -> str:
+    """A blob as text; bytes that are not UTF-8 are kept as surrogate escapes (lossless round trip)."""
+    return data.decode("utf-8", "surrogateescape")
+
+
 def _base_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
     env.update(
@@ -202,15 +212,13 @@ class Git:
 
         Bytes that are not UTF-8 are kept as surrogate escapes, so writing the text
         back with :func:`autopack.workspace.worktree.write_changes` is lossless.
+        (:class:`autopack.workspace.reader.TreeReader` reads many files of one commit.)
         """
-        _check_arg(commit, "revision")
-        mode = self.list_entries(commit, path).get(path)
-        if mode is None or mode == MODE_GITLINK or not mode.startswith("1"):
+        entry = self.list_objects(commit, path).get(path)
+        if entry is None or not is_file_mode(entry[0]):
             return None
-        proc = self.run_bytes("cat-file", "blob", f"{commit}:{path}", check=False)
-        if proc.returncode != 0:
-            return None
-        return proc.stdout.decode("utf-8", "surrogateescape")
+        data = self.read_objects([entry[1]]).get(entry[1])
+        return None if data is None else decode_text(data)
 
     def list_entries(self, commit: str, *paths: str) -> dict[str, str]:
         """Every non-tree entry at ``commit`` as ``{path: mode}``, recursively.

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from autopack.workspace.git import MODE_GITLINK, Git
+from autopack.workspace.git import Git, decode_text, is_file_mode
 
 __all__ = ["TreeReader"]
 
@@ -28,6 +28,7 @@ class TreeReader:
         self._git = Git(repo)
         self._commit = commit
         self._objects: dict[str, tuple[str, str]] | None = None
+        self._entries: dict[str, str] | None = None
         self._texts: dict[str, str | None] = {}
 
     @property
@@ -36,8 +37,10 @@ class TreeReader:
         return self._commit
 
     def entries(self) -> dict[str, str]:
-        """Every non-tree entry as ``{path: mode}`` (as :meth:`Git.list_entries`)."""
-        return {path: mode for path, (mode, _oid) in self._listing().items()}
+        """Every non-tree entry as ``{path: mode}`` (as :meth:`Git.list_entries`); the same dict each time."""
+        if self._entries is None:
+            self._entries = {path: mode for path, (mode, _oid) in self._listing().items()}
+        return self._entries
 
     def _listing(self) -> dict[str, tuple[str, str]]:
         if self._objects is None:
@@ -57,7 +60,7 @@ class TreeReader:
             if path in self._texts:
                 continue
             mode, oid = listing.get(path, ("", ""))
-            if not mode.startswith("1") or mode == MODE_GITLINK:
+            if not is_file_mode(mode):
                 self._texts[path] = None
             else:
                 todo[path] = oid
@@ -65,5 +68,5 @@ class TreeReader:
             blobs = self._git.read_objects(list(dict.fromkeys(todo.values())))
             for path, oid in todo.items():
                 data = blobs.get(oid)
-                self._texts[path] = None if data is None else data.decode("utf-8", "surrogateescape")
+                self._texts[path] = None if data is None else decode_text(data)
         return {path: self._texts[path] for path in wanted}
