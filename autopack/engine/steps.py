@@ -551,7 +551,7 @@ def _commit_candidate(services: Services, ctx: StepContext, phase_id: int, attem
             worktree_path, tree.commit, outcome.changes, message=f"{spec['id']}: {goal_line}", trailers=trailers,
             timestamp=epoch + 60 * index, parent_entries=tree.entries(), reset_first=False,
         )
-        wt.keep_ref(repo, f"refs/autopack/{run_id}/{spec['id']}/{number}", sha)
+        wt.keep_ref(repo, f"refs/autopack/{run_id}/{spec['id']}/{number}", sha, stale_lock_s=STALE_REF_LOCK_S)
     except GitError as exc:
         return _attempt_failed(services, ctx, attempt_id, "edit_refused", f"apply failed: {exc}", rounds)
     crash_point("after_commit")

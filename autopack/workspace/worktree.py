@@ -313,14 +313,19 @@ def create_branch(repo: Path, branch: str, commit: str) -> None:
     update_ref_cas(repo, f"refs/heads/{branch}", commit, None)
 
 
-def keep_ref(repo: Path, ref: str, sha: str) -> None:
+def keep_ref(repo: Path, ref: str, sha: str, *, stale_lock_s: float | None = None) -> None:
     """Point ``ref`` (e.g. ``refs/autopack/candidates/<name>``) at ``sha`` so it is never
     garbage-collected. An anchor, not a pointer that others move: it is set
-    unconditionally."""
+    unconditionally. ``stale_lock_s`` as for :func:`update_ref_cas`: a lock of this ref
+    older than that is a killed git's remains, removed before one more try."""
     git = Git(repo)
     _check_ref_name(git, ref)
     _check_ref_arg(sha)
-    git.run("update-ref", "-m", "autopack: keep", ref, sha)
+    proc = git.run_bytes("update-ref", "-m", "autopack: keep", ref, sha, check=False)
+    if proc.returncode != 0 and stale_lock_s is not None and _remove_stale_lock(repo, ref, stale_lock_s):
+        proc = git.run_bytes("update-ref", "-m", "autopack: keep", ref, sha, check=False)
+    if proc.returncode != 0:
+        raise GitError(f"git update-ref {ref} failed: {proc.stderr.decode('utf-8', 'replace').strip()}")
 
 
 # -- writing changes ----------------------------------------------------------

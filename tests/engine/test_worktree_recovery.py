@@ -1,6 +1,7 @@
 """What a git process killed mid-write leaves behind does not end a run: a stale index.lock in the
-run's worktree (the build step recreates the worktree from the repository) or a stale lock on the
-run's branch (decide removes a lock of the run's own branch older than a minute and moves it)."""
+run's worktree (the build step recreates the worktree from the repository), a stale lock on the
+run's branch (decide removes a lock of the run's own branch older than a minute and moves it) or on
+a candidate's anchor ref (the build removes it the same way)."""
 
 from __future__ import annotations
 
@@ -82,3 +83,45 @@ def test_a_stale_lock_on_the_run_branch_is_removed_and_the_phase_completes(local
     assert locks, "the plan had fewer than two audits"
     assert v["state"] == "DONE_SUCCESS", v["failure_reason"]
     assert not locks[0].exists()
+
+
+def test_a_stale_lock_on_a_candidates_anchor_costs_no_attempt(local_settings, demo_repo: Path) -> None:
+    """A build whose git was killed while anchoring its candidate leaves that ref's lock; the
+    redelivered build anchors the same candidate (same deterministic commit) past the old lock."""
+    import os
+    import time
+
+    good = demo_model()
+    builds: list[int] = []
+    run: dict[str, str] = {}
+    locks: list[Path] = []
+
+    def respond(req):  # type: ignore[no-untyped-def]
+        if req.system.startswith("You are the Builder"):
+            builds.append(1)
+            if len(builds) == 1:
+                # The anchor the first phase's first attempt is about to set.
+                from autopack.plan import load_plan_file
+                from tests.engine.harness import DEMO
+
+                first = load_plan_file(DEMO / "plan.yaml").tiers[0].phases[0].id
+                lock = demo_repo / ".git" / "refs" / "autopack" / run["id"] / first / "1.lock"
+                lock.parent.mkdir(parents=True, exist_ok=True)
+                lock.write_text("")
+                old = time.time() - 3600
+                os.utime(lock, (old, old))
+                locks.append(lock)
+        return good(req)
+
+    services, _ = make_services(local_settings, respond)
+    register(local_settings, demo_repo)
+    run["id"] = submit(services, demo_plan())
+    drive(services, ("start_run", run["id"]))
+    v = view(services, run["id"])
+    assert locks and not locks[0].exists()
+    assert v["state"] == "DONE_SUCCESS", v["failure_reason"]
+    first = v["tiers"][0]["phases"][0]
+    assert first["attempt_details"][0]["failure_class"] != "edit_refused", first["attempt_details"]
+    refs = subprocess.run(["git", "for-each-ref", "--format=%(refname)", f"refs/autopack/{run['id']}/"], cwd=demo_repo,
+                          capture_output=True, text=True, check=True).stdout.split()
+    assert f"refs/autopack/{run['id']}/{locks[0].parent.name}/1" in refs, refs

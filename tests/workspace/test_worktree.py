@@ -300,6 +300,25 @@ def test_keep_ref(repo: Path, head: str) -> None:
         keep_ref(repo, "candidates/x", head)
 
 
+def test_keep_ref_removes_only_a_stale_lock_of_its_ref(repo: Path, head: str) -> None:
+    """A git killed while anchoring a candidate leaves the anchor's lock: with ``stale_lock_s``
+    an old one is removed and the anchor set, so the next attempt is not lost to it."""
+    ref = CANDIDATE_REF_PREFIX + "run-1/p1/1"
+    lock = repo / ".git" / "refs" / "autopack" / "candidates" / "run-1" / "p1" / "1.lock"
+    lock.parent.mkdir(parents=True)
+    lock.write_text("")
+    with pytest.raises(GitError):  # fresh: may be a live git's
+        keep_ref(repo, ref, head, stale_lock_s=60)
+    assert lock.exists() and ref not in all_refs(repo)
+    old = time.time() - 120
+    os.utime(lock, (old, old))
+    with pytest.raises(GitError):  # without stale_lock_s nothing is removed
+        keep_ref(repo, ref, head)
+    assert lock.exists()
+    keep_ref(repo, ref, head, stale_lock_s=60)
+    assert all_refs(repo)[ref] == head and not lock.exists()
+
+
 # -- write_changes -------------------------------------------------------------------
 
 
