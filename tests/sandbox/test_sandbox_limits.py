@@ -135,3 +135,66 @@ def test_unsandboxed_runner_also_enforces_timeout(workdir: Path, probes) -> None
     argv = probes.write(workdir, "import os, time\nos.fork()\nwhile True:\n    time.sleep(0.05)\n")
     result = UnsandboxedRunner().run(workdir, argv, SandboxLimits(timeout_s=2))
     assert result.killed == "timeout" and result.timed_out is True and result.exit_code is None
+
+
+# -- the unsandboxed runner: the same rlimits, applied by prlimit (util-linux) or the Python launcher
+
+
+@pytest.fixture(params=["prlimit", "python"])
+def unsandboxed(request: pytest.FixtureRequest) -> UnsandboxedRunner:
+    runner = UnsandboxedRunner(use_prlimit=request.param == "prlimit")
+    if request.param == "prlimit":
+        assert runner.prlimit is not None, "prlimit (util-linux) is on every Debian system"
+    else:
+        assert runner.prlimit is None
+    return runner
+
+
+def test_unsandboxed_runner_applies_every_rlimit(unsandboxed: UnsandboxedRunner, workdir: Path) -> None:
+    limits = SandboxLimits(timeout_s=30, cpu_s=7, memory_mb=300, file_size_mb=3, max_procs=50)
+    script = "import resource as r\nfor n in ('CPU', 'AS', 'FSIZE', 'NPROC', 'CORE'):\n    print(n, *r.getrlimit(getattr(r, 'RLIMIT_' + n)))\n"
+    (workdir / "show.py").write_text(script)
+    result = unsandboxed.run(workdir, [sys.executable, "-I", "-S", "show.py"], limits)
+    assert result.exit_code == 0, result.stderr
+    seen = {line.split()[0]: tuple(int(x) for x in line.split()[1:]) for line in result.stdout.splitlines()}
+    mib = 1024 * 1024
+    assert seen == {"CPU": (7, 8), "AS": (300 * mib, 300 * mib), "FSIZE": (3 * mib, 3 * mib), "NPROC": (50, 50), "CORE": (0, 0)}
+
+
+def test_unsandboxed_runner_stops_a_memory_balloon(unsandboxed: UnsandboxedRunner, workdir: Path, probes) -> None:  # type: ignore[no-untyped-def]
+    argv = probes.write(workdir, BALLOON) + ["1024"]
+    assert probes.report(unsandboxed.run(workdir, argv, SandboxLimits(timeout_s=30, memory_mb=256))) == {"allocated": 0}
+
+
+def test_unsandboxed_runner_reports_a_missing_command_like_a_shell(unsandboxed: UnsandboxedRunner, workdir: Path) -> None:
+    result = unsandboxed.run(workdir, [str(workdir / "no-such-command")], SandboxLimits(timeout_s=30))
+    assert result.exit_code == 127 and "no-such-command" in result.stderr
+
+
+def test_a_limit_prlimit_cannot_set_is_a_sandbox_failure_not_a_test_failure(workdir: Path) -> None:
+    """prlimit exits 1 when a limit cannot be set, which a test command's own exit 1 must not be
+    mistaken for: the runner raises SandboxUnavailable with prlimit's words."""
+    from autopack.errors import SandboxUnavailable
+
+    fake = workdir.parent / "prlimit"
+    fake.write_text("#!/bin/sh\necho 'prlimit: failed to set the CPU time resource limit: Operation not permitted' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    runner = UnsandboxedRunner()
+    runner.prlimit = str(fake)
+    with pytest.raises(SandboxUnavailable, match="failed to set the CPU time"):
+        runner.run(workdir, ["true"], SandboxLimits(timeout_s=30))
+    # A command that fails on its own is a result, not a launch failure.
+    assert UnsandboxedRunner().run(workdir, ["sh", "-c", "echo boom >&2; exit 1"], SandboxLimits(timeout_s=30)).exit_code == 1
+
+
+def test_limits_above_this_processs_hard_limits_are_lowered_to_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    import resource
+
+    from autopack.sandbox.runner import clamped_rlimits
+
+    real = resource.getrlimit
+    monkeypatch.setattr(resource, "getrlimit", lambda r: (5, 20) if r == resource.RLIMIT_CPU else real(r))
+    got = {n: (s, h) for n, s, h in clamped_rlimits(SandboxLimits(cpu_s=60))}
+    assert got["RLIMIT_CPU"] == (20, 20)
+    got = {n: (s, h) for n, s, h in clamped_rlimits(SandboxLimits(cpu_s=10))}
+    assert got["RLIMIT_CPU"] == (10, 11)
