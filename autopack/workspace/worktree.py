@@ -511,7 +511,9 @@ def commit_candidate(
 
     root = Path(worktree).resolve()
     git = Git(root)
-    parent_sha = git.rev_parse(parent)
+    # A full object id needs no resolving (the caller's ensure_worktree just checked it out); an
+    # id of no object makes read-tree below fail with a GitError.
+    parent_sha = parent if _is_full_id(parent, 40) or _is_full_id(parent, 64) else git.rev_parse(parent)
     if parent_sha is None:
         raise GitError(f"commit_candidate: {parent!r} is not a commit")
 

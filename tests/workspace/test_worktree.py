@@ -493,6 +493,10 @@ def test_commit_candidate_validates_inputs(repo: Path, head: str, tmp_path: Path
         commit_candidate(wt, head, {}, message="s", trailers={}, timestamp=-1)
     with pytest.raises(GitError):
         commit_candidate(wt, "0" * 40, {}, message="s", trailers={}, timestamp=TS)
+    with pytest.raises(GitError):  # a full id of no object, with no reset to catch it first
+        commit_candidate(wt, "e" * 40, {}, message="s", trailers={}, timestamp=TS, reset_first=False)
+    with pytest.raises(GitError):
+        commit_candidate(wt, "e" * 64, {}, message="s", trailers={}, timestamp=TS, reset_first=False)
 
 
 def test_user_global_config_does_not_affect_commits(
