@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -21,7 +22,28 @@ WORKER_GROUPS: tuple[tuple[str, str, str, int], ...] = (
 )
 
 
+def _ephemeral_low(default: int = 32768) -> int:
+    """The lowest port the kernel hands out as the local port of outgoing connections."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return default
+
+
 def free_port() -> int:
+    """A loopback port free now, chosen below the kernel's ephemeral range when there is room:
+    a server restarted on it (a test's private Redis or PostgreSQL) cannot then find it taken as
+    the local port of some outgoing connection made while it was down."""
+    low = _ephemeral_low()
+    if low > 11_000:
+        for _ in range(50):
+            port = random.randrange(10_000, low)
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])

@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -65,13 +66,18 @@ class RedisServer:
 
 
 class PostgresServer:
-    """initdb + pg_ctl as the ``postgres`` user (initdb refuses root) in a folder of the test."""
+    """initdb + pg_ctl as the ``postgres`` user (initdb refuses root), in a folder of its own under
+    the system's temp directory, removed by ``remove``.
 
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.data = folder / "data"
+    Not under pytest's ``tmp_path``: any pytest session starting meanwhile (a nested one, another
+    on the machine) resets ``/tmp/pytest-of-<user>`` to mode 0700, and the postgres user could then
+    no longer reach its data directory, so a restart mid-test failed with "could not access
+    directory … Permission denied"."""
+
+    def __init__(self) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix="autopack-chaos-pg-"))
+        self.data = self.folder / "data"
         self.port = free_port()
-        folder.mkdir(parents=True, exist_ok=True)
         self.as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
 
     @property
@@ -80,19 +86,23 @@ class PostgresServer:
 
     def init(self) -> None:
         if os.geteuid() == 0:
-            shutil.chown(self.folder, "postgres")
-            os.chmod(self.folder, 0o700)
-            for parent in self.folder.parents:  # the postgres user must reach its folder
-                if parent == Path("/"):
-                    break
-                os.chmod(parent, os.stat(parent).st_mode | 0o011)
+            shutil.chown(self.folder, "postgres")  # /tmp itself lets every user through
         subprocess.run([*self.as_postgres, _pg_bin("initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
                        check=True, capture_output=True)
 
     def start(self) -> None:
         opts = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off"
-        subprocess.run([*self.as_postgres, _pg_bin("pg_ctl"), "-D", str(self.data), "-o", opts, "-l", str(self.folder / "pg.log"), "-w", "start"],
-                       check=True, capture_output=True)
+        argv = [*self.as_postgres, _pg_bin("pg_ctl"), "-D", str(self.data), "-o", opts, "-l", str(self.folder / "pg.log"), "-w", "start"]
+        proc = subprocess.run(argv, capture_output=True)
+        if proc.returncode != 0:
+            log = (self.folder / "pg.log").read_text(errors="replace")[-3000:] if (self.folder / "pg.log").exists() else ""
+            pytest.fail(f"pg_ctl start failed ({proc.returncode}): {proc.stdout.decode(errors='replace')}"
+                        f"{proc.stderr.decode(errors='replace')}\n{log}")
 
     def stop(self, mode: str = "immediate") -> None:
         subprocess.run([*self.as_postgres, _pg_bin("pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop"], capture_output=True)
+
+    def remove(self) -> None:
+        """Stop the server if it runs and delete its folder."""
+        self.stop("immediate")
+        shutil.rmtree(self.folder, ignore_errors=True)

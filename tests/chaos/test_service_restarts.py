@@ -54,7 +54,14 @@ def test_redis_restart_mid_run(tmp_path: Path, pg_url: str, demo_repo: Path) -> 
 
 
 def test_postgres_restart_mid_phase(tmp_path: Path, redis_url: str, demo_repo: Path) -> None:
-    pg = PostgresServer(tmp_path / "pg")
+    pg = PostgresServer()
+    try:
+        _postgres_restart_mid_phase(pg, tmp_path, redis_url, demo_repo)
+    finally:
+        pg.remove()
+
+
+def _postgres_restart_mid_phase(pg: PostgresServer, tmp_path: Path, redis_url: str, demo_repo: Path) -> None:
     pg.init()
     pg.start()
     broker = redis_url.rsplit("/", 1)[0] + "/12"
