@@ -297,9 +297,11 @@ class ProjectSpend(Base):
 
 
 class BudgetReservation(Base):
-    """One model call's reserved worst case until it is settled with the reported usage, or released
-    by the reconciler when the step that made it can no longer settle it (its worker died: the lease
-    expired, another worker re-claimed the step, the step or the run ended)."""
+    """One model call's reserved worst case until it is settled with the reported usage, or charged
+    at that worst case by the reconciler when the step that made it can no longer settle it (its
+    worker died or froze: the lease expired, another worker re-claimed the step, the step or the run
+    ended); a settlement after the charge corrects it. ``released`` is only on rows of older
+    versions, which freed the room instead."""
 
     __tablename__ = "reservations"
 
@@ -312,7 +314,7 @@ class BudgetReservation(Base):
     cost: Mapped[float] = mapped_column(Float)
     step_id: Mapped[int | None] = mapped_column(ForeignKey("steps.id"), nullable=True)
     fence: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    state: Mapped[str] = mapped_column(String(12), default="open", index=True)  # open | settled | released
+    state: Mapped[str] = mapped_column(String(12), default="open", index=True)  # open | settled | charged (| released)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     closed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 

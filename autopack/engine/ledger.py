@@ -3,10 +3,13 @@ run, and the project's day) before the call, and settled with the provider's rep
 ``spent + reserved <= cap`` always, at every level, also under concurrency.
 
 Each reservation is also a row (``reservations``) naming the step and fence that made it. When that
-step can no longer settle it (the worker died between the call and the settlement: its lease
-expired, another worker re-claimed the step, the step or the run ended), ``release_orphans`` (run by
-the reconciler) gives the reserved room back. A settlement that arrives after such a release (a
-worker paused past its lease) still records what was spent, once."""
+step can no longer settle it (the worker died or was paused mid-call: its lease expired, another
+worker re-claimed the step, the step or the run ended), ``charge_orphans`` (run by the reconciler)
+*charges* it: its worst case moves from reserved to spent, on the run, the project's day and the
+phase. Nobody can tell whether the provider billed a call whose worker vanished, so the budget
+counts it as billed at worst; freeing the room instead would let a paused worker that comes back
+spend past the cap. A settlement that arrives after the charge (the paused worker resumed)
+replaces the worst case by what was reported, once."""
 
 from __future__ import annotations
 
@@ -114,10 +117,10 @@ def reserve(session: Session, run_id: str, phase_id: int | None, tokens: int, co
     return Reservation(row.id, run_id, phase_id, project_id, day, tokens, cost)
 
 
-def _close(session: Session, reservation_id: int, state: str) -> bool:
-    """Compare-and-set the reservation from open to ``state``; whether this call closed it."""
+def _close(session: Session, reservation_id: int, state: str, was: str = "open") -> bool:
+    """Compare-and-set the reservation from ``was`` to ``state``; whether this call moved it."""
     return bool(session.execute(
-        update(BudgetReservation).where(BudgetReservation.id == reservation_id, BudgetReservation.state == "open")
+        update(BudgetReservation).where(BudgetReservation.id == reservation_id, BudgetReservation.state == was)
         .values(state=state, closed_at=datetime.now(timezone.utc)).execution_options(synchronize_session=False)
     ).rowcount)  # type: ignore[attr-defined]
 
@@ -148,23 +151,34 @@ def _move(session: Session, run_id: str, project_id: int, day: str, release_toke
     )
 
 
-def settle(session: Session, r: Reservation, used_tokens: int, used_cost: float) -> None:
-    """Replace a reservation by what the provider reported (zero when the call failed). If the
-    reconciler already released it, only the spend is recorded."""
-    held = _close(session, r.id, "settled")
-    _move(session, r.run_id, r.project_id, r.day, r.tokens if held else 0, r.cost if held else 0.0, used_tokens, used_cost)
-    if r.phase_id is not None:
+def _add_phase(session: Session, phase_id: int | None, tokens: int, cost: float) -> None:
+    if phase_id is not None:
         session.execute(
             update(Phase)
-            .where(Phase.id == r.phase_id)
-            .values(tokens_used=Phase.tokens_used + used_tokens, cost_usd=Phase.cost_usd + used_cost)
+            .where(Phase.id == phase_id)
+            .values(tokens_used=Phase.tokens_used + tokens, cost_usd=Phase.cost_usd + cost)
             .execution_options(synchronize_session=False)
         )
 
 
-def release_orphans(session: Session, now: datetime | None = None) -> int:
-    """Release the open reservations no step can settle any more: their step is done, its lease
-    expired, another claim replaced the one that reserved, or the run ended. Returns how many."""
+def settle(session: Session, r: Reservation, used_tokens: int, used_cost: float) -> None:
+    """Replace a reservation by what the provider reported (zero when the call failed). If the
+    reconciler already charged it at its worst case, the charge is corrected to the reported usage."""
+    if _close(session, r.id, "settled"):
+        _move(session, r.run_id, r.project_id, r.day, r.tokens, r.cost, used_tokens, used_cost)
+        _add_phase(session, r.phase_id, used_tokens, used_cost)
+    elif _close(session, r.id, "settled", was="charged"):
+        _move(session, r.run_id, r.project_id, r.day, 0, 0.0, used_tokens - r.tokens, used_cost - r.cost)
+        _add_phase(session, r.phase_id, used_tokens - r.tokens, used_cost - r.cost)
+    else:  # released before charging existed (rows of an older version): the room is gone, count the spend
+        _move(session, r.run_id, r.project_id, r.day, 0, 0.0, used_tokens, used_cost)
+        _add_phase(session, r.phase_id, used_tokens, used_cost)
+
+
+def charge_orphans(session: Session, now: datetime | None = None) -> int:
+    """Charge the open reservations no step can settle any more at their worst case: their step is
+    done, its lease expired, another claim replaced the one that reserved, or the run ended.
+    Returns how many."""
     now = now or datetime.now(timezone.utc)
     terminal = [s.value for s in RUN_TERMINAL]
     rows = session.execute(
@@ -173,14 +187,15 @@ def release_orphans(session: Session, now: datetime | None = None) -> int:
         .outerjoin(StepRow, StepRow.id == BudgetReservation.step_id)
         .where(BudgetReservation.state == "open")
     ).all()
-    released = 0
+    charged = 0
     for r, fence, done_at, expires, run_state in rows:
         if r.step_id is None:
             orphan = run_state in terminal
         else:
             expired = expires is not None and (expires if expires.tzinfo else expires.replace(tzinfo=timezone.utc)) < now
             orphan = run_state in terminal or done_at is not None or fence != r.fence or expired
-        if orphan and _close(session, r.id, "released"):
-            _move(session, r.run_id, r.project_id, r.day, r.tokens, r.cost, 0, 0.0)
-            released += 1
-    return released
+        if orphan and _close(session, r.id, "charged"):
+            _move(session, r.run_id, r.project_id, r.day, r.tokens, r.cost, r.tokens, r.cost)
+            _add_phase(session, r.phase_id, r.tokens, r.cost)
+            charged += 1
+    return charged

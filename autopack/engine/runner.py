@@ -17,7 +17,7 @@ from autopack.db.models import Attempt, Phase, Run, StepRow
 from autopack.db.session import session_scope
 from autopack.engine.faults import crash_point
 from autopack.engine.leases import CURRENT_STEP, Claim, Heartbeat, StaleLease, StepContext, add_steps, claim, mark_done, now_utc
-from autopack.engine.ledger import release_orphans
+from autopack.engine.ledger import charge_orphans
 from autopack.engine.services import Services
 from autopack.logs import bind
 from autopack.engine.steps import STEPS, _end_run
@@ -146,11 +146,11 @@ class ReconcileReport:
     undispatched_runs: list[str] = field(default_factory=list)
     timed_out: list[str] = field(default_factory=list)
     closed_steps: int = 0
-    released_reservations: int = 0
+    charged_reservations: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {"requeued": self.requeued, "timed_out": self.timed_out, "closed_steps": self.closed_steps,
-                "released_reservations": self.released_reservations, "undispatched_runs": self.undispatched_runs}
+                "charged_reservations": self.charged_reservations, "undispatched_runs": self.undispatched_runs}
 
 
 def reconcile(services: Services, max_runtime_s: float | None = None) -> ReconcileReport:
@@ -189,8 +189,8 @@ def reconcile(services: Services, max_runtime_s: float | None = None) -> Reconci
         for row in due:
             row.enqueued_at = now
             report.requeued.append((row.id, row.name))
-        # Reservations whose step can no longer settle them (the worker died after its call).
-        report.released_reservations = release_orphans(s, now)
+        # Reservations whose step can no longer settle them (the worker died or froze mid-call): charged at worst.
+        report.charged_reservations = charge_orphans(s, now)
     from autopack.events.dispatch import runs_with_undispatched
 
     report.undispatched_runs = runs_with_undispatched(services.db_url, older_than_s=min(5.0, settings.pickup_grace_s))

@@ -17,7 +17,7 @@ from sqlalchemy import select
 from autopack.client import ApiClient
 from autopack.db.models import BudgetReservation, Event, Phase, Run
 from autopack.db.session import session_scope
-from autopack.engine.ledger import release_orphans
+from autopack.engine.ledger import charge_orphans
 from autopack.plan import load_plan_text
 from autopack.procs import free_port, wait_http, worker_argv
 from autopack.settings import ROOT
@@ -138,14 +138,16 @@ def assert_invariants(db_url: str, repo: Path, run_id: str) -> dict[str, int]:
         branch, base_branch = run.branch, run.base_branch
         # Budgets: spent + reserved never exceeds the caps, and once the run is over the
         # reconciler leaves nothing reserved (a worker that died between a call and its settlement
-        # left its reservation open until then).
+        # left its reservation open until then; the reconciler charges it at its worst case).
         assert run.tokens_used + run.tokens_reserved <= run.token_cap
         assert run.cost_usd + run.cost_reserved_usd <= run.cost_cap_usd + 1e-9
-        release_orphans(s)
+        charge_orphans(s)
     with session_scope(db_url) as s:
         run = s.get(Run, run_id)
         assert run is not None
         assert run.tokens_reserved == 0 and abs(run.cost_reserved_usd) < 1e-9, (run.tokens_reserved, run.cost_reserved_usd)
+        # What was charged at its worst case stays inside the caps too.
+        assert run.tokens_used <= run.token_cap and run.cost_usd <= run.cost_cap_usd + 1e-9
         assert not s.scalars(select(BudgetReservation).where(BudgetReservation.run_id == run_id, BudgetReservation.state == "open")).all()
     log = branch_log(repo, base_branch, branch)
     keys = [e["trailers"]["Autopack-Phase"] for e in log]

@@ -165,11 +165,12 @@ def _reserved(url: str, run_id: str) -> tuple[int, int, int, int]:
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_the_reconciler_releases_what_a_dead_worker_reserved(backend: str, request: pytest.FixtureRequest) -> None:
-    """A worker that died between its call and the settlement leaves a reservation behind: it is
-    released once its step can no longer settle it, and a late settlement counts the spend once."""
+def test_the_reconciler_charges_what_a_dead_worker_reserved(backend: str, request: pytest.FixtureRequest) -> None:
+    """A worker that died between its call and the settlement leaves a reservation behind: once its
+    step can no longer settle it, it is charged at its worst case (moved from reserved to spent), and
+    a late settlement replaces that charge by the reported usage, once."""
     from autopack.db.models import BudgetReservation, StepRow
-    from autopack.engine.ledger import release_orphans
+    from autopack.engine.ledger import charge_orphans
 
     url = request.getfixturevalue("sqlite_url" if backend == "sqlite" else "pg_url")
     upgrade(url)
@@ -186,36 +187,96 @@ def test_the_reconciler_releases_what_a_dead_worker_reserved(backend: str, reque
         reserve(s, run_id, None, 50, 0.01, None, step=(done, 1), **caps)
     assert _reserved(url, run_id) == (650, 0, 650, 0)
     with session_scope(url) as s:
-        assert release_orphans(s) == 3
-    assert _reserved(url, run_id) == (100, 0, 100, 0)  # only the live step's reservation is held
+        assert charge_orphans(s) == 3
+    # Only the live step's reservation is still held; the three orphans count as spent at worst.
+    assert _reserved(url, run_id) == (100, 550, 100, 550)
     with session_scope(url) as s:
-        assert release_orphans(s) == 0  # idempotent
-        # The paused worker comes back and settles: the spend is recorded, nothing released twice.
+        assert charge_orphans(s) == 0  # idempotent
+        # The paused worker comes back and settles: its charge becomes the reported usage.
         settle(s, dead, 120, 0.005)
         settle(s, held, 80, 0.004)
-    assert _reserved(url, run_id) == (0, 200, 0, 200)
+    assert _reserved(url, run_id) == (0, 550 - 200 + 120 + 80, 0, 550 - 200 + 120 + 80)
     with session_scope(url) as s:
+        run = s.get(Run, run_id)
+        assert run is not None
+        assert run.cost_usd == pytest.approx(0.01 + 0.01 + 0.005 + 0.004)
         states = sorted(r.state for r in s.scalars(select(BudgetReservation)))
-        assert states == ["released", "released", "released", "settled"]
+        assert states == ["charged", "charged", "settled", "settled"]
         # With the step finished, nothing is left open.
         s.get(StepRow, live).done_at = s.get(StepRow, done).done_at  # type: ignore[union-attr]
     with session_scope(url) as s:
-        assert release_orphans(s) == 0
+        assert charge_orphans(s) == 0
 
 
-def test_a_reservation_outside_a_step_is_released_when_its_run_ends(sqlite_url: str) -> None:
-    from autopack.engine.ledger import release_orphans
+def test_a_frozen_workers_late_settlement_cannot_push_spend_past_the_cap(sqlite_url: str) -> None:
+    """The reason orphans are charged, not freed: a worker frozen mid-call (SIGSTOP, a long GC, a
+    partition) may have been billed. Its room stays taken until it settles, so a second worker
+    cannot reserve the same room, and when the first resumes spent never exceeds the cap."""
+    from autopack.engine.ledger import charge_orphans
+
+    run_id = _run(sqlite_url, token_cap=1000, cost_cap=1.0)
+    frozen_step = _step(sqlite_url, run_id, fence=1, expires_in_s=-1)  # its lease ran out while frozen
+    with session_scope(sqlite_url) as s:
+        frozen = reserve(s, run_id, None, 600, 0.6, None, step=(frozen_step, 1))
+        assert charge_orphans(s) == 1
+    with pytest.raises(BudgetExceeded):  # the takeover's call does not fit beside the frozen one's
+        with session_scope(sqlite_url) as s:
+            reserve(s, run_id, None, 500, 0.5, None)
+    with session_scope(sqlite_url) as s:
+        settle(s, frozen, 590, 0.59)  # it resumes: it really was billed (nearly) its worst case
+    run = _row(sqlite_url, run_id)
+    assert (run.tokens_used, run.tokens_reserved) == (590, 0)
+    assert run.tokens_used <= run.token_cap and run.cost_usd <= run.cost_cap_usd
+    with pytest.raises(BudgetExceeded):
+        with session_scope(sqlite_url) as s:
+            reserve(s, run_id, None, 500, 0.5, None)
+    with session_scope(sqlite_url) as s:  # what is really left can still be used
+        reserve(s, run_id, None, 400, 0.4, None)
+
+
+def test_a_charge_counts_on_the_phase_and_is_corrected_there(sqlite_url: str) -> None:
+    from autopack.db.models import Phase, Tier
+    from autopack.engine.ledger import charge_orphans
+
+    run_id = _run(sqlite_url, token_cap=10_000, cost_cap=10.0)
+    with session_scope(sqlite_url) as s:
+        tier = Tier(run_id=run_id, key="t", name="t", index=0)
+        s.add(tier)
+        s.flush()
+        ph = Phase(run_id=run_id, tier_id=tier.id, key="p", index=0, spec={}, budget={"token_cap": 1000},
+                   max_attempts=3)
+        s.add(ph)
+        s.flush()
+        phase_id = ph.id
+    step = _step(sqlite_url, run_id, fence=1, expires_in_s=-1)
+    with session_scope(sqlite_url) as s:
+        r = reserve(s, run_id, phase_id, 700, 0.07, None, step=(step, 1))
+        assert charge_orphans(s) == 1
+    with pytest.raises(BudgetExceeded, match="phase token cap 1000"):
+        with session_scope(sqlite_url) as s:
+            reserve(s, run_id, phase_id, 400, 0.04, None)
+    with session_scope(sqlite_url) as s:
+        settle(s, r, 300, 0.03)
+    with session_scope(sqlite_url) as s:
+        ph = s.get(Phase, phase_id)
+        assert ph is not None
+        assert ph.tokens_used == 300 and ph.cost_usd == pytest.approx(0.03)
+        reserve(s, run_id, phase_id, 400, 0.04, None)  # fits again
+
+
+def test_a_reservation_outside_a_step_is_charged_when_its_run_ends(sqlite_url: str) -> None:
+    from autopack.engine.ledger import charge_orphans
 
     run_id = _run(sqlite_url)
     with session_scope(sqlite_url) as s:
         reserve(s, run_id, None, 100, 0.01, None, daily_token_cap=10_000, daily_cost_cap=10.0)
-        assert release_orphans(s) == 0
+        assert charge_orphans(s) == 0
         run = s.get(Run, run_id)
         assert run is not None
         run.state = "DONE_FAILED_INFRASTRUCTURE"
     with session_scope(sqlite_url) as s:
-        assert release_orphans(s) == 1
-    assert _reserved(sqlite_url, run_id) == (0, 0, 0, 0)
+        assert charge_orphans(s) == 1
+    assert _reserved(sqlite_url, run_id) == (0, 100, 0, 100)
 
 
 def test_a_phases_caps_bound_every_call_made_for_it(sqlite_url: str) -> None:
@@ -240,3 +301,25 @@ def test_a_phases_caps_bound_every_call_made_for_it(sqlite_url: str) -> None:
         assert exc.value.kind == "cost"
     with session_scope(sqlite_url) as s:
         reserve(s, run_id, phase_id, 100, 0.01, None)
+
+
+def test_a_settlement_of_a_reservation_an_older_version_released_counts_the_spend(sqlite_url: str) -> None:
+    """Rows an older version freed (state ``released``): the room is gone, the spend is still counted once."""
+    from autopack.db.models import BudgetReservation
+
+    run_id = _run(sqlite_url)
+    with session_scope(sqlite_url) as s:
+        r = reserve(s, run_id, None, 100, 0.01, None, daily_token_cap=10_000, daily_cost_cap=10.0)
+    with session_scope(sqlite_url) as s:  # what the old reconciler did
+        row = s.get(BudgetReservation, r.id)
+        assert row is not None
+        row.state = "released"
+        run = s.get(Run, run_id)
+        assert run is not None
+        run.tokens_reserved, run.cost_reserved_usd = 0, 0.0
+        spend = s.scalar(select(ProjectSpend))
+        assert spend is not None
+        spend.tokens_reserved, spend.cost_reserved_usd = 0, 0.0
+    with session_scope(sqlite_url) as s:
+        settle(s, r, 80, 0.008)
+    assert _reserved(sqlite_url, run_id) == (0, 80, 0, 80)
