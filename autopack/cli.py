@@ -313,17 +313,15 @@ def cmd_submit_edits(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
     """What the beat-scheduled reconciler does, by hand: re-enqueue lost steps, end overdue runs."""
-    from autopack.engine.runner import reconcile
     from autopack.engine.services import build_services
     from tasks.app import app
-    from tasks.runtime import enqueue
+    from tasks.runtime import reconcile_and_enqueue
 
-    report = reconcile(build_services(settings))
-    enqueue(app, report.requeued)
-    for run_id in report.undispatched_runs:
-        app.send_task("autopack.events.dispatch", args=[run_id], queue="events")
+    report = reconcile_and_enqueue(app, build_services(settings))
     _out(json.dumps(report.as_dict()) if args.json else
-         f"re-enqueued {len(report.requeued)} step(s), ended {len(report.timed_out)} overdue run(s), closed {report.closed_steps} step(s) of finished runs")
+         f"re-enqueued {len(report.requeued)} step(s), ended {len(report.timed_out)} overdue run(s), "
+         f"closed {report.closed_steps} step(s) of finished runs, charged {report.charged_reservations} "
+         f"orphaned budget reservation(s), re-dispatched the events of {len(report.undispatched_runs)} run(s)")
     return 0
 
 

@@ -4,20 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from autopack.engine.runner import reconcile as reconcile_runs
 from autopack.settings import get_settings
 from tasks.app import app
-from tasks.runtime import enqueue, services
+from tasks.runtime import reconcile_and_enqueue, services
 
 
 @app.task(name="autopack.maintenance.reconcile")
 def reconcile() -> dict[str, Any]:
     """Re-enqueue steps whose lease expired or that no worker picked up; end overdue runs."""
-    report = reconcile_runs(services())
-    enqueue(app, report.requeued)
-    for run_id in report.undispatched_runs:  # events a dispatcher did not finish
-        app.send_task("autopack.events.dispatch", args=[run_id], queue="events")
-    return report.as_dict()
+    return reconcile_and_enqueue(app, services()).as_dict()
 
 
 app.conf.beat_schedule = {

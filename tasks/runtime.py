@@ -9,7 +9,7 @@ from typing import Any
 from celery import Celery, Task
 
 from autopack.engine.faults import crash_point
-from autopack.engine.runner import execute, fail_step_row, is_infrastructure_error, run_of_step
+from autopack.engine.runner import ReconcileReport, execute, fail_step_row, is_infrastructure_error, reconcile, run_of_step
 from autopack.engine.services import Services, build_services
 from autopack.errors import RetryableError
 from autopack.settings import get_settings
@@ -43,6 +43,16 @@ def enqueue(celery: Celery, steps: list[StepRef]) -> None:
     for step_id, name in steps:
         task, queue = ROUTES[name]
         celery.send_task(task, args=[step_id], queue=queue)
+
+
+def reconcile_and_enqueue(celery: Celery, svc: Services) -> ReconcileReport:
+    """The reconciler (beat's task and ``autopack reconcile``): reconcile, then send the steps it
+    handed back and a dispatcher for each run with events not yet dispatched."""
+    report = reconcile(svc)
+    enqueue(celery, report.requeued)
+    for run_id in report.undispatched_runs:  # events a dispatcher did not finish
+        celery.send_task("autopack.events.dispatch", args=[run_id], queue="events")
+    return report
 
 
 def run_step(celery: Celery, step_id: int) -> list[StepRef]:
