@@ -117,6 +117,7 @@ def dispatch_pending(services: Any, run_id: str | None = None, *, handlers: list
         if run_id is not None:
             q = q.where(Event.run_id == run_id)
         events = [event_dict(e) for e in s.scalars(q)]
+    done_ids: list[int] = []
     for ev in events:
         for h in handlers:
             if ev["type"] not in h.types:
@@ -143,9 +144,13 @@ def dispatch_pending(services: Any, run_id: str | None = None, *, handlers: list
         if mirror is not None:
             if mirror.append(ev) is not None:
                 report.mirrored += 1
-        with session_scope(services.db_url) as s:
-            s.execute(update(Event).where(Event.id == ev["id"]).values(dispatched=True).execution_options(synchronize_session=False))
+        done_ids.append(ev["id"])
         report.events += 1
+    # One transaction marks the batch: a dispatcher killed before it re-runs the batch, which is
+    # safe (a handler's delivery row makes it run once; the mirror appends each event once).
+    if done_ids:
+        with session_scope(services.db_url) as s:
+            s.execute(update(Event).where(Event.id.in_(done_ids)).values(dispatched=True).execution_options(synchronize_session=False))
     return report
 
 
