@@ -247,7 +247,8 @@ def update_ref_cas(repo: Path, ref: str, new: str, expected_old: str | None, *, 
     """
     git = Git(repo)
     _check_ref_name(git, ref)
-    new_sha = git.rev_parse(new)
+    # A full object id needs no resolving: update-ref itself refuses an id of no object.
+    new_sha = new if _is_full_id(new, 40) or _is_full_id(new, 64) else git.rev_parse(new)
     if new_sha is None:
         raise GitError(f"update_ref_cas: {new!r} is not a commit")
     old_sha: str | None = None

@@ -279,6 +279,12 @@ def test_update_ref_cas_rejects_bad_names_and_commits(repo: Path, head: str) -> 
         update_ref_cas(repo, "refs/heads/bad..name", head, None)
     with pytest.raises(GitError):
         update_ref_cas(repo, "refs/heads/x", "f" * 40, None)
+    with pytest.raises(GitError):
+        update_ref_cas(repo, "refs/heads/x", "f" * 64, None)
+    tree = Git(repo).run("rev-parse", f"{head}^{{tree}}").strip()
+    with pytest.raises(GitError):  # a full id of an object that is not a commit
+        update_ref_cas(repo, "refs/heads/x", tree, None)
+    assert Git(repo).rev_parse("refs/heads/x") is None
     assert not (repo / ".git" / "main").exists()
 
 
