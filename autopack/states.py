@@ -56,7 +56,10 @@ PHASE_TERMINAL: frozenset[PhaseState] = frozenset({P.COMPLETE, P.FAILED, P.SKIPP
 _FAILED = frozenset(s for s in RunState if s.startswith("DONE_FAILED_"))
 
 RUN_TRANSITIONS: dict[RunState, frozenset[RunState]] = {
-    R.QUEUED: frozenset({R.PLANNING, R.CANCELLED, R.DONE_FAILED_SETUP, R.DONE_FAILED_MANUAL_ABORT}),
+    # A queued run can also time out (no build worker took its start_run before max_runtime_s) or
+    # fail for infrastructure (its start_run kept killing its worker, or failed for good).
+    R.QUEUED: frozenset({R.PLANNING, R.CANCELLED, R.DONE_FAILED_SETUP, R.DONE_FAILED_MANUAL_ABORT,
+                         R.DONE_FAILED_TIMEOUT, R.DONE_FAILED_INFRASTRUCTURE}),
     R.PLANNING: frozenset({R.RUNNING, R.CANCELLED} | _FAILED),
     R.RUNNING: frozenset({R.DONE_SUCCESS, R.CANCELLED} | _FAILED),
     **{s: frozenset() for s in RUN_TERMINAL},

@@ -15,7 +15,8 @@ FAILED = {s for s in RunState if s.value.startswith("DONE_FAILED_")}
 # Written from DESIGN.md independently of the module's tables.
 EXPECTED = {
     "run": (RunState, {
-        R.QUEUED: {R.PLANNING, R.CANCELLED, R.DONE_FAILED_SETUP, R.DONE_FAILED_MANUAL_ABORT},
+        R.QUEUED: {R.PLANNING, R.CANCELLED, R.DONE_FAILED_SETUP, R.DONE_FAILED_MANUAL_ABORT, R.DONE_FAILED_TIMEOUT,
+                   R.DONE_FAILED_INFRASTRUCTURE},
         R.PLANNING: {R.RUNNING, R.CANCELLED} | FAILED,
         R.RUNNING: {R.DONE_SUCCESS, R.CANCELLED} | FAILED,
     }),

@@ -160,13 +160,18 @@ def reconcile(services: Services, max_runtime_s: float | None = None) -> Reconci
     now = now_utc()
     report = ReconcileReport()
     with session_scope(services.db_url) as s:
-        # Runs past their maximum runtime end now.
+        # Runs past their maximum runtime end now. Each in a savepoint: one run that cannot be
+        # ended must not hold up the rest of the pass (every other run's lost steps).
         for run in s.scalars(select(Run).where(Run.state.in_([RunState.QUEUED, RunState.PLANNING, RunState.RUNNING]))):
-            limit = max_runtime_s if max_runtime_s is not None else float(run.strategy.get("run", {}).get("max_runtime_s", 6 * 3600))
-            created = run.created_at if run.created_at.tzinfo else run.created_at.replace(tzinfo=timezone.utc)
-            if now - created > timedelta(seconds=limit):
-                _end_run(s, run, RunState.DONE_FAILED_TIMEOUT, f"run exceeded its maximum runtime of {limit:.0f}s")
-                report.timed_out.append(run.id)
+            try:
+                with s.begin_nested():
+                    limit = max_runtime_s if max_runtime_s is not None else float(run.strategy.get("run", {}).get("max_runtime_s", 6 * 3600))
+                    created = run.created_at if run.created_at.tzinfo else run.created_at.replace(tzinfo=timezone.utc)
+                    if now - created > timedelta(seconds=limit):
+                        _end_run(s, run, RunState.DONE_FAILED_TIMEOUT, f"run exceeded its maximum runtime of {limit:.0f}s")
+                        report.timed_out.append(run.id)
+            except Exception:  # noqa: BLE001 - logged; the next pass tries again
+                log.exception("reconcile could not end overdue run %s", run.id)
         # Open steps of finished runs will never run: close them.
         finished = select(Run.id).where(Run.state.notin_([RunState.QUEUED, RunState.PLANNING, RunState.RUNNING]))
         res = s.execute(
@@ -181,7 +186,10 @@ def reconcile(services: Services, max_runtime_s: float | None = None) -> Reconci
             select(StepRow).where(
                 StepRow.done_at.is_(None),
                 or_(
-                    StepRow.lease_expires_at < now,  # the worker died or was cut off
+                    # The worker died or was cut off: handed back once when its lease runs out, then
+                    # again only if no worker took that message within the pickup grace.
+                    and_(StepRow.lease_expires_at < now,
+                         or_(StepRow.enqueued_at < StepRow.lease_expires_at, StepRow.enqueued_at < grace)),
                     and_(StepRow.lease_expires_at.is_(None), StepRow.enqueued_at < grace),  # never picked up
                 ),
             ).order_by(StepRow.id)
