@@ -317,7 +317,7 @@ def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
     from tasks.app import app
     from tasks.runtime import reconcile_and_enqueue
 
-    report = reconcile_and_enqueue(app, build_services(settings))
+    report = reconcile_and_enqueue(app, build_services(settings, sandbox=False))  # it runs no tests
     _out(json.dumps(report.as_dict()) if args.json else
          f"re-enqueued {len(report.requeued)} step(s), ended {len(report.timed_out)} overdue run(s), "
          f"closed {report.closed_steps} step(s) of finished runs, charged {report.charged_reservations} "

@@ -1,17 +1,28 @@
-"""CLI commands that do not need a cluster: projects, and clear errors for the client commands."""
+"""CLI commands that do not need a cluster: projects, clear errors for the client commands, and the
+reconciler run by hand."""
 
 from __future__ import annotations
 
+import base64
+import json
 import subprocess
 import threading
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select, update
 from werkzeug.serving import make_server
 
 from autopack.cli import main
+from autopack.db.models import Event, Run, StepRow
+from autopack.db.session import session_scope
+from autopack.engine.leases import claim, now_utc
+from autopack.engine.runner import create_step
 from autopack.procs import free_port
 from autopack.settings import ROOT, Settings
+from tasks.app import app
+from tests.engine.harness import demo_plan, make_services, register, submit
 from web import create_app
 
 
@@ -74,3 +85,75 @@ def test_client_commands_against_a_real_server(state: Settings, demo_repo: Path,
         thread.join()
     assert main(["status", "x", "--api", f"http://127.0.0.1:{free_port()}"]) == 2
     assert "cannot reach the API" in capsys.readouterr().err
+
+
+def test_reconcile_ends_overdue_runs_and_requeues_lost_steps_on_the_broker(state: Settings, tmp_path: Path,
+                                                                           capsys: pytest.CaptureFixture[str],
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import autopack.engine.services as engine_services
+    from autopack.errors import SandboxUnavailable
+
+    def no_bwrap() -> None:
+        raise SandboxUnavailable("bubblewrap is not installed")
+
+    # The reconciler runs no tests: it works on a host without bubblewrap.
+    monkeypatch.setattr(engine_services, "check_bwrap", no_bwrap)
+    monkeypatch.setenv("AUTOPACK_SANDBOX", "bwrap")
+    services, _ = make_services(state, lambda req: "")
+    register(state, tmp_path / "repo")
+    overdue, live = submit(services, demo_plan()), submit(services, demo_plan())
+    lost, _ = create_step(state.db_url, live, "build", 1)
+    overdue_step, _ = create_step(state.db_url, overdue, "probe", 2)
+    long_ago = now_utc() - timedelta(hours=7)
+    with session_scope(state.db_url) as s:
+        s.execute(update(Run).where(Run.id.in_([overdue, live])).values(state="RUNNING"))
+        s.execute(update(Run).where(Run.id == overdue).values(created_at=long_ago))
+        s.execute(update(Event).where(Event.run_id == overdue).values(created_at=long_ago))  # never dispatched
+        # The live run's step: claimed by a worker that died (lease expired) after its last enqueue.
+        s.execute(update(StepRow).where(StepRow.id == lost).values(
+            fence=1, deliveries=1, lease_owner="dead", lease_expires_at=now_utc() - timedelta(seconds=5), enqueued_at=long_ago))
+    # The command sends on the process's Celery app; its filesystem broker folder is where messages land.
+    queue_dir = Path(app.conf.broker_transport_options["data_folder_out"])
+    before = set(queue_dir.iterdir())
+
+    def sent() -> list[tuple[str, str, list[object]]]:
+        out = []
+        for path in sorted(set(queue_dir.iterdir()) - before):
+            msg = json.loads(path.read_text())
+            out.append((path.name.split(".", 1)[1], msg["headers"]["task"], json.loads(base64.b64decode(msg["body"]))[0]))
+        return out
+
+    capsys.readouterr()
+    t0 = now_utc()
+    try:
+        assert main(["reconcile", "--json"]) == 0
+        report = json.loads(capsys.readouterr().out)
+        messages = sent()
+        assert report == {"requeued": [[lost, "build"]], "timed_out": [overdue], "closed_steps": 1,
+                          "charged_reservations": 0, "undispatched_runs": [overdue]}
+        assert sorted(messages) == sorted([("build.msg", "autopack.build_phase", [lost]),
+                                           ("events.msg", "autopack.events.dispatch", [overdue])])
+        with session_scope(state.db_url) as s:
+            run = s.get(Run, overdue)
+            assert run is not None and run.state == "DONE_FAILED_TIMEOUT"
+            assert run.failure_reason == "run exceeded its maximum runtime of 21600s"
+            assert s.scalar(select(Event.type).where(Event.run_id == overdue).order_by(Event.seq.desc()).limit(1)) == "run.finished"
+            step = s.get(StepRow, lost)
+            assert step is not None and step.done_at is None
+            enqueued = step.enqueued_at if step.enqueued_at.tzinfo else step.enqueued_at.replace(tzinfo=t0.tzinfo)
+            assert enqueued >= t0
+            closed = s.get(StepRow, overdue_step)
+            assert closed is not None and closed.outcome == "run_finished"
+
+        # A worker took the re-enqueued step and the dispatcher ran: the plain form reports a quiet pass.
+        assert claim(state.db_url, lost, "worker", 60) is not None
+        with session_scope(state.db_url) as s:
+            s.execute(update(Event).values(dispatched=True))
+        assert main(["reconcile"]) == 0
+        assert capsys.readouterr().out == (
+            "re-enqueued 0 step(s), ended 0 overdue run(s), closed 0 step(s) of finished runs, charged 0 orphaned "
+            "budget reservation(s), re-dispatched the events of 0 run(s)\n")
+        assert len(sent()) == len(messages)
+    finally:
+        for path in set(queue_dir.iterdir()) - before:  # leave the shared broker folder as it was
+            path.unlink()

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from autopack.config import AppConfig, load_config
-from autopack.errors import ConfigError
+from autopack.errors import ConfigError, SandboxUnavailable
 from autopack.llm.base import LLMClient, LLMRequest, LLMResponse
 from autopack.prompts import PromptLibrary
 from autopack.sandbox.runner import BwrapSandbox, Sandbox, UnsandboxedRunner, check_bwrap
@@ -116,13 +116,22 @@ def make_client_provider(settings: Settings, config: AppConfig) -> Callable[[str
     return provider
 
 
-def build_services(settings: Settings) -> Services:
+class NoSandbox:
+    """The sandbox of a process that runs no tests (``autopack reconcile``): refuses to run any."""
+
+    def run(self, *_: Any, **__: Any) -> Any:
+        raise SandboxUnavailable("this process was built without a sandbox: it runs no tests")
+
+
+def build_services(settings: Settings, *, sandbox: bool = True) -> Services:
+    """The engine services of this process. ``sandbox=False`` is for processes that run no tests
+    (the reconciler by hand): no bubblewrap check, and a sandbox that refuses."""
     config = load_config(settings.config_dir)
     return Services(
         settings=settings,
         config=config,
         prompts=PromptLibrary(settings.prompts_dir),
-        sandbox=make_sandbox(settings),
+        sandbox=make_sandbox(settings) if sandbox else NoSandbox(),
         clients=make_client_provider(settings, config),
         check_keys=settings.llm_mode != "replay" and settings.llm_script is None,
         mirror=_mirror(settings),
