@@ -15,6 +15,28 @@ from tests.engine.harness import demo_model, demo_plan, drive, make_services, re
 pytestmark = pytest.mark.sandbox
 
 
+def _stale_lock(path: Path) -> Path:
+    """An empty lock file an hour old: what a git process SIGKILLed while holding it leaves."""
+    import os
+    import time
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("")
+    old = time.time() - 3600
+    os.utime(path, (old, old))
+    return path
+
+
+def _run_demo(local_settings, demo_repo: Path, respond, run: dict[str, str]) -> dict:  # type: ignore[no-untyped-def]
+    """Submit the demo plan with ``respond`` as the model, drive it to its end, return its view;
+    ``run["id"]`` is set before the first step, for ``respond`` to use."""
+    services, _ = make_services(local_settings, respond)
+    register(local_settings, demo_repo)
+    run["id"] = submit(services, demo_plan())
+    drive(services, ("start_run", run["id"]))
+    return view(services, run["id"])
+
+
 def test_a_stale_index_lock_in_the_worktree_costs_no_attempt(local_settings, demo_repo: Path) -> None:
     good = demo_model()
     builds: list[str] = []
@@ -31,11 +53,7 @@ def test_a_stale_index_lock_in_the_worktree_costs_no_attempt(local_settings, dem
                 (Path(git_dir) / "index.lock").write_bytes(b"")
         return good(req)
 
-    services, _ = make_services(local_settings, respond)
-    register(local_settings, demo_repo)
-    run["id"] = submit(services, demo_plan())
-    drive(services, ("start_run", run["id"]))
-    v = view(services, run["id"])
+    v = _run_demo(local_settings, demo_repo, respond, run)
     assert v["state"] == "DONE_SUCCESS", v["failure_reason"]
     assert len(builds) >= 2
     for tier in v["tiers"]:
@@ -48,9 +66,6 @@ def test_a_stale_index_lock_in_the_worktree_costs_no_attempt(local_settings, dem
 
 
 def test_a_stale_lock_on_the_run_branch_is_removed_and_the_phase_completes(local_settings, demo_repo: Path) -> None:
-    import os
-    import time
-
     from autopack.db.models import Run
     from autopack.db.session import session_scope
 
@@ -68,18 +83,10 @@ def test_a_stale_lock_on_the_run_branch_is_removed_and_the_phase_completes(local
                     r = s.get(Run, run["id"])
                     assert r is not None
                     branch = r.branch
-                lock = demo_repo / ".git" / "refs" / "heads" / f"{branch}.lock"
-                lock.write_text("")
-                old = time.time() - 3600
-                os.utime(lock, (old, old))
-                locks.append(lock)
+                locks.append(_stale_lock(demo_repo / ".git" / "refs" / "heads" / f"{branch}.lock"))
         return good(req)
 
-    services, _ = make_services(local_settings, respond)
-    register(local_settings, demo_repo)
-    run["id"] = submit(services, demo_plan())
-    drive(services, ("start_run", run["id"]))
-    v = view(services, run["id"])
+    v = _run_demo(local_settings, demo_repo, respond, run)
     assert locks, "the plan had fewer than two audits"
     assert v["state"] == "DONE_SUCCESS", v["failure_reason"]
     assert not locks[0].exists()
@@ -88,9 +95,6 @@ def test_a_stale_lock_on_the_run_branch_is_removed_and_the_phase_completes(local
 def test_a_stale_lock_on_a_candidates_anchor_costs_no_attempt(local_settings, demo_repo: Path) -> None:
     """A build whose git was killed while anchoring its candidate leaves that ref's lock; the
     redelivered build anchors the same candidate (same deterministic commit) past the old lock."""
-    import os
-    import time
-
     good = demo_model()
     builds: list[int] = []
     run: dict[str, str] = {}
@@ -105,19 +109,10 @@ def test_a_stale_lock_on_a_candidates_anchor_costs_no_attempt(local_settings, de
                 from tests.engine.harness import DEMO
 
                 first = load_plan_file(DEMO / "plan.yaml").tiers[0].phases[0].id
-                lock = demo_repo / ".git" / "refs" / "autopack" / run["id"] / first / "1.lock"
-                lock.parent.mkdir(parents=True, exist_ok=True)
-                lock.write_text("")
-                old = time.time() - 3600
-                os.utime(lock, (old, old))
-                locks.append(lock)
+                locks.append(_stale_lock(demo_repo / ".git" / "refs" / "autopack" / run["id"] / first / "1.lock"))
         return good(req)
 
-    services, _ = make_services(local_settings, respond)
-    register(local_settings, demo_repo)
-    run["id"] = submit(services, demo_plan())
-    drive(services, ("start_run", run["id"]))
-    v = view(services, run["id"])
+    v = _run_demo(local_settings, demo_repo, respond, run)
     assert locks and not locks[0].exists()
     assert v["state"] == "DONE_SUCCESS", v["failure_reason"]
     first = v["tiers"][0]["phases"][0]
