@@ -325,6 +325,28 @@ def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _non_negative_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, got {text!r}")
+    return value
+
+
+def cmd_cleanup(args: argparse.Namespace, settings: Settings) -> int:
+    """What beat's cleanup does, by hand: remove the worktrees of runs over for a while."""
+    from autopack.engine.cleanup import remove_finished_worktrees
+
+    older = settings.worktree_retention_s if args.older_than is None else args.older_than
+    report = remove_finished_worktrees(settings.db_url, settings.worktrees_dir, older)
+    _out(json.dumps(report.as_dict()) if args.json else
+         f"removed the worktrees of {len(report.removed)} finished run(s); kept {report.kept}; "
+         f"left {len(report.unknown)} folder(s) of unknown runs alone" + (f"; {len(report.failed)} failed (see the log)" if report.failed else ""))
+    return 1 if report.failed else 0
+
+
 def cmd_rules(args: argparse.Namespace, settings: Settings) -> int:
     """List, export or analyze learned rules (reads the database of this state folder)."""
     from sqlalchemy import select
@@ -464,6 +486,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("reconcile", help="re-enqueue lost steps and end overdue runs (beat does this every 30 s)")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_reconcile)
+
+    sp = sub.add_parser("cleanup", help="remove the worktrees of finished runs (beat does this every 10 min)")
+    sp.add_argument("--older-than", type=_non_negative_seconds, default=None, metavar="SECONDS",
+                    help="only runs over for at least this long (default: AUTOPACK_WORKTREE_RETENTION_S, 3600)")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_cleanup)
 
     sp = sub.add_parser("rules", help="list learned rules with provenance and effect; analyze; export")
     sp.add_argument("action", nargs="?", choices=["list", "analyze", "export"], default="list")

@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     pickup_grace_s: float = 120.0
     max_deliveries: int = 3
     reconcile_interval_s: float = 30.0
+    # Cleanup (beat): a finished run's worktree is removed once the run has been over this long.
+    worktree_retention_s: float = 3600.0
+    cleanup_interval_s: float = 600.0
 
     @property
     def state_path(self) -> Path:

@@ -49,6 +49,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_routes": {
             **{name: {"queue": queue} for name, queue in ROUTES.values()},
             "autopack.maintenance.reconcile": {"queue": "maintenance"},
+            "autopack.maintenance.cleanup": {"queue": "maintenance"},
             "autopack.agents.ping": {"queue": "agents"},
             "autopack.events.dispatch": {"queue": "events"},
         },

@@ -1,9 +1,10 @@
-"""Queue ``maintenance``: beat-scheduled upkeep — the reconciler."""
+"""Queue ``maintenance``: beat-scheduled upkeep — the reconciler, and the cleanup of finished runs' worktrees."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from autopack.engine.cleanup import remove_finished_worktrees
 from autopack.settings import get_settings
 from tasks.app import app
 from tasks.runtime import reconcile_and_enqueue, services
@@ -15,10 +16,22 @@ def reconcile() -> dict[str, Any]:
     return reconcile_and_enqueue(app, services()).as_dict()
 
 
+@app.task(name="autopack.maintenance.cleanup")
+def cleanup() -> dict[str, Any]:
+    """Remove the worktrees of runs over for longer than the retention."""
+    settings = services().settings
+    return remove_finished_worktrees(settings.db_url, settings.worktrees_dir, settings.worktree_retention_s).as_dict()
+
+
 app.conf.beat_schedule = {
     "reconcile": {
         "task": "autopack.maintenance.reconcile",
         "schedule": get_settings().reconcile_interval_s,
         "options": {"queue": "maintenance", "expires": get_settings().reconcile_interval_s},
+    },
+    "cleanup": {
+        "task": "autopack.maintenance.cleanup",
+        "schedule": get_settings().cleanup_interval_s,
+        "options": {"queue": "maintenance", "expires": get_settings().cleanup_interval_s},
     },
 }

@@ -157,3 +157,24 @@ def test_reconcile_ends_overdue_runs_and_requeues_lost_steps_on_the_broker(state
     finally:
         for path in set(queue_dir.iterdir()) - before:  # leave the shared broker folder as it was
             path.unlink()
+
+
+def test_cleanup_removes_finished_runs_worktrees_by_hand(state: Settings, demo_repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from autopack.workspace import worktree as wt
+
+    services, _ = make_services(state, lambda req: "")
+    register(state, demo_repo)
+    finished, young = submit(services, demo_plan()), submit(services, demo_plan())
+    with session_scope(state.db_url) as s:
+        s.execute(update(Run).where(Run.id == finished).values(state="DONE_SUCCESS", finished_at=now_utc() - timedelta(minutes=30)))
+        s.execute(update(Run).where(Run.id == young).values(state="CANCELLED", finished_at=now_utc()))
+    paths = {r: wt.ensure_worktree(demo_repo, state.worktrees_dir / r, "main") for r in (finished, young)}
+    capsys.readouterr()
+    assert main(["cleanup"]) == 0  # the default retention is an hour: nothing is old enough
+    assert capsys.readouterr().out.strip() == "removed the worktrees of 0 finished run(s); kept 2; left 0 folder(s) of unknown runs alone"
+    assert main(["cleanup", "--older-than", "600", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"removed": [finished], "kept": 1, "unknown": [], "failed": []}
+    assert not paths[finished].exists() and paths[young].is_dir()
+    with pytest.raises(SystemExit):
+        main(["cleanup", "--older-than", "soon"])
+    assert "not a number of seconds" in capsys.readouterr().err

@@ -1,0 +1,78 @@
+"""Cleanup (beat's maintenance queue, and ``autopack cleanup``): the worktrees of finished runs.
+
+Each run builds in a worktree of the project's repository under the state folder. Once the run is
+over nothing needs it: its branch holds the completed phases, and every candidate commit is anchored
+under ``refs/autopack/<run>/`` (a worktree can always be made again from the repository). Left
+alone, every run would keep a full checkout on disk and a registration in the repository's
+``.git/worktrees``. A run's worktree is removed once the run has been over for the retention period.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from sqlalchemy import select
+
+from autopack.db.models import Project, Run
+from autopack.db.session import session_scope
+from autopack.errors import GitError
+from autopack.states import RUN_TERMINAL
+from autopack.workspace import worktree as wt
+
+log = logging.getLogger("autopack.cleanup")
+
+
+@dataclass
+class CleanupReport:
+    removed: list[str] = field(default_factory=list)  # run ids whose worktree was removed
+    kept: int = 0  # worktrees of runs still going or over for less than the retention
+    unknown: list[str] = field(default_factory=list)  # folders naming no run of this database: left alone
+    failed: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, object]:
+        return {"removed": self.removed, "kept": self.kept, "unknown": self.unknown, "failed": self.failed}
+
+
+def remove_finished_worktrees(db_url: str, worktrees_dir: Path, older_than_s: float, now: datetime | None = None) -> CleanupReport:
+    """Remove the worktree of every run that ended more than ``older_than_s`` seconds ago."""
+    now = now or datetime.now(timezone.utc)
+    report = CleanupReport()
+    if not worktrees_dir.is_dir():
+        return report
+    folders = {p.name: p for p in worktrees_dir.iterdir() if p.is_dir() and not p.is_symlink()}
+    if not folders:
+        return report
+    with session_scope(db_url) as s:
+        rows = s.execute(
+            select(Run.id, Run.state, Run.finished_at, Project.repo_path).join(Project, Project.id == Run.project_id)
+            .where(Run.id.in_(list(folders)))
+        ).all()
+    known = {r.id: r for r in rows}
+    report.unknown = sorted(set(folders) - set(known))
+    cutoff = now - timedelta(seconds=older_than_s)
+    terminal = {s.value for s in RUN_TERMINAL}
+    for run_id in sorted(known):
+        r = known[run_id]
+        finished = r.finished_at if r.finished_at is None or r.finished_at.tzinfo else r.finished_at.replace(tzinfo=timezone.utc)
+        if r.state not in terminal or finished is None or finished > cutoff:
+            report.kept += 1
+            continue
+        try:
+            _remove(Path(r.repo_path), folders[run_id])
+            report.removed.append(run_id)
+        except (GitError, OSError) as exc:
+            log.warning("could not remove the worktree of run %s: %s", run_id, exc)
+            report.failed.append(run_id)
+    return report
+
+
+def _remove(repo: Path, path: Path) -> None:
+    """Remove the worktree and its registration; if the repository itself is gone, the folder."""
+    if (repo / ".git").exists() or (repo / "HEAD").exists():
+        wt.remove_worktree(repo, path)
+    if path.exists():  # not a worktree of that repository (any more): only our own folder goes
+        shutil.rmtree(path)

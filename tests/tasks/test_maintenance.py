@@ -1,0 +1,51 @@
+"""Beat's maintenance tasks (tasks/maintenance.py), scheduled on the maintenance queue and run by a
+real worker (in a thread): the reconciler and the cleanup of finished runs' worktrees."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+from celery.contrib.testing.worker import start_worker
+from sqlalchemy import update
+
+from autopack.db.models import Run
+from autopack.db.session import session_scope
+from autopack.engine.leases import now_utc
+from autopack.settings import Settings
+from autopack.workspace import worktree as wt
+from tasks.app import app
+from tasks.runtime import set_services
+from tests.engine.harness import demo_plan, make_services, register, submit
+
+
+def test_both_maintenance_tasks_are_on_beats_schedule_on_the_maintenance_queue() -> None:
+    import tasks.maintenance  # noqa: F401 - registers the tasks and the schedule
+
+    schedule = app.conf.beat_schedule
+    assert {e["task"] for e in schedule.values()} == {"autopack.maintenance.reconcile", "autopack.maintenance.cleanup"}
+    for entry in schedule.values():
+        assert entry["options"]["queue"] == "maintenance" and entry["task"] in app.tasks
+        assert app.conf.task_routes[entry["task"]] == {"queue": "maintenance"}
+
+
+def test_a_worker_runs_the_reconciler_and_the_cleanup(local_settings: Settings, demo_repo: Path) -> None:
+    services, _ = make_services(local_settings, lambda req: "")
+    register(local_settings, demo_repo)
+    overdue, finished = submit(services, demo_plan()), submit(services, demo_plan())
+    with session_scope(local_settings.db_url) as s:
+        s.execute(update(Run).where(Run.id == overdue).values(state="RUNNING", created_at=now_utc() - timedelta(hours=7)))
+        s.execute(update(Run).where(Run.id == finished).values(state="DONE_SUCCESS", finished_at=now_utc() - timedelta(hours=2)))
+    path = wt.ensure_worktree(demo_repo, local_settings.worktrees_dir / finished, "main")
+    set_services(services)
+    try:
+        with start_worker(app, pool="threads", concurrency=1, perform_ping_check=False, queues=["maintenance"], shutdown_timeout=30):
+            reconciled = app.send_task("autopack.maintenance.reconcile", queue="maintenance").get(timeout=60)
+            cleaned = app.send_task("autopack.maintenance.cleanup", queue="maintenance").get(timeout=60)
+    finally:
+        set_services(None)
+    assert reconciled["timed_out"] == [overdue]
+    with session_scope(local_settings.db_url) as s:
+        run = s.get(Run, overdue)
+        assert run is not None and run.state == "DONE_FAILED_TIMEOUT"
+    assert cleaned["removed"] == [finished] and not path.exists()
