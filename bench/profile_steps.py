@@ -48,6 +48,9 @@ def main() -> None:
     ap.add_argument("--phases", type=int, default=10)
     ap.add_argument("--sandbox", choices=["none", "bwrap"], default="none")
     ap.add_argument("--top", type=int, default=12)
+    ap.add_argument("--sort", choices=["cumulative", "tottime"], default="cumulative",
+                    help="order of the function table (tottime: where the time is spent, in any module)")
+    ap.add_argument("--only", help="print the table of these steps only (comma-separated names)")
     args = ap.parse_args()
     profiles: dict[str, cProfile.Profile] = {}
     walls: dict[str, list[float]] = {}
@@ -96,7 +99,11 @@ def main() -> None:
             f"{fig['git_calls_per_step']:.1f} git calls ({fig['git_calls_ms_per_step']:.0f} ms), "
             f"{fig['test_runs_per_step']:.0f} test runs ({fig['test_runs_ms_per_step']:.0f} ms), {fig['sql_statements_per_step']:.1f} SQL statements ({fig['sql_statements_ms_per_step']:.0f} ms), "
             f"{fig['db_commits_per_step']:.1f} database commits per step")
-        stats.sort_stats("cumulative").print_stats(r"autopack/", args.top)
+        if args.only is None or name in args.only.split(","):
+            if args.sort == "cumulative":
+                stats.sort_stats("cumulative").print_stats(r"autopack/", args.top)
+            else:
+                stats.sort_stats("tottime").print_stats(args.top)
     say(f"load average (1 min) at the end: {loadavg():.2f} on {os.cpu_count()} cores")
     print(json.dumps({"benchmark": "profile_steps", "loadavg_end": loadavg(), "phases": args.phases, "sandbox": args.sandbox, "state": state, "steps": out}))
 
