@@ -9,7 +9,9 @@ always *detached*, so moving a branch ref (the run's integration branch
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import functools
 import logging
 import os
@@ -18,7 +20,7 @@ import shutil
 import stat
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from autopack.errors import GitError, UnsafePath
@@ -59,6 +61,28 @@ def _repo_common_dir(repo: Path) -> Path:
     """The common git directory of the target repository ``repo`` (resolved): where a repository's
     git directory is does not change while Autopack works on it, so it is asked once per process."""
     return _common_dir(Git(repo))
+
+
+# In the repository's common git directory: held while worktrees are added, removed or pruned.
+ADMIN_LOCK = "autopack-worktrees.lock"
+
+
+@contextlib.contextmanager
+def _worktree_admin(repo: Path) -> Iterator[None]:
+    """Serialize worktree administration on ``repo`` across this machine's processes and threads.
+
+    ``git worktree prune`` deletes an administrative folder (``.git/worktrees/<id>``) that has no
+    ``gitdir`` file yet, which is what a concurrent ``git worktree add`` has just made: runs started
+    together on one repository failed their setup with "could not open .git/worktrees/<id>/gitdir"
+    or "failed to read .../commondir". An exclusive ``flock`` on a file in the common git directory
+    (each caller opens it anew, so threads of one process exclude each other too) closes that race."""
+    lock_path = _repo_common_dir(Path(repo).resolve()) / ADMIN_LOCK
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _worktree_dirs(path: Path) -> tuple[Path, Path, Path] | None:
@@ -163,18 +187,19 @@ def ensure_worktree(repo: Path, path: Path, commit: str, *, reset: bool = True) 
 
     if path.is_symlink():
         raise GitError(f"ensure_worktree: {path} is a symlink; refusing to use it")
-    if path.exists():
-        if _is_stale_worktree_of(repo, path):
-            shutil.rmtree(path)
-        elif not path.is_dir() or any(path.iterdir()):
-            raise GitError(
-                f"ensure_worktree: {path} exists and is not a worktree of {repo}; "
-                "refusing to overwrite it"
-            )
-    git.run("worktree", "prune")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # -f: also take over a registration whose directory was deleted but not pruned.
-    git.run("worktree", "add", "--force", "--detach", "--quiet", str(path), sha)
+    with _worktree_admin(repo):
+        if path.exists():
+            if _is_stale_worktree_of(repo, path):
+                shutil.rmtree(path)
+            elif not path.is_dir() or any(path.iterdir()):
+                raise GitError(
+                    f"ensure_worktree: {path} exists and is not a worktree of {repo}; "
+                    "refusing to overwrite it"
+                )
+        git.run("worktree", "prune")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # -f: also take over a registration whose directory was deleted but not pruned.
+        git.run("worktree", "add", "--force", "--detach", "--quiet", str(path), sha)
     # A fresh worktree is checked out at ``sha`` with no untracked files: nothing to reset.
     return path.resolve()
 
@@ -188,12 +213,13 @@ def remove_worktree(repo: Path, path: Path) -> None:
     repo = Path(repo).resolve()
     path = Path(path).absolute()
     git = Git(repo)
-    kind = _classify(repo, path) if path.exists() else None
-    if kind == "linked":
-        git.run("worktree", "remove", "--force", "--force", str(path.resolve()))
-    elif path.exists() and _is_stale_worktree_of(repo, path):
-        shutil.rmtree(path)
-    git.run("worktree", "prune")
+    with _worktree_admin(repo):
+        kind = _classify(repo, path) if path.exists() else None
+        if kind == "linked":
+            git.run("worktree", "remove", "--force", "--force", str(path.resolve()))
+        elif path.exists() and _is_stale_worktree_of(repo, path):
+            shutil.rmtree(path)
+        git.run("worktree", "prune")
 
 
 # -- refs ---------------------------------------------------------------------

@@ -653,3 +653,38 @@ def test_glob_like_paths_are_literal(repo: Path, head: str, tmp_path: Path) -> N
     assert Git(repo).read_blob(sha, "src/*.py") == "odd name\n"
     assert Git(repo).read_blob(sha, "src/app.py") == "def main():\n    return 1\n"
     assert Git(repo).read_blob(head, "src/*.py") is None
+
+
+def test_worktrees_of_one_repository_made_and_removed_concurrently_all_succeed(repo: Path, head: str, tmp_path: Path) -> None:
+    """Runs started together on one repository each add a worktree (and prune stale ones); a prune
+    racing another process's add used to delete that worktree's half-made administrative folder
+    ("could not open .git/worktrees/<id>/gitdir", "failed to read .../commondir"), failing the run's
+    setup. Worktree administration is serialized per repository."""
+    import threading
+
+    from autopack.workspace import remove_worktree
+
+    errors: list[BaseException] = []
+    start = threading.Barrier(8)
+
+    def one(i: int) -> None:
+        try:
+            start.wait()
+            for round_ in range(4):
+                path = ensure_worktree(repo, tmp_path / "wts" / f"run-{i}-{round_}", head)
+                assert (path / "README.md").exists()
+                if round_ % 2:
+                    remove_worktree(repo, path)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    listed = sh_git(repo, "worktree", "list", "--porcelain")
+    kept = sorted(str((tmp_path / "wts" / f"run-{i}-{r}").resolve()) for i in range(8) for r in (0, 2))
+    assert sorted(line.split(" ", 1)[1] for line in listed.splitlines() if line.startswith("worktree ")
+                  if line.split(" ", 1)[1] != str(repo.resolve())) == kept
