@@ -97,3 +97,27 @@ def test_redis_visibility_timeout_is_above_every_queues_hard_limit() -> None:
         assert vt > 9 * 3600, longest
         assert conf["result_backend_transport_options"]["visibility_timeout"] == vt == conf["visibility_timeout"]
         assert all(vt > queue_time_limit(settings, q) for q in QUEUES)
+
+
+def test_runs_submitted_together_on_one_repository_all_finish(local_settings, demo_repo: Path) -> None:
+    """Four runs of one project at once, on one worker with four threads: each gets its own worktree
+    of the same repository and its own branch, and all finish. (The git race their setups could hit
+    is reproduced, more reliably, by tests/workspace/test_worktree.py.)"""
+    import subprocess
+
+    services, _ = make_services(local_settings, demo_model())
+    register(local_settings, demo_repo)
+    set_services(services)
+    client = create_app(local_settings, config=services.config).test_client()
+    plan = load_plan_file(DEMO / "plan.yaml").model_dump(mode="json")
+    try:
+        with start_worker(app, pool="threads", concurrency=4, perform_ping_check=False, queues=list(QUEUES), shutdown_timeout=30):
+            ids = [client.post("/runs", json=plan).get_json()["id"] for _ in range(4)]
+            views = [wait_terminal(services, run_id, timeout=240) for run_id in ids]
+    finally:
+        set_services(None)
+    assert [v["state"] for v in views] == ["DONE_SUCCESS"] * 4, [v["failure_reason"] for v in views]
+    for run_id in ids:  # three phases each, on the run's own branch
+        count = subprocess.run(["git", "rev-list", "--count", f"main..autopack/{run_id}"], cwd=demo_repo,
+                               capture_output=True, text=True, check=True).stdout.strip()
+        assert count == "3", (run_id, count)
