@@ -90,14 +90,10 @@ def test_client_commands_against_a_real_server(state: Settings, demo_repo: Path,
 def test_reconcile_ends_overdue_runs_and_requeues_lost_steps_on_the_broker(state: Settings, tmp_path: Path,
                                                                            capsys: pytest.CaptureFixture[str],
                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    import autopack.engine.services as engine_services
-    from autopack.errors import SandboxUnavailable
-
-    def no_bwrap() -> None:
-        raise SandboxUnavailable("bubblewrap is not installed")
-
     # The reconciler runs no tests: it works on a host without bubblewrap.
-    monkeypatch.setattr(engine_services, "check_bwrap", no_bwrap)
+    nothing = tmp_path / "empty-bin"
+    nothing.mkdir()
+    monkeypatch.setenv("PATH", str(nothing))
     monkeypatch.setenv("AUTOPACK_SANDBOX", "bwrap")
     services, _ = make_services(state, lambda req: "")
     register(state, tmp_path / "repo")

@@ -13,14 +13,11 @@ from autopack.settings import Settings
 
 
 def test_services_without_a_sandbox_need_no_bubblewrap_and_refuse_to_run_tests(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import autopack.engine.services as engine_services
-
-    def no_bwrap() -> None:
-        raise SandboxUnavailable("bubblewrap is not installed")
-
-    monkeypatch.setattr(engine_services, "check_bwrap", no_bwrap)
+    nothing = tmp_path / "empty-bin"
+    nothing.mkdir()
+    monkeypatch.setenv("PATH", str(nothing))  # a host without bubblewrap (or anything else)
     settings = Settings(state_dir=tmp_path / "state", profile="local", sandbox="bwrap")
-    with pytest.raises(SandboxUnavailable, match="not installed"):
+    with pytest.raises(SandboxUnavailable, match="bubblewrap is not installed"):
         build_services(settings)
     services = build_services(settings, sandbox=False)
     assert isinstance(services.sandbox, NoSandbox)
