@@ -216,6 +216,10 @@ def follow(client: Any, run_id: str, *, show: bool = True, timeout: float = 3600
 def _print_run(run: dict[str, Any]) -> None:
     _out(f"run {run['id']} ({run['project']}): {run['state']}" + (f" — {run['failure_reason']}" if run.get("failure_reason") else ""))
     _out(f"  branch {run['branch']} from {run['base_branch']} · tokens {run['tokens']} · ${run['cost_usd']:.4f}")
+    charged = run.get("charged") or {}
+    if charged.get("calls"):
+        _out(f"  of which {charged['calls']} call(s) counted at their worst case ({charged['tokens']} tokens, "
+             f"${charged['cost_usd']:.4f}): their worker died before reporting the usage")
     for tier in run["tiers"]:
         _out(f"  tier {tier['id']}: {tier['state']}")
         for ph in tier["phases"]:

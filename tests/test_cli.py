@@ -67,7 +67,21 @@ def test_client_commands_against_a_real_server(state: Settings, demo_repo: Path,
         run_id = capsys.readouterr().out.split()[1]
         assert len(sent) == 1
         assert main(["status", run_id, "--api", api]) == 0
-        assert f"run {run_id} (demo): QUEUED" in capsys.readouterr().out
+        out = capsys.readouterr().out
+        assert f"run {run_id} (demo): QUEUED" in out and "worst case" not in out
+        # A call whose worker died unreported is counted at its worst case, and status says so.
+        from autopack.engine.ledger import charge_orphans, reserve
+
+        with session_scope(state.db_url) as s:
+            reserve(s, run_id, None, 700, 0.07, None)
+            s.execute(update(Run).where(Run.id == run_id).values(state="DONE_FAILED_INFRASTRUCTURE"))
+        with session_scope(state.db_url) as s:
+            assert charge_orphans(s) == 1
+        assert main(["status", run_id, "--api", api]) == 0
+        assert ("of which 1 call(s) counted at their worst case (700 tokens, $0.0700): their worker died before "
+                "reporting the usage") in capsys.readouterr().out
+        with session_scope(state.db_url) as s:  # back to a cancellable run for what follows
+            s.execute(update(Run).where(Run.id == run_id).values(state="QUEUED"))
         assert main(["cancel", run_id, "--api", api]) == 0
         assert "CANCELLED" in capsys.readouterr().out
         assert main(["cancel", run_id, "--api", api]) == 2

@@ -78,6 +78,14 @@ class TierOut(BaseModel):
     phases: list[PhaseOut]
 
 
+class ChargedOut(BaseModel):
+    """Calls counted at their worst case: their worker died or froze before reporting the usage."""
+
+    calls: int
+    tokens: int
+    cost_usd: float
+
+
 class RunOut(BaseModel):
     id: str
     project: str
@@ -91,6 +99,9 @@ class RunOut(BaseModel):
     token_cap: int
     cost_usd: float
     cost_cap_usd: float
+    tokens_reserved: int = Field(description="worst case of the model calls in flight")
+    cost_reserved_usd: float
+    charged: ChargedOut
     created_at: str
     finished_at: str | None
     tiers: list[TierOut]

@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from autopack.config import AppConfig
-from autopack.db.models import Attempt, Event, Phase, Project, Run, Tier
+from autopack.db.models import Attempt, BudgetReservation, Event, Phase, Project, Run, Tier
 from autopack.engine.store import emit, transition
 from autopack.errors import Conflict, NotFound
 from autopack.plan import Plan
@@ -151,10 +151,24 @@ def run_view(session: Session, run: Run) -> dict[str, Any]:
         "token_cap": run.token_cap,
         "cost_usd": round(run.cost_usd, 6),
         "cost_cap_usd": run.cost_cap_usd,
+        "tokens_reserved": run.tokens_reserved,
+        "cost_reserved_usd": round(run.cost_reserved_usd, 6),
+        "charged": _charged(session, run.id),
         "created_at": run.created_at.isoformat(),
         "finished_at": run.finished_at.isoformat() if run.finished_at else None,
         "tiers": tiers,
     }
+
+
+def _charged(session: Session, run_id: str) -> dict[str, Any]:
+    """The calls counted in ``tokens``/``cost_usd`` at their worst case, not at a reported usage:
+    their worker died or froze mid-call and never settled them (the reconciler charged them)."""
+    calls, tokens, cost = session.execute(
+        select(func.count(BudgetReservation.id), func.coalesce(func.sum(BudgetReservation.tokens), 0),
+               func.coalesce(func.sum(BudgetReservation.cost), 0.0))
+        .where(BudgetReservation.run_id == run_id, BudgetReservation.state == "charged")
+    ).one()
+    return {"calls": int(calls), "tokens": int(tokens), "cost_usd": round(float(cost), 6)}
 
 
 def run_summary(run: Run) -> dict[str, Any]:

@@ -239,3 +239,39 @@ def test_issue_endpoints(api) -> None:  # type: ignore[no-untyped-def]
     assert backlog["open"] == 0 and backlog["by_severity"] == {"major": 0, "minor": 0}
     assert client.get("/runs/nope/issues").status_code == 404
     assert client.get("/projects/nope/backlog").status_code == 404
+
+
+def test_a_run_shows_what_is_in_flight_and_what_was_charged_at_its_worst_case(api, local_settings: Settings) -> None:  # type: ignore[no-untyped-def]
+    """GET /runs/<id>: ``tokens_reserved`` is the worst case of the calls in flight; ``charged`` the
+    calls counted at their worst case because their worker never reported (the reconciler charged
+    them), until a late report replaces the charge."""
+    from datetime import timedelta
+
+    from autopack.engine.leases import now_utc
+    from autopack.engine.ledger import charge_orphans, reserve, settle
+    from web.schemas import RunOut
+
+    client, _ = api
+    run_id = client.post("/runs", json=PLAN).get_json()["id"]
+    with session_scope(local_settings.db_url) as s:
+        step = StepRow(run_id=run_id, name="build", arg="1", fence=1, lease_owner="w",
+                       lease_expires_at=now_utc() + timedelta(seconds=60))
+        s.add(step)
+        s.flush()
+        step_id = step.id
+        r = reserve(s, run_id, None, 900, 0.09, None, step=(step_id, 1))
+    view = client.get(f"/runs/{run_id}").get_json()
+    RunOut.model_validate(view)
+    assert (view["tokens"], view["tokens_reserved"], view["cost_reserved_usd"]) == (0, 900, 0.09)
+    assert view["charged"] == {"calls": 0, "tokens": 0, "cost_usd": 0.0}
+    with session_scope(local_settings.db_url) as s:  # the worker froze: its lease ran out
+        s.get(StepRow, step_id).lease_expires_at = now_utc() - timedelta(seconds=1)  # type: ignore[union-attr]
+    with session_scope(local_settings.db_url) as s:
+        assert charge_orphans(s) == 1
+    view = client.get(f"/runs/{run_id}").get_json()
+    assert (view["tokens"], view["tokens_reserved"]) == (900, 0)
+    assert view["charged"] == {"calls": 1, "tokens": 900, "cost_usd": 0.09}
+    with session_scope(local_settings.db_url) as s:  # it resumes and reports
+        settle(s, r, 300, 0.03)
+    view = client.get(f"/runs/{run_id}").get_json()
+    assert (view["tokens"], view["cost_usd"], view["charged"]["calls"]) == (300, 0.03, 0)
