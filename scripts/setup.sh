@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up Autopack in this checkout: a virtual environment in .venv with the project and its test
-# tools, and bubblewrap (the test sandbox). Safe to run again.
+# tools, bubblewrap (the test sandbox) and, as root, faketime (a test tool). Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,5 +21,11 @@ if ! command -v bwrap >/dev/null 2>&1; then
     echo "          (or run without a sandbox, with no isolation: export AUTOPACK_SANDBOX=none)" >&2
     exit 1
   fi
+fi
+# faketime (tests only): runs a worker process with a skewed clock, for the lease-clock tests.
+if ! command -v faketime >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "installing faketime (for the tests) …"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq faketime >/dev/null 2>&1 \
+    || { apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq faketime >/dev/null; }
 fi
 echo "setup done: .venv ready, $(bwrap --version)"

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from autopack.db.models import StepRow
@@ -38,6 +38,22 @@ def now_utc() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def lease_clock(session: Session) -> Any:
+    """The clock leases are set and judged by: the database server's on PostgreSQL (``now()``, in
+    SQL), so workers on several machines whose clocks disagree never see a live lease as expired;
+    this process's on SQLite, which only one machine uses."""
+    return func.now() if session.get_bind().dialect.name == "postgresql" else now_utc()
+
+
+def db_now(session: Session) -> datetime:
+    """The current time on :func:`lease_clock` as a value (one query on PostgreSQL)."""
+    clock = lease_clock(session)
+    if isinstance(clock, datetime):
+        return clock
+    value = session.scalar(select(clock))
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
 def add_steps(session: Session, run_id: str, steps: list[Step]) -> list[StepRow]:
     rows = [StepRow(run_id=run_id, name=name, arg=str(arg)) for name, arg in steps]
     session.add_all(rows)
@@ -57,8 +73,8 @@ class Claim:
 
 def claim(db_url: str, step_id: int, owner: str, ttl_s: float) -> Claim | None:
     """Claim ``step_id`` unless it is done or another live lease holds it."""
-    now = now_utc()
     with session_scope(db_url) as s:
+        now = lease_clock(s)
         res = s.execute(
             update(StepRow)
             .where(
@@ -92,7 +108,7 @@ def renew(db_url: str, step_id: int, token: int, ttl_s: float) -> bool:
         res = s.execute(
             update(StepRow)
             .where(StepRow.id == step_id, StepRow.fence == token, StepRow.done_at.is_(None))
-            .values(lease_expires_at=now_utc() + timedelta(seconds=ttl_s))
+            .values(lease_expires_at=lease_clock(s) + timedelta(seconds=ttl_s))
             .execution_options(synchronize_session=False)
         )
         return res.rowcount == 1  # type: ignore[attr-defined]

@@ -178,8 +178,10 @@ def settle(session: Session, r: Reservation, used_tokens: int, used_cost: float)
 def charge_orphans(session: Session, now: datetime | None = None) -> int:
     """Charge the open reservations no step can settle any more at their worst case: their step is
     done, its lease expired, another claim replaced the one that reserved, or the run ended.
-    Returns how many."""
-    now = now or datetime.now(timezone.utc)
+    Returns how many. ``now`` defaults to the clock the leases are judged by."""
+    from autopack.engine.leases import db_now
+
+    now = now or db_now(session)
     terminal = [s.value for s in RUN_TERMINAL]
     rows = session.execute(
         select(BudgetReservation, StepRow.fence, StepRow.done_at, StepRow.lease_expires_at, Run.state)

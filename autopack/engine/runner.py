@@ -16,7 +16,7 @@ from sqlalchemy import and_, or_, select, update
 from autopack.db.models import Attempt, Phase, Run, StepRow
 from autopack.db.session import session_scope
 from autopack.engine.faults import crash_point
-from autopack.engine.leases import CURRENT_STEP, Claim, Heartbeat, StaleLease, StepContext, add_steps, claim, mark_done, now_utc
+from autopack.engine.leases import CURRENT_STEP, Claim, Heartbeat, StaleLease, StepContext, add_steps, claim, db_now, mark_done, now_utc
 from autopack.engine.ledger import charge_orphans
 from autopack.engine.services import Services
 from autopack.logs import bind
@@ -157,9 +157,9 @@ def reconcile(services: Services, max_runtime_s: float | None = None) -> Reconci
     """Find steps whose lease expired or that no worker picked up in time and hand them back for
     re-enqueueing; end runs past their maximum runtime; close the open steps of finished runs."""
     settings = services.settings
-    now = now_utc()
     report = ReconcileReport()
     with session_scope(services.db_url) as s:
+        now = db_now(s)  # the clock the leases were set by (the database server's on PostgreSQL)
         # Runs past their maximum runtime end now. Each in a savepoint: one run that cannot be
         # ended must not hold up the rest of the pass (every other run's lost steps).
         for run in s.scalars(select(Run).where(Run.state.in_([RunState.QUEUED, RunState.PLANNING, RunState.RUNNING]))):

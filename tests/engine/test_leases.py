@@ -404,3 +404,80 @@ def test_heartbeat_stops_after_a_takeover_and_never_extends_the_new_lease(sqlite
         _wait_for(lambda: not hb._thread.is_alive(), "the heartbeat to notice it lost the lease")
         row = _row(sqlite_url, sid)
         assert (row.fence, row.lease_owner, row.lease_expires_at) == (2, "w2", w2_expiry)
+
+
+# -- clocks: on PostgreSQL leases are set and judged by the database server's clock
+
+
+def _faketime() -> str:
+    import os
+    import shutil
+
+    found = shutil.which("faketime")
+    if found is None:
+        msg = "faketime (Debian package faketime; scripts/setup.sh installs it as root) is needed to skew a worker's clock"
+        if os.environ.get("AUTOPACK_REQUIRE_SERVICES") == "1":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return found
+
+
+def _as_worker_with_clock(offset: str, url: str, code: str) -> str:
+    """Run ``code`` (with ``url`` bound) in a worker process whose clock is off by ``offset``."""
+    import subprocess
+    import sys
+
+    program = f"url = {url!r}\n{code}"
+    return subprocess.run([_faketime(), offset, sys.executable, "-c", program], capture_output=True, text=True,
+                          check=True, timeout=60).stdout.strip()
+
+
+@pytest.mark.postgres
+def test_a_worker_whose_clock_runs_ahead_cannot_take_a_live_lease(pg_url: str) -> None:
+    """Machine B's clock is 10 minutes ahead. With leases judged by each worker's own clock, B took
+    every live step over; on the database's clock the lease is live for B too."""
+    upgrade(pg_url)
+    sid = _step(pg_url, _run(pg_url))
+    assert claim(pg_url, sid, "A", 60) is not None
+    out = _as_worker_with_clock("+10 minutes", pg_url, "from autopack.engine.leases import claim\nprint(claim(url, %d, 'B', 60))" % sid)
+    assert out == "None"
+    row = _row(pg_url, sid)
+    assert (row.lease_owner, row.fence, row.deliveries) == ("A", 1, 1)
+
+
+@pytest.mark.postgres
+def test_a_worker_whose_clock_runs_behind_renews_a_lease_that_lasts_its_ttl(pg_url: str) -> None:
+    """Machine A's clock is 10 minutes behind. Its renewals used to set an expiry already past on
+    everyone else's clock; now a renewal lasts the TTL from the database's now."""
+    from autopack.engine.leases import db_now
+
+    upgrade(pg_url)
+    sid = _step(pg_url, _run(pg_url))
+    got = claim(pg_url, sid, "A", 60)
+    assert got is not None
+    out = _as_worker_with_clock("-10 minutes", pg_url, "from autopack.engine.leases import renew\nprint(renew(url, %d, %d, 60))" % (sid, got.token))
+    assert out == "True"
+    with session_scope(pg_url) as s:
+        left = (_aware(s.get(StepRow, sid).lease_expires_at) - db_now(s)).total_seconds()  # type: ignore[union-attr, operator]
+    assert 50 < left <= 60, left
+    assert claim(pg_url, sid, "B", 60) is None  # still A's
+
+
+@pytest.mark.postgres
+def test_a_reconciler_whose_clock_runs_ahead_leaves_live_leases_alone(pg_url: str) -> None:
+    """The reconciler (beat's worker) on a machine 10 minutes ahead used to re-enqueue every live
+    step; judged by the database's clock, only really expired leases are handed back."""
+    upgrade(pg_url)
+    run_id = _run(pg_url)
+    with session_scope(pg_url) as s:
+        s.execute(update(Run).where(Run.id == run_id).values(state="RUNNING"))
+    live, dead = _step(pg_url, run_id), _step(pg_url, run_id, "probe", 2)
+    assert claim(pg_url, live, "A", 60) is not None and claim(pg_url, dead, "C", 60) is not None
+    with session_scope(pg_url) as s:  # sent 5 minutes ago; C took it and died 2 minutes ago, by the database's clock
+        s.execute(update(StepRow).where(StepRow.id.in_([live, dead])).values(enqueued_at=func.now() - timedelta(minutes=5)))
+        s.execute(update(StepRow).where(StepRow.id == dead).values(lease_expires_at=func.now() - timedelta(minutes=2)))
+    code = ("import tempfile\nfrom autopack.settings import Settings\nfrom autopack.engine.services import build_services\n"
+            "from autopack.engine.runner import reconcile\n"
+            "settings = Settings(state_dir=tempfile.mkdtemp(), profile='local', database_url=url)\n"
+            "print(reconcile(build_services(settings, sandbox=False)).requeued)")
+    assert _as_worker_with_clock("+10 minutes", pg_url, code) == f"[({dead}, 'probe')]"
