@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-import time
 from functools import lru_cache
 
 from sqlalchemy import Engine, create_engine, event

@@ -21,6 +21,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from autopack.db.models import BudgetReservation, Phase, ProjectSpend, Run, StepRow
+from autopack.engine.leases import db_now
 from autopack.errors import BudgetExceeded
 from autopack.states import RUN_TERMINAL
 
@@ -164,23 +165,20 @@ def _add_phase(session: Session, phase_id: int | None, tokens: int, cost: float)
 def settle(session: Session, r: Reservation, used_tokens: int, used_cost: float) -> None:
     """Replace a reservation by what the provider reported (zero when the call failed). If the
     reconciler already charged it at its worst case, the charge is corrected to the reported usage."""
-    if _close(session, r.id, "settled"):
-        _move(session, r.run_id, r.project_id, r.day, r.tokens, r.cost, used_tokens, used_cost)
-        _add_phase(session, r.phase_id, used_tokens, used_cost)
-    elif _close(session, r.id, "settled", was="charged"):
-        _move(session, r.run_id, r.project_id, r.day, 0, 0.0, used_tokens - r.tokens, used_cost - r.cost)
-        _add_phase(session, r.phase_id, used_tokens - r.tokens, used_cost - r.cost)
-    else:  # released before charging existed (rows of an older version): the room is gone, count the spend
-        _move(session, r.run_id, r.project_id, r.day, 0, 0.0, used_tokens, used_cost)
-        _add_phase(session, r.phase_id, used_tokens, used_cost)
+    release_tokens, release_cost, tokens, cost = 0, 0.0, used_tokens, used_cost
+    if _close(session, r.id, "settled"):  # still reserved: the room is given back
+        release_tokens, release_cost = r.tokens, r.cost
+    elif _close(session, r.id, "settled", was="charged"):  # counted at its worst case: corrected
+        tokens, cost = used_tokens - r.tokens, used_cost - r.cost
+    # (else: released by an older version, which freed the room: the spend is counted)
+    _move(session, r.run_id, r.project_id, r.day, release_tokens, release_cost, tokens, cost)
+    _add_phase(session, r.phase_id, tokens, cost)
 
 
 def charge_orphans(session: Session, now: datetime | None = None) -> int:
     """Charge the open reservations no step can settle any more at their worst case: their step is
     done, its lease expired, another claim replaced the one that reserved, or the run ended.
     Returns how many. ``now`` defaults to the clock the leases are judged by."""
-    from autopack.engine.leases import db_now
-
     now = now or db_now(session)
     terminal = [s.value for s in RUN_TERMINAL]
     rows = session.execute(

@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import stat
+import subprocess
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
@@ -276,8 +277,7 @@ def update_ref_cas(repo: Path, ref: str, new: str, expected_old: str | None, *, 
     """
     git = Git(repo)
     _check_ref_name(git, ref)
-    # A full object id needs no resolving: update-ref itself refuses an id of no object.
-    new_sha = new if _is_full_id(new, 40) or _is_full_id(new, 64) else git.rev_parse(new)
+    new_sha = _commit_id(git, new)  # update-ref itself refuses a full id of no object or of a non-commit
     if new_sha is None:
         raise GitError(f"update_ref_cas: {new!r} is not a commit")
     old_sha: str | None = None
@@ -288,11 +288,7 @@ def update_ref_cas(repo: Path, ref: str, new: str, expected_old: str | None, *, 
     # The move is tried first; git checks ``old`` under the ref's lock. Only a refusal needs
     # the ref read: already at ``new`` (this move was done before) is success.
     zero = "0" * len(new_sha)  # the all-zero id of this repository's hash: "must not exist"
-    proc = git.run_bytes(
-        "update-ref", "-m", "autopack", ref, new_sha, old_sha or zero, check=False
-    )
-    if proc.returncode != 0 and stale_lock_s is not None and _remove_stale_lock(repo, ref, stale_lock_s):
-        proc = git.run_bytes("update-ref", "-m", "autopack", ref, new_sha, old_sha or zero, check=False)
+    proc = _update_ref(git, repo, ref, "autopack", [new_sha, old_sha or zero], stale_lock_s)
     if proc.returncode == 0:
         return
     actual = git.rev_parse(ref, peel_commit=False)
@@ -303,6 +299,16 @@ def update_ref_cas(repo: Path, ref: str, new: str, expected_old: str | None, *, 
     raise GitError(
         f"git update-ref {ref} failed: {proc.stderr.decode('utf-8', 'replace').strip()}"
     )
+
+
+def _update_ref(git: Git, repo: Path, ref: str, message: str, values: list[str],
+                stale_lock_s: float | None) -> subprocess.CompletedProcess[bytes]:
+    """``git update-ref -m message ref values…``; when it fails and ``ref`` has a lock file older
+    than ``stale_lock_s`` (a killed git's remains), the lock is removed and it is tried once more."""
+    proc = git.run_bytes("update-ref", "-m", message, ref, *values, check=False)
+    if proc.returncode != 0 and stale_lock_s is not None and _remove_stale_lock(repo, ref, stale_lock_s):
+        proc = git.run_bytes("update-ref", "-m", message, ref, *values, check=False)
+    return proc
 
 
 def _remove_stale_lock(repo: Path, ref: str, older_than_s: float) -> bool:
@@ -330,6 +336,12 @@ def _is_full_id(value: str, length: int) -> bool:
     return len(value) == length and set(value) <= _HEX
 
 
+def _commit_id(git: Git, rev: str) -> str | None:
+    """``rev`` as it is when it already is a full SHA-1 or SHA-256 id (the commands it is passed to
+    refuse an id of no object), else ``rev-parse``'s answer."""
+    return rev if _is_full_id(rev, 40) or _is_full_id(rev, 64) else git.rev_parse(rev)
+
+
 def _check_ref_arg(value: str) -> None:
     if not value or value.startswith("-") or any(c.isspace() for c in value):
         raise GitError(f"invalid revision: {value!r}")
@@ -351,9 +363,7 @@ def keep_ref(repo: Path, ref: str, sha: str, *, stale_lock_s: float | None = Non
     git = Git(repo)
     _check_ref_name(git, ref)
     _check_ref_arg(sha)
-    proc = git.run_bytes("update-ref", "-m", "autopack: keep", ref, sha, check=False)
-    if proc.returncode != 0 and stale_lock_s is not None and _remove_stale_lock(repo, ref, stale_lock_s):
-        proc = git.run_bytes("update-ref", "-m", "autopack: keep", ref, sha, check=False)
+    proc = _update_ref(git, repo, ref, "autopack: keep", [sha], stale_lock_s)
     if proc.returncode != 0:
         raise GitError(f"git update-ref {ref} failed: {proc.stderr.decode('utf-8', 'replace').strip()}")
 
@@ -541,9 +551,7 @@ def commit_candidate(
 
     root = Path(worktree).resolve()
     git = Git(root)
-    # A full object id needs no resolving (the caller's ensure_worktree just checked it out); an
-    # id of no object makes read-tree below fail with a GitError.
-    parent_sha = parent if _is_full_id(parent, 40) or _is_full_id(parent, 64) else git.rev_parse(parent)
+    parent_sha = _commit_id(git, parent)  # read-tree below refuses a full id of no object
     if parent_sha is None:
         raise GitError(f"commit_candidate: {parent!r} is not a commit")
 
