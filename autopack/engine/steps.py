@@ -107,7 +107,7 @@ def _run_tests(services: Services, repo: Path, commit: str, argv: list[str], lim
     """Run the test command on a throw-away copy of ``commit`` in the sandbox; outcomes from JUnit."""
     with tempfile.TemporaryDirectory(prefix="autopack-tree-") as tmp:
         tree = wt.export_tree(repo, commit, Path(tmp) / "tree")
-        res = services.sandbox.run(tree, argv, limits, collect=[JUNIT])
+        res = services.sandbox.run(tree, argv, limits, collect=[JUNIT], consume=True)  # moved, not copied again
     outcomes: dict[str, str] = {}
     messages: dict[str, str] = {}
     error = None

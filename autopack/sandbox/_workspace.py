@@ -10,6 +10,7 @@ without listing it)::
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import stat
@@ -58,12 +59,35 @@ def copy_workspace(src: Path, base: Path, owner: tuple[int, int] | None) -> Path
     dest = base / "workspace"
     shutil.copytree(src, dest, symlinks=True, ignore=_skip_special)
     if owner is not None:
-        uid, gid = owner
-        os.lchown(dest, uid, gid)
-        for root, dirs, files in os.walk(dest):
-            for name in dirs + files:
-                os.lchown(os.path.join(root, name), uid, gid)
+        _chown_tree(dest, owner)
     return dest
+
+
+def take_workspace(src: Path, base: Path, owner: tuple[int, int] | None) -> Path:
+    """Move the throw-away folder ``src`` to ``base/workspace`` (a rename: no file is written
+    again) and chown it to ``owner``; copy it, then delete it, when the two are on different file
+    systems. ``src`` is gone afterwards either way."""
+    if not src.is_dir() or src.is_symlink():
+        raise NotADirectoryError(f"workdir is not a directory: {src}")
+    dest = base / "workspace"
+    try:
+        os.rename(src, dest)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        copy_workspace(src, base, None)
+        shutil.rmtree(src)
+    if owner is not None:
+        _chown_tree(dest, owner)
+    return dest
+
+
+def _chown_tree(dest: Path, owner: tuple[int, int]) -> None:
+    uid, gid = owner
+    os.lchown(dest, uid, gid)
+    for root, dirs, files in os.walk(dest):
+        for name in dirs + files:
+            os.lchown(os.path.join(root, name), uid, gid)
 
 
 def make_stage_dirs(base: Path, count: int) -> list[Path]:

@@ -9,7 +9,10 @@ network and file system. Use it only when the operator explicitly opts out.
 
 Both copy ``workdir`` into a fresh temp folder, run there, read back the
 ``collect`` files (paths relative to the workspace) and delete the copy, so a
-caller can pass a live checkout: the original is never written.
+caller can pass a live checkout: the original is never written. A caller that
+hands over a throw-away folder (``consume=True``: the engine's fresh export of a
+commit) has it moved instead of copied, and it is gone afterwards: the tree's
+files are written once, not twice.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from autopack.sandbox._workspace import (
     make_stage_dirs,
     read_back,
     remove_run_dir,
+    take_workspace,
 )
 from autopack.sandbox.limits import SandboxLimits
 
@@ -74,6 +78,7 @@ class Sandbox(Protocol):
         limits: SandboxLimits,
         env: dict[str, str] | None = None,
         collect: Sequence[str] = (),
+        consume: bool = False,
     ) -> SandboxResult: ...
 
 
@@ -323,6 +328,7 @@ class BwrapSandbox:
         limits: SandboxLimits,
         env: dict[str, str] | None = None,
         collect: Sequence[str] = (),
+        consume: bool = False,
     ) -> SandboxResult:
         if not argv:
             raise ValueError("argv is empty")
@@ -331,7 +337,7 @@ class BwrapSandbox:
         owner = self._run_ids()
         base = make_run_dir()
         try:
-            workspace = copy_workspace(Path(workdir), base, owner)
+            workspace = (take_workspace if consume else copy_workspace)(Path(workdir), base, owner)
             stage: list[list[str]] = []
             binds = [(p, p) for p in self.python_paths]
             if owner is not None:  # root dropping to a uid: stage what that uid may not reach
@@ -428,13 +434,14 @@ class UnsandboxedRunner:
         limits: SandboxLimits,
         env: dict[str, str] | None = None,
         collect: Sequence[str] = (),
+        consume: bool = False,
     ) -> SandboxResult:
         if not argv:
             raise ValueError("argv is empty")
         collect_paths = check_collect_paths(collect)
         base = make_run_dir()
         try:
-            workspace = copy_workspace(Path(workdir), base, None)
+            workspace = (take_workspace if consume else copy_workspace)(Path(workdir), base, None)
             home = base / "home"
             home.mkdir()
             bin_dir = os.path.dirname(sys.executable)

@@ -175,3 +175,74 @@ def test_python_installed_under_tmp_runs_inside(tmp_path: Path, workdir: Path) -
     res = box.run(workdir, [str(venv / "bin" / "python"), "-c", "import sys; print('prefix', sys.prefix)"], SandboxLimits(timeout_s=20))
     assert res.exit_code == 0, res.stderr
     assert f"prefix {venv}" in res.stdout
+
+
+# A run that reports the inode of the file it sees and leaves a file of its own behind.
+CONSUME_PROBE = ["sh", "-c", "stat -c %i data/file.txt > inode.txt; echo made > made.txt; cat data/file.txt"]
+
+
+def _runners(request: pytest.FixtureRequest) -> list[tuple[str, object]]:
+    from autopack.sandbox.runner import UnsandboxedRunner
+
+    return [("none", UnsandboxedRunner()), ("bwrap", request.getfixturevalue("sandbox"))]
+
+
+@pytest.mark.parametrize("kind", ["none", "bwrap"])
+def test_a_consumed_workdir_is_moved_in_not_copied(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    runner = dict(_runners(request))[kind]
+    src = tmp_path / "export"
+    (src / "data").mkdir(parents=True)
+    (src / "data" / "file.txt").write_text("exported\n")
+    inode = os.stat(src / "data" / "file.txt").st_ino
+    result = runner.run(src, CONSUME_PROBE, LIMITS, collect=["inode.txt"], consume=True)  # type: ignore[attr-defined]
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == "exported\n"
+    assert int(result.files["inode.txt"]) == inode  # the same file: renamed into the run, not written again
+    assert not src.exists()  # handed over, and gone with the run
+    # Without consume the folder is copied and stays as it was.
+    src.mkdir()
+    (src / "data").mkdir()
+    (src / "data" / "file.txt").write_text("exported\n")
+    inode = os.stat(src / "data" / "file.txt").st_ino
+    result = runner.run(src, CONSUME_PROBE, LIMITS, collect=["inode.txt"])  # type: ignore[attr-defined]
+    assert result.exit_code == 0, result.stderr
+    assert int(result.files["inode.txt"]) != inode
+    assert sorted(p.name for p in src.rglob("*")) == ["data", "file.txt"]
+
+
+def test_a_consumed_workdir_on_another_file_system_is_copied_then_removed(tmp_path: Path) -> None:
+    import tempfile
+
+    from autopack.sandbox.runner import UnsandboxedRunner
+
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tempfile.gettempdir()).st_dev:
+        pytest.fail("this test needs /dev/shm on another file system than the temp dir (Debian mounts it as tmpfs)")
+    src = Path(tempfile.mkdtemp(dir=shm, prefix="autopack-test-"))
+    try:
+        (src / "data").mkdir()
+        (src / "data" / "file.txt").write_text("exported\n")
+        result = UnsandboxedRunner().run(src, CONSUME_PROBE, LIMITS, collect=["made.txt"], consume=True)
+        assert result.exit_code == 0, result.stderr
+        assert result.stdout == "exported\n" and result.files["made.txt"] == "made\n"
+        assert not src.exists()
+    finally:
+        if src.exists():
+            import shutil
+
+            shutil.rmtree(src)
+
+
+def test_consume_refuses_what_is_not_a_folder(tmp_path: Path) -> None:
+    from autopack.sandbox.runner import UnsandboxedRunner
+
+    target = tmp_path / "real"
+    target.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    for bad in (link, tmp_path / "absent", tmp_path / "file"):
+        if bad.name == "file":
+            bad.write_text("x")
+        with pytest.raises(NotADirectoryError):
+            UnsandboxedRunner().run(bad, ["true"], LIMITS, consume=True)
+    assert target.is_dir() and link.is_symlink()  # nothing moved

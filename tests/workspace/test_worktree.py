@@ -688,3 +688,25 @@ def test_worktrees_of_one_repository_made_and_removed_concurrently_all_succeed(r
     kept = sorted(str((tmp_path / "wts" / f"run-{i}-{r}").resolve()) for i in range(8) for r in (0, 2))
     assert sorted(line.split(" ", 1)[1] for line in listed.splitlines() if line.startswith("worktree ")
                   if line.split(" ", 1)[1] != str(repo.resolve())) == kept
+
+
+def test_a_large_tree_is_written_by_parallel_checkout_workers(repo: Path, head: str, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Exporting (a probe's tree) or checking out more than git's threshold of 100 files starts
+    ``checkout--worker`` processes: writing files is I/O-bound, and a 20,000-file tree took
+    5.6-18.6 s sequentially on a 2-core machine, 1.8-3.0 s with 8 workers."""
+    wt = ensure_worktree(repo, tmp_path / "wt", head)
+    sha = candidate(wt, head, {f"many/f{i}.txt": f"{i}\n" for i in range(300)})
+    # A git in front of the real one that records git's own trace of the processes it starts.
+    real_git = shutil.which("git")
+    assert real_git is not None
+    bin_dir, trace = tmp_path / "bin", tmp_path / "trace.json"
+    bin_dir.mkdir()
+    (bin_dir / "git").write_text(f'#!/bin/sh\nGIT_TRACE2_EVENT="{trace}" exec "{real_git}" "$@"\n')
+    (bin_dir / "git").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    dest = export_tree(repo, sha, tmp_path / "export")
+    assert sorted(p.name for p in (dest / "many").iterdir()) == sorted(f"f{i}.txt" for i in range(300))
+    assert (dest / "many" / "f299.txt").read_text() == "299\n"
+    workers = [line for line in trace.read_text().splitlines() if '"event":"child_start"' in line and "checkout--worker" in line]
+    assert len(workers) > 1, "the export ran sequentially"
