@@ -106,9 +106,35 @@ def _worktree_dirs(path: Path) -> tuple[Path, Path, Path] | None:
     return top, git_dir, common
 
 
+def _is_linked_layout(repo: Path, path: Path) -> bool:
+    """Whether ``path`` is, by git's own files, the top of a linked worktree of ``repo``: its
+    ``.git`` file names ``<common dir>/worktrees/<id>``, whose ``gitdir`` file names ``path/.git``
+    back and whose ``commondir`` leads to ``repo``'s common directory. Read without running git;
+    anything else (and any doubt) is left to :func:`_worktree_dirs`."""
+    dotgit = path / ".git"
+    try:
+        if dotgit.is_symlink() or not dotgit.is_file():
+            return False
+        text = dotgit.read_text("utf-8").strip()
+        if not text.startswith("gitdir:") or "\n" in text:
+            return False
+        admin = Path(text[len("gitdir:"):].strip())
+        common = _repo_common_dir(repo.resolve())
+        if not admin.is_absolute() or admin.parent != common / "worktrees" or not (admin / "HEAD").is_file():
+            return False
+        back = Path((admin / "gitdir").read_text("utf-8").strip())
+        commondir = Path((admin / "commondir").read_text("utf-8").strip())
+    except (OSError, UnicodeDecodeError, GitError):
+        return False
+    commondir = commondir if commondir.is_absolute() else admin / commondir
+    return back == dotgit.resolve() and commondir.resolve() == common and path.resolve() == back.parent
+
+
 def _classify(repo: Path, path: Path) -> str | None:
     """``"linked"`` when ``path`` is the top of a linked worktree of ``repo``, ``"main"`` when it
     is ``repo``'s own checkout (the user's; never reset), ``None`` otherwise."""
+    if _is_linked_layout(repo, path):  # the usual case, answered without a git process
+        return "linked"
     dirs = _worktree_dirs(path)
     if dirs is None:
         return None
@@ -145,7 +171,7 @@ def _reset_clean(git: Git, commit: str) -> None:
     """Detach HEAD at ``commit`` and make the worktree exactly its tree (no untracked files)."""
     # ``checkout --detach --force``: HEAD is detached (no branch moves, whatever was checked out)
     # and tracked files and the index become the commit's, local changes discarded.
-    git.run("checkout", "--quiet", "--force", "--detach", commit)
+    git.run("checkout", "--quiet", "--force", "--detach", f"{commit}^{{commit}}")
     git.run("clean", "-ffdxq")
 
 
@@ -166,7 +192,7 @@ def ensure_worktree(repo: Path, path: Path, commit: str, *, reset: bool = True) 
     repo = Path(repo).resolve()
     path = Path(path).absolute()
     git = Git(repo)
-    sha = git.rev_parse(commit)
+    sha = _commit_id(git, commit)  # a full id is checked by the checkout below (``^{commit}``)
     if sha is None:
         raise GitError(f"ensure_worktree: {commit!r} is not a commit in {repo}")
 
@@ -182,6 +208,8 @@ def ensure_worktree(repo: Path, path: Path, commit: str, *, reset: bool = True) 
             _reset_clean(Git(path), sha)
             return path.resolve()
         except GitError as exc:
+            if git.rev_parse(sha) is None:  # bad input, not a broken worktree: leave the worktree be
+                raise GitError(f"ensure_worktree: {commit!r} is not a commit in {repo}") from exc
             # A git process killed mid-write (a worker's whole process group SIGKILLed on a deploy,
             # or by the OOM killer) leaves an index.lock or a torn index behind, and every reset
             # would fail from then on. A worktree holds nothing the repository does not: it is
@@ -203,6 +231,8 @@ def ensure_worktree(repo: Path, path: Path, commit: str, *, reset: bool = True) 
         git.run("worktree", "prune")
         path.parent.mkdir(parents=True, exist_ok=True)
         # -f: also take over a registration whose directory was deleted but not pruned.
+        if git.rev_parse(sha) is None:
+            raise GitError(f"ensure_worktree: {commit!r} is not a commit in {repo}")
         git.run("worktree", "add", "--force", "--detach", "--quiet", str(path), sha)
     # A fresh worktree is checked out at ``sha`` with no untracked files: nothing to reset.
     return path.resolve()
@@ -643,7 +673,7 @@ def export_tree(repo: Path, commit: str, dest: Path) -> Path:
     symlinks. ``dest`` must be absent or empty; no ``.git`` is created in it.
     """
     git = Git(repo)
-    sha = git.rev_parse(commit)
+    sha = _commit_id(git, commit)  # a full id is checked by read-tree below (``^{commit}``)
     if sha is None:
         raise GitError(f"export_tree: {commit!r} is not a commit")
     dest = Path(dest).absolute()
@@ -652,7 +682,12 @@ def export_tree(repo: Path, commit: str, dest: Path) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="autopack-export-") as tmp:
         env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
-        git.run("read-tree", sha, env=env)
+        try:
+            git.run("read-tree", f"{sha}^{{commit}}", env=env)
+        except GitError as exc:
+            if git.rev_parse(sha) is None:
+                raise GitError(f"export_tree: {commit!r} is not a commit") from exc
+            raise
         git.run("checkout-index", "--all", "--force", f"--prefix={dest.resolve()}/", env=env)
     return dest
 

@@ -167,6 +167,43 @@ def test_ensure_worktree_unknown_commit(repo: Path, tmp_path: Path) -> None:
         ensure_worktree(repo, tmp_path / "wt", "0" * 40)
 
 
+def test_ensure_worktree_refuses_a_full_id_of_no_commit_and_keeps_the_worktree(repo: Path, head: str, tmp_path: Path) -> None:
+    wt = ensure_worktree(repo, tmp_path / "wt", head)
+    (wt / "note.txt").write_text("untracked\n")
+    tree = Git(repo).run("rev-parse", f"{head}^{{tree}}").strip()
+    for bad in ("0" * 40, tree):  # a full id of no object, and of an object that is not a commit
+        with pytest.raises(GitError, match="is not a commit"):
+            ensure_worktree(repo, wt, bad)
+    # Bad input is not a broken worktree: it was neither reset nor recreated.
+    assert (wt / "note.txt").read_text() == "untracked\n" and Git(wt).rev_parse("HEAD") == head
+    with pytest.raises(GitError, match="is not a commit"):
+        ensure_worktree(repo, tmp_path / "fresh", tree)
+    assert not (tmp_path / "fresh").exists()
+
+
+def test_worktrees_are_told_apart_by_their_git_files(repo: Path, head: str, tmp_path: Path) -> None:
+    from autopack.workspace.worktree import _classify, _is_linked_layout
+
+    wt = ensure_worktree(repo, tmp_path / "wt", head)
+    assert _is_linked_layout(repo, wt) and _classify(repo, wt) == "linked"
+    assert not _is_linked_layout(repo, repo) and _classify(repo, repo) == "main"
+    assert not _is_linked_layout(repo, wt / "src") and _classify(repo, wt / "src") is None  # inside, not the top
+    # A worktree of another repository is not one of ``repo``'s.
+    other = tmp_path / "other"
+    shutil.copytree(repo, other)
+    other_wt = ensure_worktree(other, tmp_path / "other-wt", head)
+    assert not _is_linked_layout(repo, other_wt) and _classify(repo, other_wt) is None
+    with pytest.raises(GitError, match="not a worktree"):
+        ensure_worktree(repo, other_wt, head)
+    # A copy of a worktree's folder points at the original's registration, which points back elsewhere.
+    copy = tmp_path / "copy"
+    shutil.copytree(wt, copy)
+    assert not _is_linked_layout(repo, copy)
+    # A registration whose gitdir file is gone (half pruned): git itself is asked.
+    (repo / ".git" / "worktrees" / "wt" / "gitdir").unlink()
+    assert not _is_linked_layout(repo, wt)
+
+
 def test_remove_worktree_is_idempotent(repo: Path, head: str, tmp_path: Path) -> None:
     wt = ensure_worktree(repo, tmp_path / "wt", head)
     (wt / "dirty").write_text("x")
@@ -604,6 +641,10 @@ def test_export_tree(repo: Path, head: str, tmp_path: Path) -> None:
     assert sh_git(repo, "status", "--porcelain") == ""
     with pytest.raises(GitError):
         export_tree(repo, commit, dest)  # not fresh
+    tree = Git(repo).run("rev-parse", f"{commit}^{{tree}}").strip()
+    for bad in ("0" * 40, tree):
+        with pytest.raises(GitError, match="is not a commit"):
+            export_tree(repo, bad, tmp_path / "bad")
 
 
 def test_export_tree_of_candidate_from_worktree(repo: Path, head: str, tmp_path: Path) -> None:
