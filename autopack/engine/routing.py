@@ -32,25 +32,31 @@ def provider_state(session: Session, models: ModelsConfig, provider: str, now: d
     windows = [QuotaWindow(q.kind, q.period, q.limit) for q in (cfg.quotas if cfg else [])]
     usage: dict[str, UsageTotals] = {}
     periods = sorted({w.period for w in windows}, key=lambda p: PERIODS[p])
+    columns: list[Any] = []
+    # One statement: every window in one pass over the longest (per period, its calls' tokens and
+    # their count) and, when outages count, the provider's last call.
+    tokens = ModelCall.input_tokens + ModelCall.output_tokens
+    for period in periods:
+        inside = ModelCall.created_at > now - PERIODS[period]
+        columns += [func.coalesce(func.sum(case((inside, tokens), else_=0)), 0), func.count(case((inside, ModelCall.id)))]
+    if cooldown_s > 0:
+        last = select(ModelCall.id).where(ModelCall.provider == provider).order_by(ModelCall.id.desc()).limit(1).correlate(None).scalar_subquery()
+        columns += [select(ModelCall.created_at).where(ModelCall.id == last).correlate(None).scalar_subquery(),
+                    select(ModelCall.error).where(ModelCall.id == last).correlate(None).scalar_subquery()]
+    if not columns:
+        return ProviderState(down_until=None, down_reason="", usage=usage, windows=windows)
+    query = select(*columns)
     if periods:
-        # Every window in one pass over the longest: per period, its calls' tokens and their count.
-        tokens = ModelCall.input_tokens + ModelCall.output_tokens
-        columns = []
-        for period in periods:
-            inside = ModelCall.created_at > now - PERIODS[period]
-            columns += [func.coalesce(func.sum(case((inside, tokens), else_=0)), 0), func.count(case((inside, ModelCall.id)))]
-        row = session.execute(select(*columns).where(ModelCall.provider == provider,
-                                                     ModelCall.created_at > now - PERIODS[periods[-1]])).one()
-        for i, period in enumerate(periods):
-            usage[period] = UsageTotals(int(row[2 * i]), int(row[2 * i + 1]))
+        query = query.where(ModelCall.provider == provider, ModelCall.created_at > now - PERIODS[periods[-1]])
+    row = session.execute(query).one()
+    for i, period in enumerate(periods):
+        usage[period] = UsageTotals(int(row[2 * i]), int(row[2 * i + 1]))
     down_until, reason = None, ""
     if cooldown_s > 0:
-        last = session.execute(
-            select(ModelCall.created_at, ModelCall.error).where(ModelCall.provider == provider).order_by(ModelCall.id.desc()).limit(1)
-        ).first()
-        if last is not None and (last.error or "").startswith(OUTAGE_PREFIX):
-            down_until = _aware(last.created_at) + timedelta(seconds=cooldown_s)
-            reason = last.error[len(OUTAGE_PREFIX) + 2:][:200]
+        last_at, last_error = row[2 * len(periods)], row[2 * len(periods) + 1]
+        if last_at is not None and (last_error or "").startswith(OUTAGE_PREFIX):
+            down_until = _aware(last_at) + timedelta(seconds=cooldown_s)
+            reason = last_error[len(OUTAGE_PREFIX) + 2:][:200]
     return ProviderState(down_until=down_until, down_reason=reason, usage=usage, windows=windows)
 
 

@@ -220,3 +220,20 @@ def test_quota_windows_sum_the_recorded_calls(backend: str, local_settings, demo
     assert (usage["hour"].tokens, usage["hour"].requests) == (300, 2)
     assert (usage["day"].tokens, usage["day"].requests) == (1700, 4)
     assert (usage["week"].tokens, usage["week"].requests) == (7700, 6)
+    # The same statement tells whether the provider's last call (inside the windows or not) was an outage.
+    with session_scope(url) as s:
+        assert provider_state(s, cfg, "anthropic", now, 60).down_until is None  # its last call succeeded
+    outage_at = now - timedelta(seconds=10)
+    _usage(url, run_id, "anthropic", 0, at=outage_at, error="ProviderUnavailable: overloaded (529)")
+    _usage(url, run_id, "openai", 0, at=now - timedelta(days=30), error="ProviderUnavailable: down")  # an older id
+    bare = services.config.models.model_copy(deep=True)
+    bare.providers["anthropic"].quotas = []
+    for models in (cfg, bare):  # with quota windows, and with none (the outage alone)
+        with session_scope(url) as s:
+            state = provider_state(s, models, "anthropic", now, 60)
+            assert state.down_until == outage_at + timedelta(seconds=60) and state.down_reason == "overloaded (529)"
+            assert provider_state(s, models, "anthropic", now, 0).down_until is None  # no cooldown: outages do not count
+            # openai's last call (by id) is the outage recorded last, whatever its time.
+            assert provider_state(s, models, "openai", now, 60).down_until == now - timedelta(days=30) + timedelta(seconds=60)
+    with session_scope(url) as s:
+        assert provider_state(s, cfg, "anthropic", now, 60).usage["hour"].requests == 3  # the outage is a request too
