@@ -9,7 +9,7 @@ from typing import Any
 from celery import Celery, Task
 
 from autopack.engine.faults import crash_point
-from autopack.engine.runner import ReconcileReport, execute, fail_step_row, is_infrastructure_error, reconcile, run_of_step
+from autopack.engine.runner import ReconcileReport, execute_step, fail_step_row, is_infrastructure_error, reconcile
 from autopack.engine.services import Services, build_services
 from autopack.errors import RetryableError
 from autopack.settings import get_settings
@@ -57,12 +57,11 @@ def reconcile_and_enqueue(celery: Celery, svc: Services) -> ReconcileReport:
 
 def run_step(celery: Celery, step_id: int) -> list[StepRef]:
     """Run one step row under its lease and enqueue what it created (already committed)."""
-    nxt = execute(services(), step_id)
+    nxt, run_id = execute_step(services(), step_id)
     log.info("step %s -> %s", step_id, nxt)
     try:
         enqueue(celery, nxt)
-        run_id = run_of_step(services().db_url, step_id)
-        if run_id is not None:
+        if run_id is not None:  # this worker ran the step: its events go out
             celery.send_task("autopack.events.dispatch", args=[run_id], queue="events")
     except Exception as exc:  # noqa: BLE001 - all is committed: the reconciler enqueues it
         log.warning("could not enqueue %s (%s); the reconciler will", nxt, exc)

@@ -40,20 +40,26 @@ def create_step(db_url: str, run_id: str, name: str, arg: Any) -> tuple[int, str
         return add_steps(s, run_id, [(name, arg)])[0].id, name
 
 
-def run_of_step(db_url: str, step_id: int) -> str | None:
-    with session_scope(db_url) as s:
-        return s.scalar(select(StepRow.run_id).where(StepRow.id == step_id))
-
-
 def execute(services: Services, step_id: int, owner: str | None = None) -> list[tuple[int, str]]:
     """Claim ``step_id``, run its engine function under a heartbeated lease, and return the ids of
     the steps it created (to enqueue after this returns: they are already committed)."""
+    return execute_step(services, step_id, owner)[0]
+
+
+def execute_step(services: Services, step_id: int, owner: str | None = None) -> tuple[list[tuple[int, str]], str | None]:
+    """:func:`execute`, also returning the run of the step when this worker claimed it (``None``
+    when it did not: then it ran nothing and emitted nothing)."""
     settings = services.settings
     got = claim(services.db_url, step_id, owner or worker_id(), settings.lease_ttl_s)
     if got is None:
-        return []  # done, or another worker holds a live lease
+        return [], None  # done, or another worker holds a live lease
     if got.deliveries > settings.max_deliveries:
-        return give_up(services, got)
+        return give_up(services, got), got.run_id
+    return _run_claimed(services, got), got.run_id
+
+
+def _run_claimed(services: Services, got: Claim) -> list[tuple[int, str]]:
+    settings, step_id = services.settings, got.step_id
     ctx = StepContext(step_id, got.token, got.run_id)
     arg: Any = int(got.arg) if got.name in INT_ARGS else got.arg
     fields = {"run": got.run_id, "step": got.name, "step_id": step_id}
