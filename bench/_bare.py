@@ -19,7 +19,8 @@ Autopack's workspace layer, so what that layer costs beyond this counts as Autop
   and committer dates;
 * probe: the commit's tree exported into a fresh temp dir (temporary index, ``read-tree``,
   ``checkout-index --prefix``), then the plan's test command run there through Autopack's sandbox
-  runner in the cluster's ``AUTOPACK_SANDBOX`` mode, as Autopack's probe runs it (the sandboxed test
+  runner in the cluster's ``AUTOPACK_SANDBOX`` mode and handed over to it (moved, not copied), as
+  Autopack's probe runs it (the sandboxed test
   process is the work itself); it must write a passing JUnit report;
 * audit: ``git diff parent commit``;
 * decide: the chain's branch moved with ``git update-ref ref commit parent`` (compare-and-set).
@@ -174,7 +175,7 @@ def _matched_probe(key: str, repo: str, ref: str, phase: int, phases: int, dispa
         _git(repo, "read-tree", commit, index=index)
         _git(repo, "checkout-index", "--all", "--force", f"--prefix={tree}/", index=index)
         res = _get_sandbox().run(tree, _test_argv(), SandboxLimits(timeout_s=TEST_TIMEOUT_S, cpu_s=TEST_TIMEOUT_S),
-                                 collect=[JUNIT])
+                                 collect=[JUNIT], consume=True)  # moved in, as Autopack's probe does
     report = res.files.get(JUNIT) or ""
     if res.exit_code != 0 or 'failures="0"' not in report:
         raise RuntimeError(f"the test run failed: exit {res.exit_code}, killed {res.killed}, report {report[:200]!r}, "

@@ -34,18 +34,30 @@ REDIS_URL = f"redis://127.0.0.1:6379/{REDIS_DB}"
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 TERMINAL_PREFIXES = ("DONE_", "CANCELLED")
 
-# The target's whole test suite: accepts (and ignores) what the engine appends, writes one test
-# case to the JUnit path it is given, failing when a phase's output file says WRONG.
-JUNIT_STUB = """import glob, sys
-args = sys.argv[1:]
-path = args[args.index("--junitxml") + 1] if "--junitxml" in args else "autopack-junit.xml"
-wrong = [p for p in sorted(glob.glob("out/*.txt")) if "WRONG" in open(p).read()]
-failure = '<failure message="wrong content in %s">wrong content</failure>' % ", ".join(wrong) if wrong else ""
-with open(path, "w") as f:
-    f.write('<?xml version="1.0"?><testsuite name="bench" tests="1" failures="%d" errors="0">'
-            '<testcase classname="tests.test_ok" name="test_ok" file="tests/test_ok.py" time="0">%s</testcase></testsuite>'
-            % (1 if wrong else 0, failure))
+# The target's whole test suite, in POSIX sh with builtins only (one process, no fork: a Python stub
+# costs ~15 ms of interpreter start per run, which is not orchestration): accepts what the engine
+# appends, writes one test case to the JUnit path it is given (after ``--junitxml``), failing when a
+# phase's output file says WRONG.
+JUNIT_STUB = r"""path=autopack-junit.xml
+while [ $# -gt 0 ]; do
+  if [ "$1" = --junitxml ] && [ $# -gt 1 ]; then path=$2; shift; fi
+  shift
+done
+wrong=
+for f in out/*.txt; do
+  [ -f "$f" ] || continue
+  while IFS= read -r line || [ -n "$line" ]; do
+    case $line in *WRONG*) wrong="${wrong:+$wrong, }$f"; break ;; esac
+  done < "$f"
+done
+if [ -n "$wrong" ]; then
+  n=1; failure="<failure message=\"wrong content in $wrong\">wrong content</failure>"
+else
+  n=0; failure=
+fi
+printf '%s' "<?xml version=\"1.0\"?><testsuite name=\"bench\" tests=\"1\" failures=\"$n\" errors=\"0\"><testcase classname=\"tests.test_ok\" name=\"test_ok\" file=\"tests/test_ok.py\" time=\"0\">$failure</testcase></testsuite>" > "$path"
 """
+TEST_COMMAND = ["sh", "ok_tests.sh"]
 
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "Bench", "GIT_AUTHOR_EMAIL": "bench@example.invalid",
@@ -58,10 +70,15 @@ def say(line: str) -> None:
     print(line, flush=True)
 
 
-def make_target(folder: Path) -> Path:
-    """A one-commit git repository on ``main`` whose test command is the JUnit stub."""
+def make_target(folder: Path, files: int = 0) -> Path:
+    """A one-commit git repository on ``main`` whose test command is the JUnit stub, with
+    ``files`` more source files (``src/pkg<k>/m<i>.py``, 500 per folder, 20 lines each)."""
     folder.mkdir(parents=True)
-    (folder / "ok_tests.py").write_text(JUNIT_STUB)
+    (folder / "ok_tests.sh").write_text(JUNIT_STUB)
+    for i in range(files):
+        pkg = folder / "src" / f"pkg{i // 500}"
+        pkg.mkdir(parents=True, exist_ok=True)
+        (pkg / f"m{i}.py").write_text(f"X{i} = {i}\n" * 20)
     (folder / "README.md").write_text("Benchmark target: phases write out/<phase>.txt.\n")
     env = {**os.environ, **GIT_ENV}
     for argv in (["git", "init", "-q", "-b", "main"], ["git", "add", "-A"], ["git", "commit", "-q", "-m", "bench target"]):
@@ -79,8 +96,7 @@ def make_plan(phases: int, project: str = "bench", tiers: int = 1) -> dict[str, 
             out.append({"id": f"t{t}", "phases": [
                 {"id": f"p{i}", "goal": f"Write out/p{i}.txt holding the phase id.", "category": "feature",
                  "complexity": "low", "scope": [f"out/p{i}.txt"], "deliverables": [f"out/p{i}.txt"]} for i in ids]})
-    # -I -S: an isolated interpreter without site, the cheapest "test suite" there is.
-    return {"project": project, "name": f"bench {phases} phases", "test_command": ["{python}", "-I", "-S", "ok_tests.py"], "tiers": out}
+    return {"project": project, "name": f"bench {phases} phases", "test_command": list(TEST_COMMAND), "tiers": out}
 
 
 def git(repo: Path, *args: str) -> str:

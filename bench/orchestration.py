@@ -13,7 +13,7 @@ ratio stays Autopack / the hop-only chain.
 
 The model is ``bench/_model.py`` used directly through ``AUTOPACK_LLM_SCRIPT`` (in-process, zero
 latency, no cassette file); the target's test command is a stub that writes a one-test JUnit report
-(``{python} -I -S ok_tests.py``). ``--sandbox none`` measures orchestration alone; ``bwrap`` adds the
+(``sh ok_tests.sh``, shell builtins only). ``--sandbox none`` measures orchestration alone; ``bwrap`` adds the
 real sandbox (two test runs per phase: none here, one probe; the baseline is outside the interval).
 
 Per phase = (time the last phase's decide step finished − time the first one's did) / (phases − 1):

@@ -1,13 +1,14 @@
 """Where a step's time goes: the pipeline of one run executed in this process, step by step, under
 cProfile, on the prod profile (PostgreSQL, Redis) with the zero-latency model and the stub tests.
 
-    .venv/bin/python bench/profile_steps.py [--phases 10] [--sandbox none|bwrap] [--top 12]
+    .venv/bin/python bench/profile_steps.py [--phases 10] [--sandbox none|bwrap] [--top 12] [--files N] [--wall]
 
 Only the web process is started (no workers): this process claims and executes each open step
 with the engine's own ``execute`` (the messages the API and the steps send stay in Redis, which is
 flushed after). Per step name it prints the mean wall time; git calls, test runs and SQL statements
 per step with the time in them; database commits per step; and the engine functions with the most
-cumulative time.
+cumulative time. ``--wall`` runs without the profiler and prints only each step's wall time;
+``--files N`` adds N source files to the target, to see how the steps scale with its size.
 """
 
 from __future__ import annotations
@@ -51,6 +52,10 @@ def main() -> None:
     ap.add_argument("--sort", choices=["cumulative", "tottime"], default="cumulative",
                     help="order of the function table (tottime: where the time is spent, in any module)")
     ap.add_argument("--only", help="print the table of these steps only (comma-separated names)")
+    ap.add_argument("--files", type=int, default=0,
+                    help="source files added to the target repository (how the steps scale with its size)")
+    ap.add_argument("--wall", action="store_true",
+                    help="no profiler: only the mean wall time per step (cProfile slows Python code about twofold)")
     args = ap.parse_args()
     profiles: dict[str, cProfile.Profile] = {}
     walls: dict[str, list[float]] = {}
@@ -63,7 +68,7 @@ def main() -> None:
             from autopack.settings import get_settings
 
             services = build_services(get_settings())
-            cluster.add_project("bench", make_target(work / "target"))
+            cluster.add_project("bench", make_target(work / "target", args.files))
             warm = cluster.submit(make_plan(2))
             run_id = cluster.submit(make_plan(args.phases))
             deadline = time.monotonic() + 150
@@ -73,17 +78,22 @@ def main() -> None:
                     if not rows:
                         break
                     step_id, name = rows[0]
-                    prof = profiles.setdefault(name, cProfile.Profile()) if profile else None
+                    prof = profiles.setdefault(name, cProfile.Profile()) if profile and not args.wall else None
                     t = time.perf_counter()
                     if prof is not None:
                         prof.enable()
                     execute(services, step_id)
                     if prof is not None:
                         prof.disable()
+                    if profile:
                         walls.setdefault(name, []).append(time.perf_counter() - t)
             state = cluster.states([run_id])[run_id]
-    say(f"run of {args.phases} phases executed in-process (sandbox={args.sandbox}): {state}")
+    say(f"run of {args.phases} phases executed in-process (sandbox={args.sandbox}, target of {args.files + 2} files): {state}")
     out: dict[str, dict[str, float]] = {}
+    if args.wall:
+        for name, w in walls.items():
+            out[name] = {"mean_ms": round(statistics.mean(w) * 1000, 2), "median_ms": round(statistics.median(w) * 1000, 2), "count": len(w)}
+            say(f"== {name}: {out[name]['mean_ms']:.1f} ms mean, {out[name]['median_ms']:.1f} ms median per step over {len(w)} (no profiler)")
     for name in ("build", "probe", "audit", "decide", "start_run", "baseline"):
         if name not in profiles:
             continue
@@ -105,7 +115,8 @@ def main() -> None:
             else:
                 stats.sort_stats("tottime").print_stats(args.top)
     say(f"load average (1 min) at the end: {loadavg():.2f} on {os.cpu_count()} cores")
-    print(json.dumps({"benchmark": "profile_steps", "loadavg_end": loadavg(), "phases": args.phases, "sandbox": args.sandbox, "state": state, "steps": out}))
+    print(json.dumps({"benchmark": "profile_steps", "loadavg_end": loadavg(), "phases": args.phases, "sandbox": args.sandbox,
+                      "target_files": args.files + 2, "state": state, "steps": out}))
 
 
 if __name__ == "__main__":
