@@ -55,7 +55,11 @@ def db_now(session: Session) -> datetime:
 
 
 def add_steps(session: Session, run_id: str, steps: list[Step]) -> list[StepRow]:
-    rows = [StepRow(run_id=run_id, name=name, arg=str(arg)) for name, arg in steps]
+    """Open step rows in the caller's transaction. Their ``enqueued_at`` is on :func:`lease_clock`,
+    which the reconciler's pickup grace is judged by: a row written by a machine whose clock runs
+    behind would otherwise look unpicked at once (sent again), one ahead would be left lost longer."""
+    clock = lease_clock(session)
+    rows = [StepRow(run_id=run_id, name=name, arg=str(arg), enqueued_at=clock) for name, arg in steps]
     session.add_all(rows)
     session.flush()
     return rows

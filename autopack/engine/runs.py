@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from autopack.config import AppConfig
 from autopack.db.models import Attempt, BudgetReservation, Event, Phase, Project, Run, Tier
+from autopack.engine.leases import lease_clock
 from autopack.engine.store import emit, transition
 from autopack.errors import Conflict, NotFound
 from autopack.plan import Plan
@@ -49,6 +50,8 @@ def create_run(session: Session, plan: Plan, config: AppConfig) -> Run:
         commit_epoch=int(time.time()),
         token_cap=strategy.run.token_cap,
         cost_cap_usd=strategy.run.cost_cap_usd,
+        # The reconciler ends a run past its maximum runtime by the database's clock (PostgreSQL).
+        created_at=lease_clock(session),
     )
     session.add(run)
     session.flush()

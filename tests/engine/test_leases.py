@@ -481,3 +481,36 @@ def test_a_reconciler_whose_clock_runs_ahead_leaves_live_leases_alone(pg_url: st
             "settings = Settings(state_dir=tempfile.mkdtemp(), profile='local', database_url=url)\n"
             "print(reconcile(build_services(settings, sandbox=False)).requeued)")
     assert _as_worker_with_clock("+10 minutes", pg_url, code) == f"[({dead}, 'probe')]"
+
+
+@pytest.mark.postgres
+def test_steps_and_runs_made_on_a_machine_whose_clock_runs_behind_are_timed_by_the_database(pg_url: str) -> None:
+    """The API or a worker 10 minutes behind wrote ``enqueued_at`` and a run's ``created_at`` by its
+    own clock: the reconciler (on the database's clock) then sent a fresh step again at once as never
+    picked up, and would end a fresh run as past a maximum runtime under 10 minutes."""
+    upgrade(pg_url)
+    with session_scope(pg_url) as s:
+        s.add(Project(name="p", repo_path="/nonexistent", base_branch="main"))
+    code = ("from autopack.db.session import session_scope\nfrom autopack.engine.leases import add_steps\n"
+            "from autopack.config import load_config\nfrom autopack.engine.runs import create_run\nfrom autopack.plan import Plan\n"
+            "from autopack.settings import Settings\n"
+            "plan = Plan.model_validate({'project': 'p', 'name': 'skewed', 'test_command': ['true'], 'tiers': [{'id': 't0', 'phases': [\n"
+            "    {'id': 'p0', 'goal': 'g', 'category': 'feature', 'complexity': 'low', 'scope': ['a.txt']}]}]})\n"
+            "with session_scope(url) as s:\n"
+            "    run = create_run(s, plan, load_config(Settings().config_dir))\n"
+            "    run.state = 'RUNNING'\n"
+            "    print(run.id, add_steps(s, run.id, [('start_run', run.id)])[0].id)\n")
+    run_id, step_id = _as_worker_with_clock("-10 minutes", pg_url, code).split()
+    from autopack.engine.leases import db_now
+
+    with session_scope(pg_url) as s:
+        now = db_now(s)
+        row, run = s.get(StepRow, int(step_id)), s.get(Run, run_id)
+        assert row is not None and run is not None
+        assert abs((_aware(row.enqueued_at) - now).total_seconds()) < 30  # type: ignore[operator]
+        assert abs((_aware(run.created_at) - now).total_seconds()) < 30  # type: ignore[operator]
+    code = ("import tempfile\nfrom autopack.settings import Settings\nfrom autopack.engine.services import build_services\n"
+            "from autopack.engine.runner import reconcile\n"
+            "settings = Settings(state_dir=tempfile.mkdtemp(), profile='local', database_url=url)\n"
+            "r = reconcile(build_services(settings, sandbox=False), max_runtime_s=300)\nprint(r.requeued, r.timed_out)")
+    assert _as_worker_with_clock("+0 minutes", pg_url, code) == "[] []"
