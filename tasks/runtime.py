@@ -83,9 +83,16 @@ class StepTask(Task):  # type: ignore[misc]
             log.warning("step %s hit an infrastructure error (%s); its lease will expire and the reconciler retries it", args[0], exc)
             return
         try:
-            fail_step_row(services(), int(args[0]), exc)
+            run_id = fail_step_row(services(), int(args[0]), exc)
         except Exception:  # noqa: BLE001 - the failure itself is already logged by Celery
             log.exception("could not record the failure of %s%s", self.name, tuple(args))
+            return
+        if run_id is None:
+            return
+        try:  # the run.finished just written: its postmortem and rules now, not at the reconciler's next pass
+            self.app.send_task("autopack.events.dispatch", args=[run_id], queue="events")
+        except Exception as send_exc:  # noqa: BLE001 - committed: the reconciler re-dispatches it
+            log.warning("could not send the dispatcher of run %s (%s); the reconciler will", run_id, send_exc)
 
 
 def _warm(**_: Any) -> None:

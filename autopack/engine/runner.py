@@ -133,17 +133,19 @@ def is_infrastructure_error(exc: BaseException) -> bool:
     return isinstance(exc, OperationalError | KombuOperationalError | RedisConnectionError | RedisTimeoutError | ConnectionError)
 
 
-def fail_step_row(services: Services, step_id: int, exc: BaseException) -> None:
-    """A step raised an error no retry cures: end its run with the reason instead of stranding it."""
+def fail_step_row(services: Services, step_id: int, exc: BaseException) -> str | None:
+    """A step raised an error no retry cures: end its run with the reason instead of stranding it.
+    Returns the step's run (``None`` for an unknown step), whose events the caller dispatches."""
     with session_scope(services.db_url) as s:
         row = s.get(StepRow, step_id)
         if row is None:
-            return
+            return None
         run = s.get(Run, row.run_id)
         if run is not None and not is_terminal_run(run.state):
             _end_run(s, run, RunState.DONE_FAILED_INFRASTRUCTURE, f"step {row.name}({row.arg}) failed: {type(exc).__name__}: {exc}"[:4000])
         if row.done_at is None:
             row.done_at, row.outcome, row.lease_expires_at = now_utc(), "error", None
+        return row.run_id
 
 
 @dataclass

@@ -68,6 +68,8 @@ def test_run_through_api_and_worker(local_settings, demo_repo: Path) -> None:
 
 
 def test_a_step_that_fails_for_good_ends_the_run(local_settings, demo_repo: Path) -> None:
+    """The task's failure handler ends the run, and sends the dispatcher for its run.finished: the
+    postmortem is written at once, not at the reconciler's next pass (there is no beat here)."""
     def respond(req):  # type: ignore[no-untyped-def]
         raise RuntimeError("model exploded")
 
@@ -79,10 +81,16 @@ def test_a_step_that_fails_for_good_ends_the_run(local_settings, demo_repo: Path
         with start_worker(app, pool="threads", concurrency=2, perform_ping_check=False, queues=list(QUEUES), shutdown_timeout=30):
             run_id = client.post("/runs", json=load_plan_file(DEMO / "plan.yaml").model_dump(mode="json")).get_json()["id"]
             v = wait_terminal(services, run_id)
+            deadline = time.monotonic() + 30
+            while client.get(f"/runs/{run_id}/postmortem?format=json").status_code != 200 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            postmortem = client.get(f"/runs/{run_id}/postmortem?format=json")
     finally:
         set_services(None)
     assert v["state"] == "DONE_FAILED_INFRASTRUCTURE"
     assert "model exploded" in v["failure_reason"] and "build" in v["failure_reason"]
+    assert postmortem.status_code == 200, "the run.finished of a failed step was never dispatched"
+    assert "DONE_FAILED_INFRASTRUCTURE" in postmortem.get_json()["markdown"]
 
 
 def test_redis_visibility_timeout_is_above_every_queues_hard_limit() -> None:
