@@ -45,13 +45,18 @@ def enqueue(celery: Celery, steps: list[StepRef]) -> None:
         celery.send_task(task, args=[step_id], queue=queue)
 
 
+def send_dispatcher(celery: Celery, run_id: str) -> None:
+    """Send the event dispatcher for ``run_id``'s committed, undispatched events."""
+    celery.send_task("autopack.events.dispatch", args=[run_id], queue="events")
+
+
 def reconcile_and_enqueue(celery: Celery, svc: Services) -> ReconcileReport:
     """The reconciler (beat's task and ``autopack reconcile``): reconcile, then send the steps it
     handed back and a dispatcher for each run with events not yet dispatched."""
     report = reconcile(svc)
     enqueue(celery, report.requeued)
     for run_id in report.undispatched_runs:  # events a dispatcher did not finish
-        celery.send_task("autopack.events.dispatch", args=[run_id], queue="events")
+        send_dispatcher(celery, run_id)
     return report
 
 
@@ -62,7 +67,7 @@ def run_step(celery: Celery, step_id: int) -> list[StepRef]:
     try:
         enqueue(celery, nxt)
         if run_id is not None:  # this worker ran the step: its events go out
-            celery.send_task("autopack.events.dispatch", args=[run_id], queue="events")
+            send_dispatcher(celery, run_id)
     except Exception as exc:  # noqa: BLE001 - all is committed: the reconciler enqueues it
         log.warning("could not enqueue %s (%s); the reconciler will", nxt, exc)
     crash_point("before_ack")
@@ -90,7 +95,7 @@ class StepTask(Task):  # type: ignore[misc]
         if run_id is None:
             return
         try:  # the run.finished just written: its postmortem and rules now, not at the reconciler's next pass
-            self.app.send_task("autopack.events.dispatch", args=[run_id], queue="events")
+            send_dispatcher(self.app, run_id)
         except Exception as send_exc:  # noqa: BLE001 - committed: the reconciler re-dispatches it
             log.warning("could not send the dispatcher of run %s (%s); the reconciler will", run_id, send_exc)
 

@@ -208,8 +208,7 @@ def ensure_worktree(repo: Path, path: Path, commit: str, *, reset: bool = True) 
             _reset_clean(Git(path), sha)
             return path.resolve()
         except GitError as exc:
-            if git.rev_parse(sha) is None:  # bad input, not a broken worktree: leave the worktree be
-                raise GitError(f"ensure_worktree: {commit!r} is not a commit in {repo}") from exc
+            _require_commit(git, sha, "ensure_worktree", exc)  # bad input, not a broken worktree: leave it be
             # A git process killed mid-write (a worker's whole process group SIGKILLed on a deploy,
             # or by the OOM killer) leaves an index.lock or a torn index behind, and every reset
             # would fail from then on. A worktree holds nothing the repository does not: it is
@@ -231,8 +230,7 @@ def ensure_worktree(repo: Path, path: Path, commit: str, *, reset: bool = True) 
         git.run("worktree", "prune")
         path.parent.mkdir(parents=True, exist_ok=True)
         # -f: also take over a registration whose directory was deleted but not pruned.
-        if git.rev_parse(sha) is None:
-            raise GitError(f"ensure_worktree: {commit!r} is not a commit in {repo}")
+        _require_commit(git, sha, "ensure_worktree")
         git.run("worktree", "add", "--force", "--detach", "--quiet", str(path), sha)
     # A fresh worktree is checked out at ``sha`` with no untracked files: nothing to reset.
     return path.resolve()
@@ -364,6 +362,13 @@ _HEX = frozenset("0123456789abcdef")
 def _is_full_id(value: str, length: int) -> bool:
     """Whether ``value`` is already a full object id (nothing for ``rev-parse`` to resolve)."""
     return len(value) == length and set(value) <= _HEX
+
+
+def _require_commit(git: Git, rev: str, what: str, cause: BaseException | None = None) -> None:
+    """Raise ``GitError("<what>: <rev> is not a commit")`` unless ``rev`` names a commit: run after
+    a command given a full id failed, so bad input gets its own message (and no repair)."""
+    if git.rev_parse(rev) is None:
+        raise GitError(f"{what}: {rev!r} is not a commit") from cause
 
 
 def _commit_id(git: Git, rev: str) -> str | None:
@@ -685,8 +690,7 @@ def export_tree(repo: Path, commit: str, dest: Path) -> Path:
         try:
             git.run("read-tree", f"{sha}^{{commit}}", env=env)
         except GitError as exc:
-            if git.rev_parse(sha) is None:
-                raise GitError(f"export_tree: {commit!r} is not a commit") from exc
+            _require_commit(git, sha, "export_tree", exc)
             raise
         git.run("checkout-index", "--all", "--force", f"--prefix={dest.resolve()}/", env=env)
     return dest
