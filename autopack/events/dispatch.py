@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import select, update
@@ -18,6 +19,7 @@ from autopack import postmortem
 from autopack.db.models import Event, EventDelivery, Postmortem, Run
 from autopack.db.session import session_scope
 from autopack.engine.faults import crash_point
+from autopack.engine.leases import lease_clock
 from autopack.engine.store import emit
 
 log = logging.getLogger("autopack.events")
@@ -155,8 +157,8 @@ def dispatch_pending(services: Any, run_id: str | None = None, *, handlers: list
 
 
 def runs_with_undispatched(db_url: str, older_than_s: float = 5.0) -> list[str]:
-    from datetime import datetime, timedelta, timezone
-
-    cutoff = datetime.now(timezone.utc) - timedelta(seconds=older_than_s)
+    """Runs with an event not dispatched ``older_than_s`` after it was written, judged on the clock
+    the events were written by (:func:`lease_clock`), not this machine's."""
     with session_scope(db_url) as s:
+        cutoff = lease_clock(s) - timedelta(seconds=older_than_s)
         return list(s.scalars(select(Event.run_id).where(Event.dispatched.is_(False), Event.created_at < cutoff).distinct()))

@@ -514,3 +514,28 @@ def test_steps_and_runs_made_on_a_machine_whose_clock_runs_behind_are_timed_by_t
             "settings = Settings(state_dir=tempfile.mkdtemp(), profile='local', database_url=url)\n"
             "r = reconcile(build_services(settings, sandbox=False), max_runtime_s=300)\nprint(r.requeued, r.timed_out)")
     assert _as_worker_with_clock("+0 minutes", pg_url, code) == "[] []"
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("writer, reconciler", [("+10 minutes", "+0 minutes"), ("+0 minutes", "-10 minutes"),
+                                                ("-10 minutes", "+0 minutes")])
+def test_an_undispatched_event_is_judged_by_the_database_clock_whatever_the_machines_clocks(
+        pg_url: str, writer: str, reconciler: str) -> None:
+    """An event's age (the reconciler re-dispatches events left undispatched for a while) was its
+    writer's clock against the reconciler's: a worker 10 minutes ahead, or a reconciler 10 minutes
+    behind, left a lost dispatch alone for 10 minutes; a worker behind had fresh events, still being
+    dispatched, sent again at once. Now both times are the database's."""
+    from autopack.engine.leases import db_now
+
+    upgrade(pg_url)
+    run_id = _run(pg_url)
+    code = ("from autopack.db.session import session_scope\nfrom autopack.engine.store import emit\n"
+            f"with session_scope(url) as s:\n    emit(s, {run_id!r}, 'phase.started')\n")
+    _as_worker_with_clock(writer, pg_url, code)
+    with session_scope(pg_url) as s:
+        written = s.scalar(select(Event.created_at).where(Event.run_id == run_id))
+        assert abs((_aware(written) - db_now(s)).total_seconds()) < 30  # type: ignore[operator]
+    ask = "from autopack.events.dispatch import runs_with_undispatched\nprint(runs_with_undispatched(url, older_than_s=%s))"
+    assert run_id not in _as_worker_with_clock(reconciler, pg_url, ask % 20)  # fresh: its dispatcher may still be at work
+    time.sleep(1.5)
+    assert _as_worker_with_clock(reconciler, pg_url, ask % 1) == repr([run_id])
