@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from autopack.config import ModelsConfig
 from autopack.db.models import ModelCall
+from autopack.engine.leases import db_now
 from autopack.governance.quotas import PERIODS, QuotaWindow, UsageTotals
 from autopack.governance.routing import ProviderState, RouteDecision, candidates, route
 from autopack.strategy import RoutingConfig
@@ -67,8 +68,12 @@ def choose_model(session: Session, models: ModelsConfig, routing: RoutingConfig,
 
     When every provider of a normal category's chain is only recently out (none near a quota), the
     outages are taken as possibly over and the chain is routed on quotas alone: the call then either
-    succeeds or fails as a provider error, which the run's health budget bounds."""
-    now = now or datetime.now(timezone.utc)
+    succeeds or fails as a provider error, which the run's health budget bounds.
+
+    ``now`` defaults to :func:`lease_clock`'s (the database server's on PostgreSQL), the clock every
+    call's ``created_at`` is written on: a worker whose own clock ran behind would see a provider
+    that went down as down for that much longer, and a quota window hold calls it should not."""
+    now = now or db_now(session)
     chain = list(dict.fromkeys(chain))
     cands = candidates(models, chain)
     providers = {c.provider for c in cands}

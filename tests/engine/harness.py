@@ -3,9 +3,15 @@ in-process, one step at a time, in the order a single worker would take them."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from autopack.config import load_config
 from autopack.db.models import Project
@@ -128,3 +134,17 @@ def phase(view_: dict[str, Any], key: str) -> dict[str, Any]:
             if ph["id"] == key:
                 return ph
     raise KeyError(key)
+
+
+def as_worker_with_clock(offset: str, url: str, code: str) -> str:
+    """Run ``code`` (with ``url`` bound, from the repository's root) in a process whose clock is off
+    by ``offset`` (faketime's syntax: ``"+10 minutes"``); returns what it printed."""
+    found = shutil.which("faketime")
+    if found is None:
+        msg = "faketime (Debian package faketime; scripts/setup.sh installs it as root) is needed to skew a worker's clock"
+        if os.environ.get("AUTOPACK_REQUIRE_SERVICES") == "1":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    program = f"url = {url!r}\n{code}"
+    return subprocess.run([found, offset, sys.executable, "-c", program], capture_output=True, text=True,
+                          check=True, timeout=60, cwd=ROOT).stdout.strip()

@@ -16,6 +16,7 @@ from autopack.db.models import Event, Project, Run, StepRow
 from autopack.db.session import session_scope
 from autopack.engine.leases import Heartbeat, StaleLease, StepContext, add_steps, claim, guard, mark_done, now_utc, renew
 from autopack.engine.store import emit
+from tests.engine.harness import as_worker_with_clock
 
 
 @pytest.fixture()
@@ -409,29 +410,6 @@ def test_heartbeat_stops_after_a_takeover_and_never_extends_the_new_lease(sqlite
 # -- clocks: on PostgreSQL leases are set and judged by the database server's clock
 
 
-def _faketime() -> str:
-    import os
-    import shutil
-
-    found = shutil.which("faketime")
-    if found is None:
-        msg = "faketime (Debian package faketime; scripts/setup.sh installs it as root) is needed to skew a worker's clock"
-        if os.environ.get("AUTOPACK_REQUIRE_SERVICES") == "1":
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return found
-
-
-def _as_worker_with_clock(offset: str, url: str, code: str) -> str:
-    """Run ``code`` (with ``url`` bound) in a worker process whose clock is off by ``offset``."""
-    import subprocess
-    import sys
-
-    program = f"url = {url!r}\n{code}"
-    return subprocess.run([_faketime(), offset, sys.executable, "-c", program], capture_output=True, text=True,
-                          check=True, timeout=60).stdout.strip()
-
-
 @pytest.mark.postgres
 def test_a_worker_whose_clock_runs_ahead_cannot_take_a_live_lease(pg_url: str) -> None:
     """Machine B's clock is 10 minutes ahead. With leases judged by each worker's own clock, B took
@@ -439,7 +417,7 @@ def test_a_worker_whose_clock_runs_ahead_cannot_take_a_live_lease(pg_url: str) -
     upgrade(pg_url)
     sid = _step(pg_url, _run(pg_url))
     assert claim(pg_url, sid, "A", 60) is not None
-    out = _as_worker_with_clock("+10 minutes", pg_url, "from autopack.engine.leases import claim\nprint(claim(url, %d, 'B', 60))" % sid)
+    out = as_worker_with_clock("+10 minutes", pg_url, "from autopack.engine.leases import claim\nprint(claim(url, %d, 'B', 60))" % sid)
     assert out == "None"
     row = _row(pg_url, sid)
     assert (row.lease_owner, row.fence, row.deliveries) == ("A", 1, 1)
@@ -455,7 +433,7 @@ def test_a_worker_whose_clock_runs_behind_renews_a_lease_that_lasts_its_ttl(pg_u
     sid = _step(pg_url, _run(pg_url))
     got = claim(pg_url, sid, "A", 60)
     assert got is not None
-    out = _as_worker_with_clock("-10 minutes", pg_url, "from autopack.engine.leases import renew\nprint(renew(url, %d, %d, 60))" % (sid, got.token))
+    out = as_worker_with_clock("-10 minutes", pg_url, "from autopack.engine.leases import renew\nprint(renew(url, %d, %d, 60))" % (sid, got.token))
     assert out == "True"
     with session_scope(pg_url) as s:
         left = (_aware(s.get(StepRow, sid).lease_expires_at) - db_now(s)).total_seconds()  # type: ignore[union-attr, operator]
@@ -480,7 +458,7 @@ def test_a_reconciler_whose_clock_runs_ahead_leaves_live_leases_alone(pg_url: st
             "from autopack.engine.runner import reconcile\n"
             "settings = Settings(state_dir=tempfile.mkdtemp(), profile='local', database_url=url)\n"
             "print(reconcile(build_services(settings, sandbox=False)).requeued)")
-    assert _as_worker_with_clock("+10 minutes", pg_url, code) == f"[({dead}, 'probe')]"
+    assert as_worker_with_clock("+10 minutes", pg_url, code) == f"[({dead}, 'probe')]"
 
 
 @pytest.mark.postgres
@@ -500,7 +478,7 @@ def test_steps_and_runs_made_on_a_machine_whose_clock_runs_behind_are_timed_by_t
             "    run = create_run(s, plan, load_config(Settings().config_dir))\n"
             "    run.state = 'RUNNING'\n"
             "    print(run.id, add_steps(s, run.id, [('start_run', run.id)])[0].id)\n")
-    run_id, step_id = _as_worker_with_clock("-10 minutes", pg_url, code).split()
+    run_id, step_id = as_worker_with_clock("-10 minutes", pg_url, code).split()
     from autopack.engine.leases import db_now
 
     with session_scope(pg_url) as s:
@@ -513,7 +491,7 @@ def test_steps_and_runs_made_on_a_machine_whose_clock_runs_behind_are_timed_by_t
             "from autopack.engine.runner import reconcile\n"
             "settings = Settings(state_dir=tempfile.mkdtemp(), profile='local', database_url=url)\n"
             "r = reconcile(build_services(settings, sandbox=False), max_runtime_s=300)\nprint(r.requeued, r.timed_out)")
-    assert _as_worker_with_clock("+0 minutes", pg_url, code) == "[] []"
+    assert as_worker_with_clock("+0 minutes", pg_url, code) == "[] []"
 
 
 @pytest.mark.postgres
@@ -531,11 +509,11 @@ def test_an_undispatched_event_is_judged_by_the_database_clock_whatever_the_mach
     run_id = _run(pg_url)
     code = ("from autopack.db.session import session_scope\nfrom autopack.engine.store import emit\n"
             f"with session_scope(url) as s:\n    emit(s, {run_id!r}, 'phase.started')\n")
-    _as_worker_with_clock(writer, pg_url, code)
+    as_worker_with_clock(writer, pg_url, code)
     with session_scope(pg_url) as s:
         written = s.scalar(select(Event.created_at).where(Event.run_id == run_id))
         assert abs((_aware(written) - db_now(s)).total_seconds()) < 30  # type: ignore[operator]
     ask = "from autopack.events.dispatch import runs_with_undispatched\nprint(runs_with_undispatched(url, older_than_s=%s))"
-    assert run_id not in _as_worker_with_clock(reconciler, pg_url, ask % 20)  # fresh: its dispatcher may still be at work
+    assert run_id not in as_worker_with_clock(reconciler, pg_url, ask % 20)  # fresh: its dispatcher may still be at work
     time.sleep(1.5)
-    assert _as_worker_with_clock(reconciler, pg_url, ask % 1) == repr([run_id])
+    assert as_worker_with_clock(reconciler, pg_url, ask % 1) == repr([run_id])

@@ -237,3 +237,41 @@ def test_quota_windows_sum_the_recorded_calls(backend: str, local_settings, demo
             assert provider_state(s, models, "openai", now, 60).down_until == now - timedelta(days=30) + timedelta(seconds=60)
     with session_scope(url) as s:
         assert provider_state(s, cfg, "anthropic", now, 60).usage["hour"].requests == 3  # the outage is a request too
+
+
+@pytest.mark.postgres
+def test_outages_are_timed_by_the_database_clock_whatever_the_workers_clocks(local_settings, demo_repo: Path, pg_url: str) -> None:
+    """A worker 10 minutes ahead records an outage, one 10 minutes behind routes the next call. Each
+    by its own clock, the outage was 10 minutes in the future of the router, which skipped the
+    provider for 10 minutes beyond its cooldown; both on the database's clock, the cooldown is what it says."""
+    import time
+
+    from autopack.db.migrate import upgrade
+    from autopack.engine.leases import db_now
+    from tests.engine.harness import as_worker_with_clock
+
+    upgrade(pg_url)
+    settings = local_settings.model_copy(update={"database_url": pg_url})
+    services, _ = make_services(settings, stats_model)
+    register(settings, demo_repo)
+    run_id = submit(services, stats_plan("feature"))
+    record = ("import tempfile\nfrom autopack.settings import Settings\nfrom autopack.engine.steps import CallScope, make_call\n"
+              "from autopack.errors import ProviderUnavailable\nfrom autopack.llm.base import Message\n"
+              "from tests.engine.harness import make_services\n"
+              "def down(req):\n    raise ProviderUnavailable('anthropic', 'overloaded_error: Overloaded', 529)\n"
+              "services, _ = make_services(Settings(state_dir=tempfile.mkdtemp(), profile='local', database_url=url), down)\n"
+              f"call = make_call(services, CallScope({run_id!r}, None, None, 'builder', 'claude-haiku-4-5', None))\n"
+              "try:\n    call('system', [Message(role='user', content='u')], 10)\nexcept ProviderUnavailable:\n    print('down')\n")
+    assert as_worker_with_clock("+10 minutes", pg_url, record) == "down"
+    with session_scope(pg_url) as s:
+        at = s.scalar(select(ModelCall.created_at).where(ModelCall.run_id == run_id))
+        assert abs(((at if at.tzinfo else at.replace(tzinfo=timezone.utc)) - db_now(s)).total_seconds()) < 30
+    route = ("from autopack.config import load_config\nfrom autopack.settings import Settings\n"
+             "from autopack.db.session import session_scope\nfrom autopack.engine.routing import choose_model\n"
+             "cfg = load_config(Settings().config_dir)\nrouting = cfg.strategy.run.routing.model_copy(update={'outage_cooldown_s': %s})\n"
+             "with session_scope(url) as s:\n"
+             "    print(choose_model(s, cfg.models, routing, role='builder', complexity='low', category='feature',\n"
+             "                       high_risk=False, chain=['claude-haiku-4-5', 'gpt-5-mini']).model)\n")
+    assert as_worker_with_clock("-10 minutes", pg_url, route % 60) == "gpt-5-mini"  # inside its cooldown
+    time.sleep(1.5)
+    assert as_worker_with_clock("-10 minutes", pg_url, route % 1) == "claude-haiku-4-5"  # past it
