@@ -195,21 +195,58 @@ def _render_event(ev: dict[str, Any]) -> str:
     return f"  {ev['seq']:>3} {ev['type']:<22}{where} {detail}".rstrip()
 
 
-def follow(client: Any, run_id: str, *, show: bool = True, timeout: float = 3600.0) -> dict[str, Any]:
-    """Print the run's events as they come and return the final run view."""
+class WaitTimeout(Exception):
+    """``autopack run --wait --timeout S``: the run was not over within S seconds (it goes on)."""
+
+
+RETRYABLE_STATUS = frozenset({502, 503, 504})  # a proxy before a restarting web process; the database away
+
+
+def follow(client: Any, run_id: str, *, show: bool = True, timeout: float | None = None, outage_s: float = 300.0,
+           retry_s: float = 2.0) -> dict[str, Any]:
+    """Print the run's events as they come and return the final run view.
+
+    The run goes on without the API, so a web process being redeployed does not end the wait: a
+    request that finds no API (or a 502/503/504) is tried again every ``retry_s`` until requests
+    have failed for ``outage_s`` in a row (then the error is raised), saying so once on standard
+    error. ``timeout`` (``None``: none) raises :class:`WaitTimeout`."""
+    from autopack.client import ApiError, ApiUnreachable
+
+    down_since: float | None = None
+
+    def ask(fn: Any, *args: Any) -> Any:
+        nonlocal down_since
+        while True:
+            try:
+                got = fn(*args)
+            except (ApiUnreachable, ApiError) as exc:
+                if isinstance(exc, ApiError) and exc.status not in RETRYABLE_STATUS:
+                    raise
+                now = time.monotonic()
+                if down_since is None:
+                    down_since = now
+                    _err(f"{exc}; trying again for up to {outage_s:.0f}s (the run goes on without the API)")
+                elif now - down_since > outage_s:
+                    raise
+                time.sleep(retry_s)
+                continue
+            if down_since is not None:
+                _err("the API answers again")
+                down_since = None
+            return got
+
     after = 0
-    deadline = time.monotonic() + timeout
+    deadline = None if timeout is None else time.monotonic() + timeout
     while True:
-        batch = client.events(run_id, after)
-        for ev in batch["events"]:
+        for ev in ask(client.events, run_id, after)["events"]:
             if show:
                 _out(_render_event(ev))
             after = ev["seq"]
-        run = client.run(run_id)
-        if run["state"].startswith(TERMINAL_PREFIXES) and not client.events(run_id, after)["events"]:
-            return run
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"run {run_id} still {run['state']} after {timeout:.0f}s")
+        run = ask(client.run, run_id)
+        if run["state"].startswith(TERMINAL_PREFIXES) and not ask(client.events, run_id, after)["events"]:
+            return dict(run)
+        if deadline is not None and time.monotonic() > deadline:
+            raise WaitTimeout(f"run {run_id} is still {run['state']} after {timeout:.0f}s")
         time.sleep(0.2)
 
 
@@ -235,7 +272,7 @@ def _print_run(run: dict[str, Any]) -> None:
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
-    from autopack.client import ApiClient, ApiError
+    from autopack.client import ApiClient, ClientError
     from autopack.errors import PlanError
     from autopack.plan import load_plan_text
 
@@ -255,28 +292,24 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         _out(f"run {created['id']} queued on branch {created['branch']}")
         if not args.wait:
             return 0
-        run = follow(client, created["id"])
-    except ApiError as exc:
+        run = follow(client, created["id"], timeout=args.timeout)
+    except ClientError as exc:
         _err(str(exc))
         return 2
-    except OSError as exc:
-        _err(f"cannot reach the API at {client.base}: {exc}")
-        return 2
+    except WaitTimeout as exc:
+        _err(f"{exc}; it goes on: autopack status {created['id']}")
+        return 3
     _print_run(run)
     return 0 if run["state"] == "DONE_SUCCESS" else 1
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
-    from autopack.client import ApiClient, ApiError
+    from autopack.client import ApiClient, ClientError
 
-    client = ApiClient(args.api or settings.api_url)
     try:
-        run = client.run(args.run_id)
-    except ApiError as exc:
+        run = ApiClient(args.api or settings.api_url).run(args.run_id)
+    except ClientError as exc:
         _err(str(exc))
-        return 2
-    except OSError as exc:
-        _err(f"cannot reach the API at {client.base}: {exc}")
         return 2
     if args.json:
         _out(json.dumps(run, indent=2))
@@ -286,11 +319,11 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
-    from autopack.client import ApiClient, ApiError
+    from autopack.client import ApiClient, ClientError
 
     try:
         run = ApiClient(args.api or settings.api_url).cancel(args.run_id)
-    except ApiError as exc:
+    except ClientError as exc:
         _err(str(exc))
         return 2
     _out(f"run {run['id']}: {run['state']}")
@@ -299,7 +332,7 @@ def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_submit_edits(args: argparse.Namespace, settings: Settings) -> int:
     """Post an external Builder's edits for a phase that waits for them."""
-    from autopack.client import ApiClient, ApiError
+    from autopack.client import ApiClient, ClientError
 
     try:
         edits = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
@@ -308,7 +341,7 @@ def cmd_submit_edits(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     try:
         out = ApiClient(args.api or settings.api_url).builder_result(args.run_id, args.phase, edits, args.by)
-    except ApiError as exc:
+    except ClientError as exc:
         _err(str(exc))
         return 2
     _out(f"run {out['run_id']} phase {out['phase']}: attempt {out['attempt']} {out['state']}")
@@ -463,7 +496,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("run", help="submit a plan through the API")
     sp.add_argument("plan", help="plan file (YAML or JSON)")
     sp.add_argument("--project", help="project name (overrides the plan's)")
-    sp.add_argument("--wait", action="store_true", help="follow the run; exit 0 only on DONE_SUCCESS")
+    sp.add_argument("--wait", action="store_true",
+                    help="follow the run to its end: exit 0 on DONE_SUCCESS, 1 on any other end, 3 if --timeout passed first")
+    sp.add_argument("--timeout", type=float, help="with --wait: stop waiting after this many seconds (the run goes on)")
     sp.add_argument("--dry-run", action="store_true", help="print the compiled strategy, start nothing")
     api_arg(sp)
     sp.set_defaults(func=cmd_run)

@@ -8,7 +8,17 @@ import urllib.request
 from typing import Any
 
 
-class ApiError(Exception):
+class ClientError(Exception):
+    """A request the API did not answer with success (catch this for any of the below)."""
+
+
+class ApiUnreachable(ClientError):
+    """No HTTP answer at all: connection refused or reset, a timeout, a name that does not resolve."""
+
+
+class ApiError(ClientError):
+    """The API answered with an HTTP error status; ``body`` is its JSON error."""
+
     def __init__(self, status: int, body: dict[str, Any]) -> None:
         msg = body.get("message") or body
         field = body.get("field")
@@ -27,13 +37,21 @@ class ApiClient:
         req = urllib.request.Request(self.base + path, data=data, method=method, headers={"Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310 - operator-given API URL
-                return resp.status, json.loads(resp.read() or b"{}")
+                raw = resp.read()
+                status = resp.status
         except urllib.error.HTTPError as exc:
             try:
                 payload = json.loads(exc.read() or b"{}")
             except json.JSONDecodeError:
                 payload = {"message": exc.reason}
             raise ApiError(exc.code, payload) from None
+        except OSError as exc:  # URLError, and socket errors and timeouts while reading the answer
+            reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+            raise ApiUnreachable(f"cannot reach the API at {self.base}: {reason}") from None
+        try:
+            return status, json.loads(raw or b"{}")
+        except json.JSONDecodeError:
+            raise ClientError(f"{self.base}{path} answered HTTP {status} with something that is not JSON: is it Autopack's API?") from None
 
     def submit(self, plan: dict[str, Any], dry_run: bool = False) -> dict[str, Any]:
         return self.request("POST", "/runs" + ("?dry_run=true" if dry_run else ""), plan)[1]

@@ -89,8 +89,8 @@ def wait_postmortem(client: Any, run_id: str, timeout: float = 20.0) -> str | No
 
 
 def run_demo(args: argparse.Namespace, settings: Settings) -> int:
-    from autopack.cli import _check_sandbox, _print_run, _start_cluster, follow
-    from autopack.client import ApiClient
+    from autopack.cli import WaitTimeout, _check_sandbox, _print_run, _start_cluster, follow
+    from autopack.client import ApiClient, ClientError
     from autopack.db.migrate import upgrade
     from autopack.db.models import Project
     from autopack.db.session import session_scope
@@ -153,7 +153,7 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
         for n in range(1, args.runs + 1):
             created = client.submit(plan)
             _say(f"run {n} of {args.runs}: {created['id']} queued; following it:")
-            run = follow(client, created["id"], timeout=600)
+            run = follow(client, created["id"], timeout=600, outage_s=15)  # its own web process: not redeployed
             postmortem = wait_postmortem(client, run["id"])
             if postmortem:
                 path = ds.state_path / "demo" / "postmortems" / f"{run['id']}.md"
@@ -162,6 +162,9 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
                 _say(f"postmortem: {path}")
             finished.append((run, learning_figures(ds, run["id"])))
             _print_run(run)
+    except (ClientError, WaitTimeout) as exc:
+        _say(f"the demo stopped: {exc}")
+        return 1
     finally:
         group.stop()
     _say(f"done in {time.monotonic() - started:.1f}s · inspect with: git -C {repo} log --format='%h %s%n%(trailers)' {finished[-1][0]['branch'] if finished else 'main'}")

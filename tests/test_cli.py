@@ -7,6 +7,7 @@ import base64
 import json
 import subprocess
 import threading
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -188,3 +189,71 @@ def test_cleanup_removes_finished_runs_worktrees_by_hand(state: Settings, demo_r
     with pytest.raises(SystemExit):
         main(["cleanup", "--older-than", "soon"])
     assert "not a number of seconds" in capsys.readouterr().err
+
+
+def _serve(state: Settings, port: int = 0):  # type: ignore[no-untyped-def]
+    server = make_server("127.0.0.1", port, create_app(state, enqueue=lambda steps: None, broker_check=lambda: None), threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        server.shutdown()
+        thread.join()
+        server.server_close()
+
+    return server.server_port, stop
+
+
+def test_every_client_command_says_when_the_api_cannot_be_reached(state: Settings, tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    api = f"http://127.0.0.1:{free_port()}"
+    edits = tmp_path / "edits.txt"
+    edits.write_text("x")
+    plan = str(ROOT / "examples" / "demo" / "plan.yaml")
+    for argv in (["status", "x"], ["cancel", "x"], ["submit-edits", "x", "p", str(edits)], ["run", plan]):
+        assert main([*argv, "--api", api]) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith(f"autopack: cannot reach the API at {api}: ") and "Traceback" not in err, (argv, err)
+
+
+def test_run_wait_outlasts_a_restart_of_the_web_process_and_honours_its_timeout(state: Settings, demo_repo: Path,
+                                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """`autopack run --wait` is how a deploy script waits for a build; the web process being
+    redeployed meanwhile ended the wait with an error while the run went on."""
+    from autopack.engine.store import emit
+
+    assert main(["project", "add", "demo", str(demo_repo)]) == 0
+    port, stop = _serve(state)
+    api = f"http://127.0.0.1:{port}"
+    plan = str(ROOT / "examples" / "demo" / "plan.yaml")
+    capsys.readouterr()
+    assert main(["run", plan, "--api", api, "--wait", "--timeout", "1"]) == 3
+    out, err = capsys.readouterr()
+    first = out.split()[1]
+    assert f"run {first} is still QUEUED after 1s; it goes on: autopack status {first}" in err
+
+    result: list[int] = []
+    waiter = threading.Thread(target=lambda: result.append(main(["run", plan, "--api", api, "--wait"])))
+    waiter.start()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        with session_scope(state.db_url) as s:
+            run_id = s.scalar(select(Run.id).where(Run.id != first))
+        if run_id is not None:
+            break
+        time.sleep(0.05)
+    assert run_id is not None
+    stop()  # the web process goes away; the run ends meanwhile; a new one comes up on the same port
+    with session_scope(state.db_url) as s:
+        s.execute(update(Run).where(Run.id == run_id).values(state="DONE_SUCCESS"))
+        emit(s, run_id, "run.finished", state="DONE_SUCCESS")
+    time.sleep(2.5)
+    _, stop = _serve(state, port)
+    try:
+        waiter.join(timeout=30)
+    finally:
+        stop()
+    assert result == [0]
+    out, err = capsys.readouterr()
+    assert f"run {run_id} (demo): DONE_SUCCESS" in out and "run.finished" in out
+    assert f"cannot reach the API at {api}: " in err and "trying again for up to 300s" in err and "the API answers again" in err
