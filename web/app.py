@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
 from sqlalchemy import select, text
+from sqlalchemy.exc import InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException
 
 from autopack.config import AppConfig, load_config
@@ -22,6 +24,8 @@ from autopack.plan import parse_plan
 from autopack.settings import Settings, get_settings
 from autopack.states import RunState
 from web.openapi import build_openapi
+
+log = logging.getLogger("autopack.web")
 
 Enqueue = Callable[[list[tuple[int, str]]], None]  # committed (step id, step name) pairs
 BrokerCheck = Callable[[], None]
@@ -79,9 +83,28 @@ def create_app(
     def _422(exc: PlanError):  # type: ignore[no-untyped-def]
         return _error(422, "invalid_plan", exc.message, exc.field)
 
+    @app.errorhandler(OperationalError)
+    @app.errorhandler(InterfaceError)
+    def _503(exc: Exception):  # type: ignore[no-untyped-def]
+        # The database is away (restarting, failing over, out of connections): nothing was done, and
+        # the same request can be sent again. The driver's message may name hosts: it goes to the log only.
+        log.warning("database unavailable for %s %s: %s", request.method, request.path, type(exc).__name__)
+        resp, status = _error(503, "unavailable", "the database is unavailable; try again shortly")
+        resp.headers["Retry-After"] = "5"
+        return resp, status
+
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException):  # type: ignore[no-untyped-def]
         return _error(exc.code or 500, exc.name.lower().replace(" ", "_"), exc.description or exc.name)
+
+    def _ring(steps: list[tuple[int, str]]) -> None:
+        """Send the messages of committed step rows. If the broker is away the request still
+        succeeds: the rows are the truth, and the reconciler sends what no worker picked up."""
+        try:
+            enqueue(steps)
+        except Exception as exc:  # noqa: BLE001 - any broker failure: the reconciler enqueues them
+            log.warning("could not enqueue steps %s (%s: %s); the reconciler will", [sid for sid, _ in steps],
+                        type(exc).__name__, exc)
 
     def _json_body() -> Any:
         raw = request.get_data(cache=False, as_text=True)
@@ -117,7 +140,7 @@ def create_app(
             run_id, branch = run.id, run.branch
             start = add_steps(s, run_id, [("start_run", run_id)])[0]
             first = [(start.id, start.name)]
-        enqueue(first)
+        _ring(first)
         body = {"id": run_id, "state": RunState.QUEUED.value, "branch": branch, "url": f"/runs/{run_id}"}
         return jsonify(body), 202, {"Location": f"/runs/{run_id}"}
 
@@ -156,7 +179,7 @@ def create_app(
         with session_scope(db) as s:
             attempt, steps = submit_builder_result(s, run_id, phase, body.get("edits"), body.get("by"))
             out = {"run_id": run_id, "phase": phase, "attempt": attempt.number, "state": attempt.state}
-        enqueue(steps)
+        _ring(steps)
         return jsonify(out), 202
 
     @app.get("/runs/<run_id>/events")

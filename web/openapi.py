@@ -23,6 +23,7 @@ ERR = {
     "404": _resp("Error", "unknown id"),
     "409": _resp("Error", "illegal transition"),
     "422": _resp("Error", "invalid body; `field` names the offending field"),
+    "503": _resp("Error", "the database is unavailable: nothing was done; send the request again (see Retry-After)"),
 }
 
 
@@ -30,7 +31,7 @@ def build_openapi() -> dict[str, Any]:
     _, defs = models_json_schema([(m, "validation") for m in SCHEMAS.values()], ref_template="#/components/schemas/{model}")
     schemas = defs.get("$defs", {})
     run_id = {"name": "run_id", "in": "path", "required": True, "schema": {"type": "string"}}
-    return {
+    doc: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": "Autopack API", "version": autopack.__version__},
         "paths": {
@@ -140,3 +141,8 @@ def build_openapi() -> dict[str, Any]:
         },
         "components": {"schemas": schemas},
     }
+    for path, operations in doc["paths"].items():
+        if path != "/openapi.json":  # every other operation reads or writes the database
+            for op in operations.values():
+                op["responses"].setdefault("503", ERR["503"])
+    return doc

@@ -275,3 +275,34 @@ def test_a_run_shows_what_is_in_flight_and_what_was_charged_at_its_worst_case(ap
         settle(s, r, 300, 0.03)
     view = client.get(f"/runs/{run_id}").get_json()
     assert (view["tokens"], view["cost_usd"], view["charged"]["calls"]) == (300, 0.03, 0)
+
+
+def test_a_run_submitted_while_the_broker_is_down_is_accepted_and_left_to_the_reconciler(local_settings: Settings, tmp_path: Path) -> None:
+    """The run and its first step row commit before the message is sent. With the broker away the
+    API answered 500 for a run that then started anyway (the reconciler sends unpicked steps), so a
+    user who submitted again paid for two; now it answers 202 and the step row waits."""
+    from celery import Celery
+
+    from autopack.procs import free_port
+    from tasks.runtime import enqueue
+
+    nowhere = Celery("down", broker=f"redis://127.0.0.1:{free_port()}/0")
+    with session_scope(local_settings.db_url) as s:
+        s.add(Project(name="demo", repo_path=str(tmp_path), base_branch="main"))
+    client = create_app(local_settings, enqueue=lambda steps: enqueue(nowhere, steps), broker_check=lambda: None).test_client()
+    resp = client.post("/runs", json=PLAN)
+    assert resp.status_code == 202, resp.get_json()
+    run_id = resp.get_json()["id"]
+    with session_scope(local_settings.db_url) as s:
+        rows = s.scalars(select(StepRow).where(StepRow.run_id == run_id)).all()
+        assert [(r.name, r.done_at, r.lease_owner) for r in rows] == [("start_run", None, None)]
+    assert client.get(f"/runs/{run_id}").get_json()["state"] == "QUEUED"
+
+
+def test_a_database_that_is_away_answers_503_with_retry_after(tmp_path: Path) -> None:
+    """Not a 500 with an HTML page: a JSON error the client can act on (the CLI's --wait tries again)."""
+    nodb = Settings(state_dir=tmp_path / "x", database_url="sqlite:////nonexistent/dir/x.db")
+    client = create_app(nodb, broker_check=lambda: None).test_client()
+    for resp in (client.get("/runs/abc"), client.get("/runs"), client.post("/runs", json=PLAN)):
+        assert resp.status_code == 503 and resp.headers["Retry-After"] == "5"
+        assert resp.get_json() == {"error": "unavailable", "message": "the database is unavailable; try again shortly"}
