@@ -10,7 +10,7 @@ from typing import Any
 
 from flask import Flask, Response, jsonify, request
 from sqlalchemy import select, text
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException
 
 from autopack.config import AppConfig, load_config
@@ -127,22 +127,48 @@ def create_app(
             raise PlanError(name, f"must be between {low} and {high}")
         return value
 
+    def _idempotency_key() -> str | None:
+        key = request.headers.get("Idempotency-Key")
+        if key is None:
+            return None
+        if not 1 <= len(key) <= 200 or not all("!" <= c <= "~" for c in key):
+            raise PlanError("Idempotency-Key", "must be 1 to 200 visible ASCII characters (a UUID, say)")
+        return key
+
+    def _accepted(run_id: str, state: str, branch: str, replayed: bool = False):  # type: ignore[no-untyped-def]
+        body = {"id": run_id, "state": state, "branch": branch, "url": f"/runs/{run_id}"}
+        headers = {"Location": f"/runs/{run_id}"} | ({"Idempotent-Replayed": "true"} if replayed else {})
+        return jsonify(body), 202, headers
+
     @app.post("/runs")
     def create_run():  # type: ignore[no-untyped-def]
         plan = parse_plan(_json_body())
         dry = request.args.get("dry_run", "false").lower() in ("1", "true", "yes")
-        with session_scope(db) as s:
-            runsvc.get_project(s, plan.project)
-            if dry:
-                strategy = runsvc.compile_for(plan, config)
-                return jsonify({"dry_run": True, "strategy": strategy.model_dump(mode="json")}), 200
-            run = runsvc.create_run(s, plan, config)
-            run_id, branch = run.id, run.branch
-            start = add_steps(s, run_id, [("start_run", run_id)])[0]
-            first = [(start.id, start.name)]
+        key = _idempotency_key()
+        try:
+            with session_scope(db) as s:
+                runsvc.get_project(s, plan.project)
+                if dry:
+                    strategy = runsvc.compile_for(plan, config)
+                    return jsonify({"dry_run": True, "strategy": strategy.model_dump(mode="json")}), 200
+                earlier = runsvc.run_for_key(s, plan, key) if key is not None else None
+                if earlier is not None:  # a retried submission: its run, not a second one
+                    return _accepted(earlier.id, earlier.state, earlier.branch, replayed=True)
+                run = runsvc.create_run(s, plan, config, idempotency_key=key)
+                run_id, branch = run.id, run.branch
+                start = add_steps(s, run_id, [("start_run", run_id)])[0]
+                first = [(start.id, start.name)]
+        except IntegrityError:
+            if key is None:
+                raise
+            with session_scope(db) as s:  # the same submission, concurrently: the other one made the run
+                earlier = runsvc.run_for_key(s, plan, key)
+                if earlier is None:
+                    raise
+                log.info("submission with Idempotency-Key %r raced another; answering with its run %s", key, earlier.id)
+                return _accepted(earlier.id, earlier.state, earlier.branch, replayed=True)
         _ring(first)
-        body = {"id": run_id, "state": RunState.QUEUED.value, "branch": branch, "url": f"/runs/{run_id}"}
-        return jsonify(body), 202, {"Location": f"/runs/{run_id}"}
+        return _accepted(run_id, RunState.QUEUED.value, branch)
 
     @app.get("/runs")
     def list_runs():  # type: ignore[no-untyped-def]

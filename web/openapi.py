@@ -38,12 +38,18 @@ def build_openapi() -> dict[str, Any]:
             "/runs": {
                 "post": {
                     "summary": "Submit a plan; 202 with the run id (200 with the compiled strategy when dry_run=true)",
-                    "parameters": [{"name": "dry_run", "in": "query", "schema": {"type": "boolean", "default": False}}],
+                    "parameters": [
+                        {"name": "dry_run", "in": "query", "schema": {"type": "boolean", "default": False}},
+                        {"name": "Idempotency-Key", "in": "header", "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+                         "description": "Send the same key when retrying a submission whose answer was lost: the run it "
+                                        "created is returned (header Idempotent-Replayed: true) instead of a second run."},
+                    ],
                     "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("Plan")}}},
                     "responses": {
-                        "202": _resp("RunCreated", "run queued"),
+                        "202": _resp("RunCreated", "run queued (or, for a key already used with this plan, its run as it is now)"),
                         "200": _resp("DryRun", "compiled strategy, nothing started"),
                         "404": ERR["404"],
+                        "409": _resp("Error", "the Idempotency-Key was used with a different plan"),
                         "422": ERR["422"],
                     },
                 },

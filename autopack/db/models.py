@@ -36,6 +36,8 @@ class Project(Base):
 
 class Run(Base):
     __tablename__ = "runs"
+    # A submission retried with the same Idempotency-Key finds its run instead of starting another.
+    __table_args__ = (UniqueConstraint("project_id", "idempotency_key", name="uq_runs_project_idempotency_key"),)
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_run_id)
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
@@ -60,6 +62,7 @@ class Run(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True)
 
     project: Mapped[Project] = relationship(back_populates="runs")
     tiers: Mapped[list[Tier]] = relationship(back_populates="run", order_by="Tier.index")

@@ -36,8 +36,22 @@ def compile_for(plan: Plan, config: AppConfig) -> CompiledStrategy:
     return compile_strategy(plan, config.strategy)
 
 
-def create_run(session: Session, plan: Plan, config: AppConfig) -> Run:
-    """Insert a QUEUED run with its tiers and phases; the caller commits and then enqueues ``start_run``."""
+def run_for_key(session: Session, plan: Plan, idempotency_key: str) -> Run | None:
+    """The run an earlier submission of ``plan`` with ``idempotency_key`` created in its project, or
+    ``None``. The same key with a different plan is refused with :class:`Conflict`: a client that
+    reused a key by mistake must not get another plan's run back."""
+    project = get_project(session, plan.project)
+    run = session.scalar(select(Run).where(Run.project_id == project.id, Run.idempotency_key == idempotency_key))
+    if run is not None and run.plan != plan.model_dump(mode="json"):
+        raise Conflict(f"Idempotency-Key {idempotency_key!r} was used for run {run.id} with a different plan")
+    return run
+
+
+def create_run(session: Session, plan: Plan, config: AppConfig, *, idempotency_key: str | None = None) -> Run:
+    """Insert a QUEUED run with its tiers and phases; the caller commits and then enqueues ``start_run``.
+
+    With ``idempotency_key`` the run records it; a second run with the same key in the project
+    fails at flush (unique): the caller looks the first one up with :func:`run_for_key`."""
     project = get_project(session, plan.project)
     strategy = compile_for(plan, config)
     run = Run(
@@ -52,6 +66,7 @@ def create_run(session: Session, plan: Plan, config: AppConfig) -> Run:
         cost_cap_usd=strategy.run.cost_cap_usd,
         # The reconciler ends a run past its maximum runtime by the database's clock (PostgreSQL).
         created_at=lease_clock(session),
+        idempotency_key=idempotency_key,
     )
     session.add(run)
     session.flush()

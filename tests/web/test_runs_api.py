@@ -306,3 +306,60 @@ def test_a_database_that_is_away_answers_503_with_retry_after(tmp_path: Path) ->
     for resp in (client.get("/runs/abc"), client.get("/runs"), client.post("/runs", json=PLAN)):
         assert resp.status_code == 503 and resp.headers["Retry-After"] == "5"
         assert resp.get_json() == {"error": "unavailable", "message": "the database is unavailable; try again shortly"}
+
+
+def test_a_submission_retried_with_its_idempotency_key_gets_its_run_not_a_second_one(api, local_settings: Settings) -> None:  # type: ignore[no-untyped-def]
+    client, sent = api
+    first = client.post("/runs", json=PLAN, headers={"Idempotency-Key": "k-1"})
+    assert first.status_code == 202 and "Idempotent-Replayed" not in first.headers
+    run_id = first.get_json()["id"]
+    client.post(f"/runs/{run_id}/cancel")
+    again = client.post("/runs", json=PLAN, headers={"Idempotency-Key": "k-1"})
+    assert again.status_code == 202 and again.headers["Idempotent-Replayed"] == "true"
+    assert again.get_json() == {"id": run_id, "state": "CANCELLED", "branch": f"autopack/{run_id}", "url": f"/runs/{run_id}"}
+    assert len(sent) == 1  # the replay sends nothing
+    other = copy.deepcopy(PLAN)
+    other["tiers"][0]["phases"][0]["goal"] = "something else"
+    reused = client.post("/runs", json=other, headers={"Idempotency-Key": "k-1"})
+    assert reused.status_code == 409 and f"was used for run {run_id} with a different plan" in reused.get_json()["message"]
+    second = client.post("/runs", json=PLAN, headers={"Idempotency-Key": "k-2"})
+    assert second.status_code == 202 and second.get_json()["id"] != run_id
+    assert client.post("/runs", json=PLAN).get_json()["id"] not in (run_id, second.get_json()["id"])  # no key: a new run
+    for bad in ("", "has space", "x" * 201, "é"):
+        resp = client.post("/runs", json=PLAN, headers={"Idempotency-Key": bad})
+        assert resp.status_code == 422 and resp.get_json()["field"] == "Idempotency-Key", bad
+    with session_scope(local_settings.db_url) as s:
+        assert s.scalar(select(func.count()).select_from(Run)) == 3
+
+
+@pytest.mark.postgres
+def test_concurrent_submissions_with_one_idempotency_key_make_one_run(pg_url: str, tmp_path: Path) -> None:
+    """Both requests find no run with the key and insert; the unique key lets one commit, and the
+    other answers with that run."""
+    import threading
+
+    upgrade(pg_url)
+    settings = Settings(state_dir=tmp_path / "state", profile="prod", database_url=pg_url)
+    _client(settings, tmp_path)
+    app = create_app(settings, enqueue=lambda steps: None, broker_check=lambda: None)
+    for attempt in range(5):
+        key = f"race-{attempt}"
+        barrier = threading.Barrier(4)
+        answers: list[tuple[int, str, str | None]] = []
+
+        def post() -> None:
+            c = app.test_client()
+            barrier.wait()
+            resp = c.post("/runs", json=PLAN, headers={"Idempotency-Key": key})
+            answers.append((resp.status_code, resp.get_json()["id"], resp.headers.get("Idempotent-Replayed")))
+
+        threads = [threading.Thread(target=post) for _ in range(4)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        assert {code for code, _, _ in answers} == {202} and len({rid for _, rid, _ in answers}) == 1, answers
+        assert sorted(str(r) for _, _, r in answers) == ["None", "true", "true", "true"], answers
+        with session_scope(pg_url) as s:
+            assert s.scalar(select(func.count()).select_from(Run).where(Run.idempotency_key == key)) == 1
+            assert s.scalar(select(func.count()).select_from(StepRow).where(StepRow.run_id == answers[0][1])) == 1
