@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 import time
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -202,38 +204,42 @@ class WaitTimeout(Exception):
 RETRYABLE_STATUS = frozenset({502, 503, 504})  # a proxy before a restarting web process; the database away
 
 
+def through_outages(fn: Callable[..., Any], *args: Any, outage_s: float, retry_s: float = 2.0) -> Any:
+    """``fn(*args)``, tried again every ``retry_s`` while the API cannot be reached or answers
+    502/503/504 (a web process being redeployed, a proxy before it, the database away), until it has
+    failed for ``outage_s`` in a row; said once on standard error."""
+    from autopack.client import ApiError, ApiUnreachable
+
+    down_since: float | None = None
+    while True:
+        try:
+            got = fn(*args)
+        except (ApiUnreachable, ApiError) as exc:
+            if isinstance(exc, ApiError) and exc.status not in RETRYABLE_STATUS:
+                raise
+            now = time.monotonic()
+            if down_since is None:
+                down_since = now
+                _err(f"{exc}; trying again for up to {outage_s:.0f}s")
+            if now - down_since >= outage_s:
+                raise
+            time.sleep(min(retry_s, outage_s - (now - down_since)))
+            continue
+        if down_since is not None:
+            _err("the API answers again")
+        return got
+
+
 def follow(client: Any, run_id: str, *, show: bool = True, timeout: float | None = None, outage_s: float = 300.0,
            retry_s: float = 2.0) -> dict[str, Any]:
     """Print the run's events as they come and return the final run view.
 
-    The run goes on without the API, so a web process being redeployed does not end the wait: a
-    request that finds no API (or a 502/503/504) is tried again every ``retry_s`` until requests
-    have failed for ``outage_s`` in a row (then the error is raised), saying so once on standard
-    error. ``timeout`` (``None``: none) raises :class:`WaitTimeout`."""
-    from autopack.client import ApiError, ApiUnreachable
-
-    down_since: float | None = None
+    The run goes on without the API, so a web process being redeployed does not end the wait: each
+    request goes :func:`through_outages` of up to ``outage_s``. ``timeout`` (``None``: none) raises
+    :class:`WaitTimeout`."""
 
     def ask(fn: Any, *args: Any) -> Any:
-        nonlocal down_since
-        while True:
-            try:
-                got = fn(*args)
-            except (ApiUnreachable, ApiError) as exc:
-                if isinstance(exc, ApiError) and exc.status not in RETRYABLE_STATUS:
-                    raise
-                now = time.monotonic()
-                if down_since is None:
-                    down_since = now
-                    _err(f"{exc}; trying again for up to {outage_s:.0f}s (the run goes on without the API)")
-                elif now - down_since > outage_s:
-                    raise
-                time.sleep(retry_s)
-                continue
-            if down_since is not None:
-                _err("the API answers again")
-                down_since = None
-            return got
+        return through_outages(fn, *args, outage_s=outage_s, retry_s=retry_s)
 
     after = 0
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -284,15 +290,18 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     if args.project:
         data["project"] = args.project
     client = ApiClient(args.api or settings.api_url)
+    # One key for this submission, sent again on every retry: a POST whose answer was lost (the web
+    # process restarted under it) gets the run it made back, never a second run.
+    key = uuid.uuid4().hex
     try:
-        created = client.submit(data, dry_run=args.dry_run)
+        created = through_outages(client.submit, data, args.dry_run, key, outage_s=args.retry_for)
         if args.dry_run:
             _out(json.dumps(created["strategy"], indent=2))
             return 0
         _out(f"run {created['id']} queued on branch {created['branch']}")
         if not args.wait:
             return 0
-        run = follow(client, created["id"], timeout=args.timeout)
+        run = follow(client, created["id"], timeout=args.timeout, outage_s=args.retry_for)
     except ClientError as exc:
         _err(str(exc))
         return 2
@@ -499,6 +508,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--wait", action="store_true",
                     help="follow the run to its end: exit 0 on DONE_SUCCESS, 1 on any other end, 3 if --timeout passed first")
     sp.add_argument("--timeout", type=float, help="with --wait: stop waiting after this many seconds (the run goes on)")
+    sp.add_argument("--retry-for", type=float, default=300.0, metavar="SECONDS",
+                    help="keep trying an API that cannot be reached (or answers 502/503/504) this long (default 300); "
+                         "a retried submission never starts a second run")
     sp.add_argument("--dry-run", action="store_true", help="print the compiled strategy, start nothing")
     api_arg(sp)
     sp.set_defaults(func=cmd_run)

@@ -32,9 +32,10 @@ class ApiClient:
         self.base = base_url.rstrip("/")
         self.timeout = timeout
 
-    def request(self, method: str, path: str, body: Any = None) -> tuple[int, dict[str, Any]]:
+    def request(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.base + path, data=data, method=method, headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(self.base + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json", **(headers or {})})
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310 - operator-given API URL
                 raw = resp.read()
@@ -53,8 +54,11 @@ class ApiClient:
         except json.JSONDecodeError:
             raise ClientError(f"{self.base}{path} answered HTTP {status} with something that is not JSON: is it Autopack's API?") from None
 
-    def submit(self, plan: dict[str, Any], dry_run: bool = False) -> dict[str, Any]:
-        return self.request("POST", "/runs" + ("?dry_run=true" if dry_run else ""), plan)[1]
+    def submit(self, plan: dict[str, Any], dry_run: bool = False, idempotency_key: str | None = None) -> dict[str, Any]:
+        """POST the plan. With ``idempotency_key``, sending it again (the answer was lost) returns the
+        run the first request made instead of starting a second one."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+        return self.request("POST", "/runs" + ("?dry_run=true" if dry_run else ""), plan, headers)[1]
 
     def run(self, run_id: str) -> dict[str, Any]:
         return self.request("GET", f"/runs/{run_id}")[1]

@@ -210,7 +210,7 @@ def test_every_client_command_says_when_the_api_cannot_be_reached(state: Setting
     edits = tmp_path / "edits.txt"
     edits.write_text("x")
     plan = str(ROOT / "examples" / "demo" / "plan.yaml")
-    for argv in (["status", "x"], ["cancel", "x"], ["submit-edits", "x", "p", str(edits)], ["run", plan]):
+    for argv in (["status", "x"], ["cancel", "x"], ["submit-edits", "x", "p", str(edits)], ["run", plan, "--retry-for", "0"]):
         assert main([*argv, "--api", api]) == 2, argv
         err = capsys.readouterr().err
         assert err.startswith(f"autopack: cannot reach the API at {api}: ") and "Traceback" not in err, (argv, err)
@@ -257,3 +257,46 @@ def test_run_wait_outlasts_a_restart_of_the_web_process_and_honours_its_timeout(
     out, err = capsys.readouterr()
     assert f"run {run_id} (demo): DONE_SUCCESS" in out and "run.finished" in out
     assert f"cannot reach the API at {api}: " in err and "trying again for up to 300s" in err and "the API answers again" in err
+
+
+def test_run_submits_once_through_a_gateway_that_lost_the_answer_and_an_api_not_up_yet(state: Settings, demo_repo: Path,
+                                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """A proxy whose upstream was slow answers 504 after the API made the run: submitted again, the
+    run was made twice (paid twice). The CLI sends one Idempotency-Key for the submission and tries
+    again through 502/503/504 and an API that is not up yet; the second POST gets the first run back."""
+    assert main(["project", "add", "demo", str(demo_repo)]) == 0
+    inner = create_app(state, enqueue=lambda steps: None, broker_check=lambda: None)
+    posts: list[str | None] = []
+
+    def gateway(environ, start_response):  # type: ignore[no-untyped-def]
+        if environ["REQUEST_METHOD"] == "POST":
+            posts.append(environ.get("HTTP_IDEMPOTENCY_KEY"))
+            if len(posts) == 1:  # the API does the work; its answer never reaches the client
+                b"".join(inner(environ, lambda *a, **k: None))
+                start_response("504 Gateway Timeout", [("Content-Type", "text/html")])
+                return [b"<html>upstream timed out</html>"]
+        return inner(environ, start_response)
+
+    port = free_port()
+    api = f"http://127.0.0.1:{port}"
+    result: list[int] = []
+    sender = threading.Thread(target=lambda: result.append(main(["run", str(ROOT / "examples" / "demo" / "plan.yaml"), "--api", api])))
+    sender.start()
+    time.sleep(1.0)  # the API is not up yet: the first attempts find nothing
+    server = make_server("127.0.0.1", port, gateway, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        sender.join(timeout=30)
+    finally:
+        server.shutdown()
+        thread.join()
+        server.server_close()
+    assert result == [0]
+    assert len(posts) == 2 and posts[0] is not None and posts[0] == posts[1]
+    with session_scope(state.db_url) as s:
+        runs = s.scalars(select(Run)).all()
+        assert len(runs) == 1 and runs[0].idempotency_key == posts[0]
+    out, err = capsys.readouterr()
+    assert f"run {runs[0].id} queued" in out
+    assert "cannot reach the API" in err and "trying again for up to 300s" in err and "the API answers again" in err
