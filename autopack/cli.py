@@ -277,6 +277,27 @@ def _print_run(run: dict[str, Any]) -> None:
                 _out(f"      last failure: {last.get('class')} -> {last.get('action')} ({last.get('source')}): {last.get('reason', '')[:160]}")
 
 
+def _follow_to_end(client: Any, run_id: str, args: argparse.Namespace) -> int:
+    """``run --wait`` and ``status --follow``: the run's events as they come, then the run; exit 0 on
+    DONE_SUCCESS, 1 on any other end, 2 when the API cannot be reached, 3 when ``--timeout`` passed first."""
+    from autopack.client import ClientError
+
+    as_json = bool(getattr(args, "json", False))
+    try:
+        run = follow(client, run_id, show=not as_json, timeout=args.timeout, outage_s=args.retry_for)
+    except ClientError as exc:
+        _err(str(exc))
+        return 2
+    except WaitTimeout as exc:
+        _err(f"{exc}; it goes on: autopack status {run_id} --follow")
+        return 3
+    if as_json:
+        _out(json.dumps(run, indent=2))
+    else:
+        _print_run(run)
+    return 0 if run["state"] == "DONE_SUCCESS" else 1
+
+
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from autopack.client import ApiClient, ClientError
     from autopack.errors import PlanError
@@ -295,28 +316,24 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     key = uuid.uuid4().hex
     try:
         created = through_outages(client.submit, data, args.dry_run, key, outage_s=args.retry_for)
-        if args.dry_run:
-            _out(json.dumps(created["strategy"], indent=2))
-            return 0
-        _out(f"run {created['id']} queued on branch {created['branch']}")
-        if not args.wait:
-            return 0
-        run = follow(client, created["id"], timeout=args.timeout, outage_s=args.retry_for)
     except ClientError as exc:
         _err(str(exc))
         return 2
-    except WaitTimeout as exc:
-        _err(f"{exc}; it goes on: autopack status {created['id']}")
-        return 3
-    _print_run(run)
-    return 0 if run["state"] == "DONE_SUCCESS" else 1
+    if args.dry_run:
+        _out(json.dumps(created["strategy"], indent=2))
+        return 0
+    _out(f"run {created['id']} queued on branch {created['branch']}")
+    return _follow_to_end(client, created["id"], args) if args.wait else 0
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     from autopack.client import ApiClient, ClientError
 
+    client = ApiClient(args.api or settings.api_url)
+    if args.follow:
+        return _follow_to_end(client, args.run_id, args)
     try:
-        run = ApiClient(args.api or settings.api_url).run(args.run_id)
+        run = client.run(args.run_id)
     except ClientError as exc:
         _err(str(exc))
         return 2
@@ -469,6 +486,12 @@ def build_parser() -> argparse.ArgumentParser:
     def api_arg(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--api", help="API base URL (default: AUTOPACK_API_URL or http://127.0.0.1:8000)")
 
+    def wait_args(sp: argparse.ArgumentParser, flag: str, retry_note: str) -> None:
+        sp.add_argument("--timeout", type=float, help=f"with {flag}: stop waiting after this many seconds (the run goes on)")
+        sp.add_argument("--retry-for", type=float, default=300.0, metavar="SECONDS",
+                        help="keep trying an API that cannot be reached (or answers 502/503/504) this long (default 300)"
+                             + (f"; {retry_note}" if retry_note else ""))
+
     sp = sub.add_parser("up", help="start web, workers and beat as child processes (local profile)")
     sp.add_argument("--port", type=int, default=8000)
     sp.set_defaults(func=cmd_up)
@@ -507,17 +530,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--project", help="project name (overrides the plan's)")
     sp.add_argument("--wait", action="store_true",
                     help="follow the run to its end: exit 0 on DONE_SUCCESS, 1 on any other end, 3 if --timeout passed first")
-    sp.add_argument("--timeout", type=float, help="with --wait: stop waiting after this many seconds (the run goes on)")
-    sp.add_argument("--retry-for", type=float, default=300.0, metavar="SECONDS",
-                    help="keep trying an API that cannot be reached (or answers 502/503/504) this long (default 300); "
-                         "a retried submission never starts a second run")
+    wait_args(sp, "--wait", "a retried submission never starts a second run")
     sp.add_argument("--dry-run", action="store_true", help="print the compiled strategy, start nothing")
     api_arg(sp)
     sp.set_defaults(func=cmd_run)
 
-    sp = sub.add_parser("status", help="show a run")
+    sp = sub.add_parser("status", help="show a run (--follow: its events as they come, to its end)")
     sp.add_argument("run_id")
     sp.add_argument("--json", action="store_true")
+    sp.add_argument("--follow", action="store_true",
+                    help="follow the run to its end, as run --wait does (same exit codes); with --json, only the final run")
+    wait_args(sp, "--follow", "")
     api_arg(sp)
     sp.set_defaults(func=cmd_status)
 

@@ -300,3 +300,39 @@ def test_run_submits_once_through_a_gateway_that_lost_the_answer_and_an_api_not_
     out, err = capsys.readouterr()
     assert f"run {runs[0].id} queued" in out
     assert "cannot reach the API" in err and "trying again for up to 300s" in err and "the API answers again" in err
+
+
+def test_status_follow_reattaches_to_a_run_until_its_end(state: Settings, demo_repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """After `run` without --wait, or a wait that timed out, `status --follow` follows the run to
+    its end with run --wait's exit codes; with --json it prints only the final run."""
+    from autopack.engine.store import emit
+
+    assert main(["project", "add", "demo", str(demo_repo)]) == 0
+    port, stop = _serve(state)
+    api = f"http://127.0.0.1:{port}"
+    capsys.readouterr()
+    try:
+        assert main(["run", str(ROOT / "examples" / "demo" / "plan.yaml"), "--api", api]) == 0
+        run_id = capsys.readouterr().out.split()[1]
+        assert main(["status", run_id, "--follow", "--timeout", "0.5", "--api", api]) == 3
+        out, err = capsys.readouterr()
+        assert "run.queued" in out and f"still QUEUED after 0s; it goes on: autopack status {run_id} --follow" in err
+
+        def finish() -> None:
+            time.sleep(0.5)
+            with session_scope(state.db_url) as s:
+                s.execute(update(Run).where(Run.id == run_id).values(state="DONE_FAILED_CI_FAILED"))
+                emit(s, run_id, "run.finished", state="DONE_FAILED_CI_FAILED")
+
+        ender = threading.Thread(target=finish)
+        ender.start()
+        assert main(["status", run_id, "--follow", "--api", api]) == 1  # ended, not DONE_SUCCESS
+        ender.join()
+        out = capsys.readouterr().out
+        assert out.index("run.queued") < out.index("run.finished") < out.index(f"run {run_id} (demo): DONE_FAILED_CI_FAILED")
+        assert main(["status", run_id, "--follow", "--json", "--api", api]) == 1
+        assert json.loads(capsys.readouterr().out)["state"] == "DONE_FAILED_CI_FAILED"
+        assert main(["status", "nope", "--follow", "--api", api]) == 2
+        assert "HTTP 404" in capsys.readouterr().err
+    finally:
+        stop()
