@@ -10,11 +10,12 @@ from typing import Any
 
 from flask import Flask, Response, jsonify, request
 from sqlalchemy import select, text
-from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from werkzeug.exceptions import HTTPException
 
 from autopack.config import AppConfig, load_config
 from autopack.db.models import Postmortem, Project, Run
+from autopack.db.problems import database_problem
 from autopack.db.session import session_scope
 from autopack.engine import runs as runsvc
 from autopack.engine.external import submit_builder_result
@@ -83,15 +84,20 @@ def create_app(
     def _422(exc: PlanError):  # type: ignore[no-untyped-def]
         return _error(422, "invalid_plan", exc.message, exc.field)
 
-    @app.errorhandler(OperationalError)
-    @app.errorhandler(InterfaceError)
-    def _503(exc: Exception):  # type: ignore[no-untyped-def]
-        # The database is away (restarting, failing over, out of connections): nothing was done, and
-        # the same request can be sent again. The driver's message may name hosts: it goes to the log only.
-        log.warning("database unavailable for %s %s: %s", request.method, request.path, type(exc).__name__)
-        resp, status = _error(503, "unavailable", "the database is unavailable; try again shortly")
-        resp.headers["Retry-After"] = "5"
-        return resp, status
+    @app.errorhandler(DBAPIError)
+    def _database(exc: DBAPIError):  # type: ignore[no-untyped-def]
+        # The driver's message may name hosts: it goes to the log only.
+        problem = database_problem(exc)
+        if problem == "unavailable":  # restarting, failing over, out of connections: nothing was done
+            log.warning("database unavailable for %s %s: %s", request.method, request.path, type(exc).__name__)
+            resp, status = _error(503, "unavailable", "the database is unavailable; try again shortly")
+            resp.headers["Retry-After"] = "5"
+            return resp, status
+        if problem == "schema":
+            log.error("database schema out of date for %s %s: %s", request.method, request.path, exc.orig)
+            return _error(500, "schema_out_of_date", "the database schema is older than this Autopack: run `autopack migrate`")
+        log.exception("database error for %s %s", request.method, request.path)
+        return _error(500, "internal_error", "internal error (see the web process's log)")
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException):  # type: ignore[no-untyped-def]
