@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up Autopack in this checkout: a virtual environment in .venv with the project and its test
-# tools, bubblewrap (the test sandbox) and, as root, faketime (a test tool). Safe to run again.
+# tools, bubblewrap (the test sandbox) and, as root, faketime and Node.js (test tools). Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,5 +27,11 @@ if ! command -v faketime >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt
   echo "installing faketime (for the tests) …"
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq faketime >/dev/null 2>&1 \
     || { apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq faketime >/dev/null; }
+fi
+# Node.js (tests only): runs the dashboard's page script against a live API.
+if ! command -v node >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "installing Node.js (for the dashboard's script test) …"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs >/dev/null 2>&1 \
+    || { apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs >/dev/null; }
 fi
 echo "setup done: .venv ready, $(bwrap --version)"

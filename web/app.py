@@ -24,6 +24,7 @@ from autopack.errors import Conflict, InvalidRequest, NotFound, PlanError
 from autopack.plan import parse_plan
 from autopack.settings import Settings, get_settings
 from autopack.states import RunState
+from web.dashboard import dashboard_blueprint
 from web.openapi import build_openapi
 
 log = logging.getLogger("autopack.web")
@@ -65,8 +66,9 @@ def create_app(
     enqueue = enqueue or _default_enqueue
     broker_check = broker_check or _default_broker_check
     db = settings.db_url
-    app = Flask("autopack")
+    app = Flask("autopack", static_folder=None)  # the dashboard serves its own files under /ui/static
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.register_blueprint(dashboard_blueprint(db))
 
     @app.errorhandler(NotFound)
     def _404(exc: NotFound):  # type: ignore[no-untyped-def]

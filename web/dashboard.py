@@ -1,0 +1,91 @@
+"""The dashboard: read-only HTML pages over the same engine views as the JSON API.
+
+``/ui`` lists the runs (filters ``project``, ``state``); ``/ui/runs/<id>`` shows a run's tiers,
+phases and attempts (model, routing, test summary, audit, decision, commit, tokens and cost) and its
+events, which a small script keeps following while the run is live (it polls the events API and
+reloads the page when the run ends). Everything a model wrote is shown as text: templates are
+autoescaped and a Content-Security-Policy allows only this site's own script and stylesheet.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, redirect, render_template, request
+from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
+
+from autopack.db.models import Project, Run
+from autopack.db.problems import database_problem
+from autopack.db.session import session_scope
+from autopack.engine import runs as runsvc
+from autopack.errors import NotFound
+from autopack.states import RunState, is_terminal_run
+
+EVENTS_SHOWN = 300  # the newest events on a run's page; the events API has them all
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; "
+       "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+
+
+def dashboard_blueprint(db_url: str) -> Blueprint:
+    bp = Blueprint("dashboard", __name__, template_folder="templates", static_folder="static", static_url_path="/ui/static")
+
+    @bp.after_request
+    def _headers(resp: Response) -> Response:
+        resp.headers["Content-Security-Policy"] = CSP
+        resp.headers["X-Content-Type-Options"] = "nosniff"
+        resp.headers["Referrer-Policy"] = "no-referrer"
+        return resp
+
+    @bp.errorhandler(NotFound)
+    def _not_found(exc: NotFound):  # type: ignore[no-untyped-def]
+        return render_template("message.html", title="Not found", message=str(exc)), 404
+
+    @bp.errorhandler(DBAPIError)
+    def _database(exc: DBAPIError):  # type: ignore[no-untyped-def]
+        problem = database_problem(exc)
+        if problem == "unavailable":
+            return render_template("message.html", title="Unavailable",
+                                   message="The database is unavailable; reload in a moment."), 503, {"Retry-After": "5"}
+        if problem == "schema":
+            return render_template("message.html", title="Database out of date",
+                                   message="The database schema is older than this Autopack: run autopack migrate."), 500
+        raise exc
+
+    @bp.get("/")
+    def _root():  # type: ignore[no-untyped-def]
+        return redirect("/ui", code=302)
+
+    @bp.get("/ui")
+    def runs_page():  # type: ignore[no-untyped-def]
+        project = request.args.get("project") or None
+        state = request.args.get("state") or None
+        with session_scope(db_url) as s:
+            q = select(Run).order_by(Run.created_at.desc()).limit(100)
+            if state is not None:
+                q = q.where(Run.state == state)
+            if project is not None:
+                q = q.join(Project).where(Project.name == project)
+            runs = [runsvc.run_summary(r) for r in s.scalars(q)]
+            projects = list(s.scalars(select(Project.name).order_by(Project.name)))
+        return render_template("runs.html", runs=runs, projects=projects, states=list(RunState.__members__),
+                               project=project, state=state)
+
+    @bp.get("/ui/runs/<run_id>")
+    def run_page(run_id: str):  # type: ignore[no-untyped-def]
+        with session_scope(db_url) as s:
+            run = runsvc.get_run(s, run_id)
+            view = runsvc.run_view(s, run)
+            first = max(0, run.event_seq - EVENTS_SHOWN)
+            events = runsvc.list_events(s, run_id, after=first, limit=EVENTS_SHOWN)
+        return render_template("run.html", run=view, events=events, first_shown=first + 1,
+                               live=not is_terminal_run(view["state"]), last_seq=events[-1]["seq"] if events else first,
+                               brief=brief)
+
+    return bp
+
+
+def brief(value: Any, limit: int = 160) -> str:
+    """One line of at most ``limit`` characters, for a table cell (the full text is in the API)."""
+    text = " ".join(str(value or "").split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
