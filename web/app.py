@@ -123,6 +123,18 @@ def create_app(
         except json.JSONDecodeError as exc:
             raise PlanError("body", f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
 
+    def _float_arg(name: str, default: float, low: float, high: float) -> float:
+        raw = request.args.get(name)
+        if raw is None:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise PlanError(name, "must be a number") from None
+        if not low <= value <= high:  # also refuses nan
+            raise PlanError(name, f"must be between {low} and {high}")
+        return value
+
     def _int_arg(name: str, default: int, low: int = 0, high: int = 10**9) -> int:
         raw = request.args.get(name)
         if raw is None:
@@ -229,7 +241,7 @@ def create_app(
         live run until it ends."""
         header = request.headers.get("Last-Event-ID")
         after = _int_arg("after", int(header) if header and header.isdigit() else 0)
-        poll = float(request.args.get("poll", "0.5"))
+        poll = _float_arg("poll", 0.5, 0.05, 10.0)  # seconds between looks at a live run
         with session_scope(db) as s:
             runsvc.get_run(s, run_id)
 

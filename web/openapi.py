@@ -92,8 +92,10 @@ def build_openapi() -> dict[str, Any]:
             "/runs/{run_id}/events/stream": {
                 "get": {
                     "summary": "Server-sent events of the run, following it live until it ends (honours Last-Event-ID)",
-                    "parameters": [run_id, {"name": "after", "in": "query", "schema": {"type": "integer", "default": 0}}],
-                    "responses": {"200": {"description": "text/event-stream"}, "404": ERR["404"]},
+                    "parameters": [run_id, {"name": "after", "in": "query", "schema": {"type": "integer", "default": 0}},
+                                   {"name": "poll", "in": "query", "schema": {"type": "number", "minimum": 0.05, "maximum": 10, "default": 0.5},
+                                    "description": "seconds between looks at a live run"}],
+                    "responses": {"200": {"description": "text/event-stream"}, "404": ERR["404"], "422": ERR["422"]},
                 },
             },
             "/runs/{run_id}/postmortem": {

@@ -188,6 +188,9 @@ def test_server_sent_events_follow_a_run_to_its_end(api) -> None:  # type: ignor
     resumed = client.get(f"/runs/{run_id}/events/stream?poll=0.05", headers={"Last-Event-ID": "1"}).get_data(as_text=True)
     assert resumed.startswith("id: 2\nevent: run.cancelled\n")
     assert client.get("/runs/nope/events/stream").status_code == 404
+    for poll in ("abc", "0", "-1", "nan", "11"):  # a busy loop on the database, or a stream that breaks
+        bad = client.get(f"/runs/{run_id}/events/stream?poll={poll}")
+        assert bad.status_code == 422 and bad.get_json()["field"] == "poll", poll
 
 
 def test_postmortem_endpoint(api, local_settings: Settings) -> None:  # type: ignore[no-untyped-def]
