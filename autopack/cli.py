@@ -40,9 +40,15 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_web(args: argparse.Namespace, settings: Settings) -> int:
-    from werkzeug.serving import run_simple
-
     from web import create_app
+
+    server = args.server or ("gunicorn" if settings.profile == "prod" else "werkzeug")
+    if server == "gunicorn":
+        from web.serve import serve_gunicorn
+
+        serve_gunicorn(lambda: create_app(settings), args.host, args.port, workers=args.workers, threads=args.threads)
+        return 0
+    from werkzeug.serving import run_simple
 
     run_simple(args.host, args.port, create_app(settings), threaded=True, use_reloader=False)
     return 0
@@ -496,9 +502,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--port", type=int, default=8000)
     sp.set_defaults(func=cmd_up)
 
-    sp = sub.add_parser("web", help="serve the API")
+    sp = sub.add_parser("web", help="serve the API and the dashboard")
     sp.add_argument("--port", type=int, default=8000)
     sp.add_argument("--host", default="127.0.0.1")
+    sp.add_argument("--server", choices=["gunicorn", "werkzeug"],
+                    help="gunicorn (default on the prod profile) or werkzeug's development server (default on local)")
+    sp.add_argument("--workers", type=int, default=2, help="gunicorn: worker processes (default 2)")
+    sp.add_argument("--threads", type=int, default=8, help="gunicorn: threads per worker, each serving one request or event stream (default 8)")
     sp.set_defaults(func=cmd_web)
 
     sp = sub.add_parser("worker", help="run a Celery worker")
