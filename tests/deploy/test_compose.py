@@ -325,6 +325,24 @@ def test_the_topology_is_all_there() -> None:
     assert not [r for r in roles if r.startswith("unknown")], roles
 
 
+def test_workers_get_every_model_providers_key_from_the_operator() -> None:
+    """A worker calls the models: each provider's key variable (config/models.yaml) must reach it
+    from the operator's environment. The file passed none, so a compose cluster could not call a model."""
+    from autopack.config import load_config
+
+    names = {p.api_key_env for p in load_config(ROOT / "config").models.providers.values() if p.api_key_env}
+    assert names >= {"ANTHROPIC_API_KEY", "OPENAI_API_KEY"}
+    given = {n: f"key-of-{n.lower()}" for n in names}
+    workers = {name: svc for name, svc in compose({**COMPOSE_ENV, **given})["services"].items() if role(svc) == "worker"}
+    assert workers
+    for name, svc in workers.items():
+        env = svc.get("environment", {})
+        assert {n: env.get(n) for n in names} == given, name
+    unset = compose()["services"]
+    for name in workers:  # not given: empty, which the provider factory reports by the variable's name
+        assert {unset[name]["environment"].get(n) for n in names} == {""}, name
+
+
 def test_every_long_running_service_has_a_healthcheck() -> None:
     for name, svc in services().items():
         if role(svc) == "migrate":
