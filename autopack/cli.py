@@ -316,7 +316,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     if args.project:
         data["project"] = args.project
-    client = ApiClient(args.api or settings.api_url)
+    client = ApiClient(args.api or settings.api_url, token=settings.token)
     # One key for this submission, sent again on every retry: a POST whose answer was lost (the web
     # process restarted under it) gets the run it made back, never a second run.
     key = uuid.uuid4().hex
@@ -335,7 +335,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     from autopack.client import ApiClient, ClientError
 
-    client = ApiClient(args.api or settings.api_url)
+    client = ApiClient(args.api or settings.api_url, token=settings.token)
     if args.follow:
         return _follow_to_end(client, args.run_id, args)
     try:
@@ -354,7 +354,7 @@ def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
     from autopack.client import ApiClient, ClientError
 
     try:
-        run = ApiClient(args.api or settings.api_url).cancel(args.run_id)
+        run = ApiClient(args.api or settings.api_url, token=settings.token).cancel(args.run_id)
     except ClientError as exc:
         _err(str(exc))
         return 2
@@ -372,7 +372,7 @@ def cmd_submit_edits(args: argparse.Namespace, settings: Settings) -> int:
         _err(f"cannot read {args.file}: {exc.strerror or exc}")
         return 2
     try:
-        out = ApiClient(args.api or settings.api_url).builder_result(args.run_id, args.phase, edits, args.by)
+        out = ApiClient(args.api or settings.api_url, token=settings.token).builder_result(args.run_id, args.phase, edits, args.by)
     except ClientError as exc:
         _err(str(exc))
         return 2

@@ -147,7 +147,7 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
     group = _start_cluster(ds, port, env, quiet=True)
     finished: list[tuple[dict[str, Any], dict[str, Any]]] = []
     try:
-        client = ApiClient(f"http://127.0.0.1:{port}")
+        client = ApiClient(f"http://127.0.0.1:{port}", token=ds.token)  # its web takes the token from the same environment
         plan = load_plan_text((EXAMPLE / "plan.yaml").read_text(encoding="utf-8"))
         plan["project"] = DEMO_PROJECT
         for n in range(1, args.runs + 1):

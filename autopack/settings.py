@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     config_dir: Path = ROOT / "config"
     prompts_dir: Path = ROOT / "prompts"
     api_url: str = "http://127.0.0.1:8000"
+    # With a token set, the API and the dashboard answer only requests that carry it (web/auth.py),
+    # and the CLI sends it. Empty is unset.
+    api_token: SecretStr | None = None
 
     # Sandbox: "bwrap" (default) or "none" (explicit opt-out: no isolation at all).
     sandbox: Literal["bwrap", "none"] = "bwrap"
@@ -65,6 +68,16 @@ class Settings(BaseSettings):
     # Cleanup (beat): a finished run's worktree is removed once the run has been over this long.
     worktree_retention_s: float = 3600.0
     cleanup_interval_s: float = 600.0
+
+    @field_validator("api_token", mode="before")
+    @classmethod
+    def _empty_token_is_none(cls, value: object) -> object:
+        return None if value in ("", None) else value
+
+    @property
+    def token(self) -> str | None:
+        """The API token's value, or None."""
+        return self.api_token.get_secret_value() if self.api_token is not None else None
 
     @property
     def state_path(self) -> Path:

@@ -24,6 +24,7 @@ from autopack.errors import Conflict, InvalidRequest, NotFound, PlanError
 from autopack.plan import parse_plan
 from autopack.settings import Settings, get_settings
 from autopack.states import RunState
+from web.auth import OPEN_PATHS, token_matches
 from web.dashboard import dashboard_blueprint
 from web.openapi import build_openapi
 
@@ -69,6 +70,17 @@ def create_app(
     app = Flask("autopack", static_folder=None)  # the dashboard serves its own files under /ui/static
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.register_blueprint(dashboard_blueprint(db))
+
+    token = settings.token
+    if token is not None:
+
+        @app.before_request
+        def _require_token():  # type: ignore[no-untyped-def]
+            if request.path in OPEN_PATHS or token_matches(request.headers.get("Authorization"), token):
+                return None
+            resp, status = _error(401, "unauthorized", "this API needs its token: Authorization: Bearer <AUTOPACK_API_TOKEN>")
+            resp.headers["WWW-Authenticate"] = 'Basic realm="autopack", charset="UTF-8"'  # a browser asks for it
+            return resp, status
 
     @app.errorhandler(NotFound)
     def _404(exc: NotFound):  # type: ignore[no-untyped-def]
