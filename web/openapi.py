@@ -24,6 +24,7 @@ ERR = {
     "409": _resp("Error", "illegal transition"),
     "422": _resp("Error", "invalid body; `field` names the offending field"),
     "503": _resp("Error", "the database is unavailable: nothing was done; send the request again (see Retry-After)"),
+    "401": _resp("Error", "AUTOPACK_API_TOKEN is set and the request did not carry it"),
 }
 
 
@@ -147,10 +148,19 @@ def build_openapi() -> dict[str, Any]:
                                 "responses": {"200": _resp("Health", "healthy"), "503": _resp("Health", "unhealthy")}}},
             "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}}}},
         },
-        "components": {"schemas": schemas},
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}, "basic": {"type": "http", "scheme": "basic"}},
+        },
+        # Only when the operator set AUTOPACK_API_TOKEN (the token, or basic auth's password); else none.
+        "security": [{}, {"bearer": []}, {"basic": []}],
     }
     for path, operations in doc["paths"].items():
-        if path != "/openapi.json":  # every other operation reads or writes the database
-            for op in operations.values():
+        for op in operations.values():
+            if path != "/openapi.json":  # every other operation reads or writes the database
                 op["responses"].setdefault("503", ERR["503"])
+            if path == "/health":
+                op["security"] = [{}]  # healthchecks carry no credentials
+            else:
+                op["responses"].setdefault("401", ERR["401"])
     return doc

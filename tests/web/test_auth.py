@@ -87,3 +87,11 @@ def test_the_cli_sends_the_token(local_settings: Settings, tmp_path: Path, monke
         server.shutdown()
         thread.join()
         server.server_close()
+
+
+def test_the_openapi_document_states_the_optional_token(local_settings: Settings) -> None:
+    doc = create_app(local_settings, broker_check=lambda: None).test_client().get("/openapi.json").get_json()
+    assert doc["components"]["securitySchemes"] == {"bearer": {"type": "http", "scheme": "bearer"},
+                                                    "basic": {"type": "http", "scheme": "basic"}}
+    assert {} in doc["security"]  # optional: only with AUTOPACK_API_TOKEN set
+    assert "401" in doc["paths"]["/runs"]["post"]["responses"] and doc["paths"]["/health"]["get"]["security"] == [{}]
