@@ -416,6 +416,40 @@ def cmd_cleanup(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if report.failed else 0
 
 
+def cmd_budgets(args: argparse.Namespace, settings: Settings) -> int:
+    """Budget calibration from this state folder's database: per category, spend against the caps."""
+    from datetime import timedelta
+
+    from sqlalchemy import select
+
+    from autopack.db.models import Project
+    from autopack.db.session import session_scope
+    from autopack.engine.calibration import budget_report
+    from autopack.engine.leases import db_now
+
+    with session_scope(settings.db_url) as s:
+        project = s.scalar(select(Project).where(Project.name == args.project)) if args.project else None
+        if args.project and project is None:
+            _err(f"project {args.project!r} is not registered")
+            return 2
+        report = budget_report(s, project, db_now(s) - timedelta(days=args.days), min_completed=args.min_completed)
+    if args.json:
+        _out(json.dumps(report, indent=2))
+        return 0
+    if not report["categories"]:
+        _out(f"no finished phases in the last {args.days} days")
+        return 0
+    def num(v: Any) -> str:
+        return "-" if v is None else f"{v:,}"
+
+    _out(f"{'category':<16}{'phases':>7}{'done':>6}{'at cap':>7}{'p90 tokens':>12}{'max':>9}{'token cap':>11}{'suggested':>11}  advice")
+    for c in report["categories"]:
+        _out(f"{c['category']:<16}{c['phases']:>7}{c['completed']:>6}{c['stopped_at_cap']:>7}{num(c['tokens_p90']):>12}"
+             f"{num(c['tokens_max']):>9}{num(c['token_cap']):>11}{num(c['suggested_token_cap']):>11}  {c['advice']}: {c['reason']}")
+    _out(report["note"])
+    return 0
+
+
 def cmd_rules(args: argparse.Namespace, settings: Settings) -> int:
     """List, export or analyze learned rules (reads the database of this state folder)."""
     from sqlalchemy import select
@@ -576,6 +610,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="only runs over for at least this long (default: AUTOPACK_WORKTREE_RETENTION_S, 3600)")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_cleanup)
+
+    sp = sub.add_parser("budgets", help="budget calibration: per category, phase spend against the caps, and caps that fit")
+    sp.add_argument("--project")
+    sp.add_argument("--days", type=int, default=30, help="phases finished in the last N days (default 30)")
+    sp.add_argument("--min-completed", type=int, default=5, help="completed phases a category needs for a suggestion (default 5)")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_budgets)
 
     sp = sub.add_parser("rules", help="list learned rules with provenance and effect; analyze; export")
     sp.add_argument("action", nargs="?", choices=["list", "analyze", "export"], default="list")

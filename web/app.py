@@ -327,6 +327,18 @@ def create_app(
             project = runsvc.get_project(s, request.args["project"]) if request.args.get("project") else None
             return jsonify(report(s, project, since))
 
+    @app.get("/reports/budgets")
+    def budget_report():  # type: ignore[no-untyped-def]
+        from datetime import timedelta
+
+        from autopack.engine.calibration import budget_report as report
+        from autopack.engine.leases import db_now
+
+        days = _int_arg("days", 30, 1, 3650)
+        with session_scope(db) as s:
+            project = runsvc.get_project(s, request.args["project"]) if request.args.get("project") else None
+            return jsonify(report(s, project, db_now(s) - timedelta(days=days), min_completed=_int_arg("min_completed", 5, 1, 1000)))
+
     @app.get("/projects/<name>/rules")
     def project_rules(name: str):  # type: ignore[no-untyped-def]
         from autopack.engine.learning import project_rules as rules_of

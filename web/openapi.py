@@ -125,6 +125,14 @@ def build_openapi() -> dict[str, Any]:
                                        {"name": "since", "in": "query", "schema": {"type": "string", "format": "date-time"}}],
                         "responses": {"200": {"description": "report"}, "404": ERR["404"], "422": ERR["422"]}},
             },
+            "/reports/budgets": {
+                "get": {"summary": "Budget calibration: per phase category, what finished phases spent against their caps, "
+                                   "and the token and cost caps that would fit them (suggestions for config/strategy.yaml)",
+                        "parameters": [{"name": "project", "in": "query", "schema": {"type": "string"}},
+                                       {"name": "days", "in": "query", "schema": {"type": "integer", "default": 30, "minimum": 1}},
+                                       {"name": "min_completed", "in": "query", "schema": {"type": "integer", "default": 5, "minimum": 1}}],
+                        "responses": {"200": {"description": "report"}, "404": ERR["404"], "422": ERR["422"]}},
+            },
             "/projects/{name}/rules": {
                 "get": {"summary": "The project's learned rules with provenance and measured effect",
                         "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],

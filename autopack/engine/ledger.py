@@ -25,6 +25,10 @@ from autopack.engine.leases import db_now
 from autopack.errors import BudgetExceeded
 from autopack.states import RUN_TERMINAL
 
+# How a refusal by the phase's own caps starts (budget calibration counts the phases stopped there).
+PHASE_TOKEN_CAP = "phase token cap"
+PHASE_COST_CAP = "phase cost cap"
+
 
 def estimate_tokens(text: str) -> int:
     """A deliberately high estimate of the prompt's token count (about 3 characters per token)."""
@@ -68,9 +72,9 @@ def reserve(session: Session, run_id: str, phase_id: int | None, tokens: int, co
             token_cap = phase_token_cap if phase_token_cap is not None else (ph.budget or {}).get("token_cap")
             cost_cap = (ph.budget or {}).get("cost_cap_usd")
             if token_cap is not None and ph.tokens_used + tokens > int(token_cap):
-                raise BudgetExceeded("tokens", f"phase token cap {token_cap} reached ({ph.tokens_used} used, call needs up to {tokens})")
+                raise BudgetExceeded("tokens", f"{PHASE_TOKEN_CAP} {token_cap} reached ({ph.tokens_used} used, call needs up to {tokens})")
             if cost_cap is not None and ph.cost_usd + cost > float(cost_cap) + 1e-12:
-                raise BudgetExceeded("cost", f"phase cost cap ${float(cost_cap):.2f} reached (${ph.cost_usd:.4f} spent, "
+                raise BudgetExceeded("cost", f"{PHASE_COST_CAP} ${float(cost_cap):.2f} reached (${ph.cost_usd:.4f} spent, "
                                              f"call needs up to ${cost:.4f})")
     res = session.execute(
         update(Run)
