@@ -11,7 +11,7 @@ from typing import Any
 from flask import Flask, Response, jsonify, request
 from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, UnsupportedMediaType
 
 from autopack.config import AppConfig, load_config
 from autopack.db.models import Postmortem, Project, Run
@@ -76,7 +76,11 @@ def create_app(
 
         @app.before_request
         def _require_token():  # type: ignore[no-untyped-def]
-            if request.path in OPEN_PATHS or token_matches(request.headers.get("Authorization"), token):
+            # Basic auth is the dashboard's way in, and a browser attaches it to any request to this
+            # origin, a cross-site form's too: it opens reads (GET, HEAD) only. Writes need the bearer
+            # token, which a page can only send after a CORS preflight this API never grants.
+            basic = request.method in ("GET", "HEAD")
+            if request.path in OPEN_PATHS or token_matches(request.headers.get("Authorization"), token, allow_basic=basic):
                 return None
             resp, status = _error(401, "unauthorized", "this API needs its token: Authorization: Bearer <AUTOPACK_API_TOKEN>")
             resp.headers["WWW-Authenticate"] = 'Basic realm="autopack", charset="UTF-8"'  # a browser asks for it
@@ -130,6 +134,10 @@ def create_app(
         raw = request.get_data(cache=False, as_text=True)
         if not raw.strip():
             raise PlanError("body", "empty body: send the plan as JSON")
+        if request.mimetype != "application/json":
+            # Also what keeps a cross-site form (which can only send form or text bodies) from
+            # posting a plan with a browser's cached dashboard credentials.
+            raise UnsupportedMediaType("send the body as JSON, with Content-Type: application/json")
         try:
             return json.loads(raw)
         except json.JSONDecodeError as exc:

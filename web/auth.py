@@ -1,6 +1,7 @@
 """The API token: with ``AUTOPACK_API_TOKEN`` set, every request but ``/health`` must carry it, as
-``Authorization: Bearer <token>`` (the CLI, scripts) or as the password of HTTP basic auth (a
-browser on the dashboard asks for it; the user name is not checked)."""
+``Authorization: Bearer <token>`` (the CLI, scripts) or, for reads only, as the password of HTTP
+basic auth (a browser on the dashboard asks for it; the user name is not checked). Writes take the
+bearer token only: a browser sends cached basic credentials with a cross-site form's POST too."""
 
 from __future__ import annotations
 
@@ -29,7 +30,10 @@ def presented_token(authorization: str | None) -> str | None:
     return None
 
 
-def token_matches(authorization: str | None, token: str) -> bool:
-    """Whether the header carries ``token`` (compared in constant time)."""
+def token_matches(authorization: str | None, token: str, *, allow_basic: bool = True) -> bool:
+    """Whether the header carries ``token`` (compared in constant time); with ``allow_basic=False``
+    only as a bearer token."""
+    if not allow_basic and (authorization or "").strip().lower().startswith("basic"):
+        return False
     given = presented_token(authorization)
     return given is not None and hmac.compare_digest(given.encode("utf-8"), token.encode("utf-8"))

@@ -24,7 +24,8 @@ ERR = {
     "409": _resp("Error", "illegal transition"),
     "422": _resp("Error", "invalid body; `field` names the offending field"),
     "503": _resp("Error", "the database is unavailable: nothing was done; send the request again (see Retry-After)"),
-    "401": _resp("Error", "AUTOPACK_API_TOKEN is set and the request did not carry it"),
+    "401": _resp("Error", "AUTOPACK_API_TOKEN is set and the request did not carry it (changes take it as a bearer token only)"),
+    "415": _resp("Error", "the body is not sent as application/json"),
 }
 
 
@@ -167,6 +168,8 @@ def build_openapi() -> dict[str, Any]:
         for op in operations.values():
             if path != "/openapi.json":  # every other operation reads or writes the database
                 op["responses"].setdefault("503", ERR["503"])
+            if "requestBody" in op:
+                op["responses"].setdefault("415", ERR["415"])
             if path == "/health":
                 op["security"] = [{}]  # healthchecks carry no credentials
             else:

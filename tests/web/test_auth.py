@@ -95,3 +95,27 @@ def test_the_openapi_document_states_the_optional_token(local_settings: Settings
                                                     "basic": {"type": "http", "scheme": "basic"}}
     assert {} in doc["security"]  # optional: only with AUTOPACK_API_TOKEN set
     assert "401" in doc["paths"]["/runs"]["post"]["responses"] and doc["paths"]["/health"]["get"]["security"] == [{}]
+
+
+def test_a_cross_site_form_cannot_write_with_a_browsers_cached_dashboard_credentials(local_settings: Settings, tmp_path: Path) -> None:
+    """A browser logged in to the dashboard (basic auth) attaches those credentials to a cross-site
+    form's POST too; such a form sends text/plain or form bodies, which can still spell valid JSON.
+    Writes take the bearer token only, and bodies must say they are JSON."""
+    import json
+
+    settings = local_settings.model_copy(update={"api_token": SecretStr(TOKEN)})
+    with session_scope(settings.db_url) as s:
+        s.add(Project(name="demo", repo_path=str(tmp_path), base_branch="main"))
+    sent: list[object] = []
+    client = create_app(settings, enqueue=sent.extend, broker_check=lambda: None).test_client()
+    basic = {"Authorization": _basic("me", TOKEN)}
+    forged = client.post("/runs", data=json.dumps(PLAN), content_type="text/plain", headers=basic)
+    assert forged.status_code == 401 and sent == []
+    assert client.post("/runs", json=PLAN, headers=basic).status_code == 401  # basic auth never writes
+    run_id = client.post("/runs", json=PLAN, headers={"Authorization": f"Bearer {TOKEN}"}).get_json()["id"]
+    assert client.post(f"/runs/{run_id}/cancel", headers=basic).status_code == 401
+    assert client.get(f"/runs/{run_id}", headers=basic).status_code == 200  # reads: the dashboard's way
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    as_text = client.post("/runs", data=json.dumps(PLAN), content_type="text/plain", headers=bearer)
+    assert as_text.status_code == 415 and "Content-Type: application/json" in as_text.get_json()["message"]
+    assert len(sent) == 1

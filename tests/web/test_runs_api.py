@@ -96,6 +96,11 @@ def test_bad_bodies(api) -> None:  # type: ignore[no-untyped-def]
     assert resp.status_code == 422 and resp.get_json()["field"] == "body"
     resp = client.post("/runs", json=[1, 2])
     assert resp.status_code == 422 and resp.get_json()["field"] == "plan"
+    import json
+
+    for mimetype in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data"):  # what a form can send
+        resp = client.post("/runs", data=json.dumps(PLAN), content_type=mimetype)
+        assert resp.status_code == 415 and resp.get_json()["error"] == "unsupported_media_type", mimetype
     resp = client.post("/runs", json={**PLAN, "project": "nope"})
     assert resp.status_code == 404 and "nope" in resp.get_json()["message"]
 
