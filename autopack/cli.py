@@ -244,11 +244,21 @@ def follow(client: Any, run_id: str, *, show: bool = True, timeout: float | None
     request goes :func:`through_outages` of up to ``outage_s``. ``timeout`` (``None``: none) raises
     :class:`WaitTimeout`."""
 
+    from autopack.client import ClientError
+
+    deadline = None if timeout is None else time.monotonic() + timeout
+
     def ask(fn: Any, *args: Any) -> Any:
-        return through_outages(fn, *args, outage_s=outage_s, retry_s=retry_s)
+        if deadline is None:
+            return through_outages(fn, *args, outage_s=outage_s, retry_s=retry_s)
+        try:  # an outage is retried only until the wait's own deadline
+            return through_outages(fn, *args, outage_s=max(0.0, min(outage_s, deadline - time.monotonic())), retry_s=retry_s)
+        except ClientError:
+            if time.monotonic() >= deadline:
+                raise WaitTimeout(f"run {run_id}: no answer from the API within the wait's {timeout:g}s") from None
+            raise
 
     after = 0
-    deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         for ev in ask(client.events, run_id, after)["events"]:
             if show:
@@ -258,7 +268,7 @@ def follow(client: Any, run_id: str, *, show: bool = True, timeout: float | None
         if run["state"].startswith(TERMINAL_PREFIXES) and not ask(client.events, run_id, after)["events"]:
             return dict(run)
         if deadline is not None and time.monotonic() > deadline:
-            raise WaitTimeout(f"run {run_id} is still {run['state']} after {timeout:.0f}s")
+            raise WaitTimeout(f"run {run_id} is still {run['state']} after {timeout:g}s")
         time.sleep(0.2)
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any
 
@@ -34,6 +36,9 @@ class ApiClient:
         self._auth = {"Authorization": f"Bearer {token}"} if token else {}
 
     def request(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+        parts = urllib.parse.urlsplit(self.base)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ClientError(f"invalid API URL {self.base!r}: give it as http://host:port")
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.base + path, data=data, method=method,
                                      headers={"Content-Type": "application/json", **self._auth, **(headers or {})})
@@ -47,8 +52,8 @@ class ApiClient:
             except json.JSONDecodeError:
                 payload = {"message": exc.reason}
             raise ApiError(exc.code, payload) from None
-        except OSError as exc:  # URLError, and socket errors and timeouts while reading the answer
-            reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+        except (OSError, http.client.HTTPException) as exc:  # URLError; socket errors, timeouts, a cut or garbled answer
+            reason = exc.reason if isinstance(exc, urllib.error.URLError) else (str(exc) or type(exc).__name__)
             raise ApiUnreachable(f"cannot reach the API at {self.base}: {reason}") from None
         try:
             return status, json.loads(raw or b"{}")

@@ -316,7 +316,7 @@ def test_status_follow_reattaches_to_a_run_until_its_end(state: Settings, demo_r
         run_id = capsys.readouterr().out.split()[1]
         assert main(["status", run_id, "--follow", "--timeout", "0.5", "--api", api]) == 3
         out, err = capsys.readouterr()
-        assert "run.queued" in out and f"still QUEUED after 0s; it goes on: autopack status {run_id} --follow" in err
+        assert "run.queued" in out and f"still QUEUED after 0.5s; it goes on: autopack status {run_id} --follow" in err
 
         def finish() -> None:
             time.sleep(0.5)
@@ -336,3 +336,47 @@ def test_status_follow_reattaches_to_a_run_until_its_end(state: Settings, demo_r
         assert "HTTP 404" in capsys.readouterr().err
     finally:
         stop()
+
+
+def test_garbled_answers_and_bad_urls_are_errors_not_tracebacks(state: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    """A peer that is not an HTTP server (or cuts its answer) and an --api without a scheme."""
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def garble() -> None:
+        for _ in range(2):
+            conn, _ = listener.accept()
+            conn.recv(65536)
+            conn.sendall(b"this is not HTTP\r\n\r\n")
+            conn.close()
+
+    server = threading.Thread(target=garble, daemon=True)
+    server.start()
+    try:
+        for argv in (["status", "x"], ["cancel", "x"]):
+            assert main([*argv, "--api", f"http://127.0.0.1:{port}"]) == 2
+            err = capsys.readouterr().err
+            assert err.startswith(f"autopack: cannot reach the API at http://127.0.0.1:{port}: ") and "Traceback" not in err
+    finally:
+        server.join(timeout=10)
+        listener.close()
+    assert main(["status", "x", "--api", "127.0.0.1:8000"]) == 2
+    assert "invalid API URL '127.0.0.1:8000'" in capsys.readouterr().err
+
+
+def test_a_wait_with_a_timeout_ends_on_time_while_the_api_is_away(state: Settings, demo_repo: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["project", "add", "demo", str(demo_repo)]) == 0
+    port, stop = _serve(state)
+    api = f"http://127.0.0.1:{port}"
+    assert main(["run", str(ROOT / "examples" / "demo" / "plan.yaml"), "--api", api]) == 0
+    stop()  # the API goes away for longer than the wait's timeout (and shorter than --retry-for)
+    with session_scope(state.db_url) as s:
+        run_id = s.scalar(select(Run.id))
+    started = time.monotonic()
+    assert main(["status", str(run_id), "--follow", "--timeout", "1.5", "--api", api]) == 3
+    took = time.monotonic() - started
+    err = capsys.readouterr().err
+    assert f"run {run_id}: no answer from the API within the wait's 1.5s" in err and took < 10, (took, err)

@@ -106,7 +106,7 @@ def create_app(
     def _database(exc: DBAPIError):  # type: ignore[no-untyped-def]
         # The driver's message may name hosts: it goes to the log only.
         problem = database_problem(exc)
-        if problem == "unavailable":  # restarting, failing over, out of connections: nothing was done
+        if problem == "unavailable":  # restarting, failing over, out of connections
             log.warning("database unavailable for %s %s: %s", request.method, request.path, type(exc).__name__)
             resp, status = _error(503, "unavailable", "the database is unavailable; try again shortly")
             resp.headers["Retry-After"] = "5"

@@ -9,6 +9,7 @@ autoescaped and a Content-Security-Policy allows only this site's own script and
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from flask import Blueprint, Response, redirect, render_template, request
@@ -22,6 +23,9 @@ from autopack.engine import runs as runsvc
 from autopack.errors import NotFound
 from autopack.states import RunState, is_terminal_run
 
+log = logging.getLogger("autopack.web")
+
+ENDING_EVENTS = frozenset({"run.finished", "run.cancelled"})  # what the page script reloads on
 EVENTS_SHOWN = 300  # the newest events on a run's page; the events API has them all
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; "
        "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
@@ -50,7 +54,8 @@ def dashboard_blueprint(db_url: str) -> Blueprint:
         if problem == "schema":
             return render_template("message.html", title="Database out of date",
                                    message="The database schema is older than this Autopack: run autopack migrate."), 500
-        raise exc
+        log.exception("database error for %s", request.path)
+        return render_template("message.html", title="Internal error", message="Internal error (see the web process's log)."), 500
 
     @bp.get("/")
     def _root():  # type: ignore[no-untyped-def]
@@ -78,9 +83,11 @@ def dashboard_blueprint(db_url: str) -> Blueprint:
             view = runsvc.run_view(s, run)
             first = max(0, run.event_seq - EVENTS_SHOWN)
             events = runsvc.list_events(s, run_id, after=first, limit=EVENTS_SHOWN)
+        # The events are read after the run: a run that ended in between shows its ending event, and
+        # a page that says live while showing it would poll for an end it has already passed.
+        ended = is_terminal_run(view["state"]) or any(e["type"] in ENDING_EVENTS for e in events)
         return render_template("run.html", run=view, events=events, first_shown=first + 1,
-                               live=not is_terminal_run(view["state"]), last_seq=events[-1]["seq"] if events else first,
-                               brief=brief)
+                               live=not ended, last_seq=events[-1]["seq"] if events else first, brief=brief)
 
     return bp
 

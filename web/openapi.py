@@ -23,7 +23,7 @@ ERR = {
     "404": _resp("Error", "unknown id"),
     "409": _resp("Error", "illegal transition"),
     "422": _resp("Error", "invalid body; `field` names the offending field"),
-    "503": _resp("Error", "the database is unavailable: nothing was done; send the request again (see Retry-After)"),
+    "503": _resp("Error", "the database is unavailable; send the request again (see Retry-After): POST /runs with its Idempotency-Key, cancel and builder_result answer 409 if the first one landed"),
     "401": _resp("Error", "AUTOPACK_API_TOKEN is set and the request did not carry it (changes take it as a bearer token only)"),
     "415": _resp("Error", "the body is not sent as application/json"),
 }

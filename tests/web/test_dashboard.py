@@ -155,3 +155,16 @@ def test_the_live_page_script_appends_new_events_and_reloads_when_the_run_ends(l
     shown = json.loads(out)
     assert shown["types"] == ["phase.queued", "run.cancelled"] and shown["values"] == [2, 3]
     assert shown["text"][0] == 'phase.queued [stats] {"note":"<b>as text</b>"}'  # textContent: never parsed as HTML
+
+
+def test_a_page_showing_the_runs_end_is_not_live_even_if_the_run_was_read_before_it(local_settings: Settings, demo_repo: Path) -> None:
+    """The run is read, then its events: a run that ended in between shows run.finished under a
+    state still running. Marked live, the page would poll for an end it has already passed."""
+    services, _ = make_services(local_settings, stats_model)
+    register(local_settings, demo_repo)
+    run_id = submit(services, stats_plan("feature"))
+    with session_scope(local_settings.db_url) as s:  # what that page reads: RUNNING, and the end
+        s.execute(update(Run).where(Run.id == run_id).values(state="RUNNING"))
+        emit(s, run_id, "run.finished", state="DONE_SUCCESS")
+    page = _client(local_settings).get(f"/ui/runs/{run_id}").get_data(as_text=True)
+    assert '<span class="type">run.finished</span>' in page and 'data-live="false"' in page
