@@ -45,6 +45,14 @@ def lease_clock(session: Session) -> Any:
     return func.now() if session.get_bind().dialect.name == "postgresql" else now_utc()
 
 
+def record_clock(session: Session) -> Any:
+    """When something happens, on :func:`lease_clock`'s clock: ``clock_timestamp()`` on PostgreSQL
+    (the moment of the statement; ``now()`` is the transaction's start, which a long transaction
+    would date back), this process's clock on SQLite. For events and model calls, whose age is judged
+    (re-dispatch after 5 s, outage cooldowns) on the database's clock."""
+    return func.clock_timestamp() if session.get_bind().dialect.name == "postgresql" else now_utc()
+
+
 def db_now(session: Session) -> datetime:
     """The current time on :func:`lease_clock` as a value (one query on PostgreSQL)."""
     clock = lease_clock(session)

@@ -35,7 +35,7 @@ from autopack.engine import issues
 from autopack.engine.external import AWAITING
 from autopack.engine.doctor import classify_attempt, consult, history, no_attempts_left
 from autopack.engine.routing import choose_model, fallback_chain, routing_record
-from autopack.engine.leases import CURRENT_STEP, StepContext, lease_clock
+from autopack.engine.leases import CURRENT_STEP, StepContext, record_clock
 from autopack.engine.learning import auditor_guidance, promote, prompt_guidance, record_hint
 from autopack.engine.ledger import estimate_tokens, reserve, settle
 from autopack.engine.services import Services
@@ -214,7 +214,7 @@ def make_call(services: Services, scope: CallScope) -> Callable[[str, list[Messa
                         run_id=scope.run_id, phase_id=scope.phase_id, attempt_id=scope.attempt_id, role=scope.role,
                         provider=provider, model=scope.model, request_key=_key(req),
                         prompt=prompt, max_tokens=max_tokens, error=f"{type(exc).__name__}: {exc}",
-                        created_at=lease_clock(s),
+                        created_at=record_clock(s),
                     )
                 )
             raise
@@ -229,7 +229,7 @@ def make_call(services: Services, scope: CallScope) -> Callable[[str, list[Messa
                     response_text=resp.text, stop_reason=resp.stop_reason, max_tokens=max_tokens,
                     input_tokens=resp.usage.input_tokens, output_tokens=resp.usage.output_tokens, cost_usd=cost,
                     rules=list(scope.rules), hints=list(scope.hints), rules_tokens=scope.rules_tokens,
-                    created_at=lease_clock(s),
+                    created_at=record_clock(s),
                 )
             )
             if scope.attempt_id is not None:

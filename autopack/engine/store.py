@@ -8,7 +8,7 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from autopack.db.models import Event, Phase, Run, Tier
-from autopack.engine.leases import lease_clock
+from autopack.engine.leases import record_clock
 from autopack.errors import AutopackError
 from autopack.states import check_transition
 
@@ -47,14 +47,14 @@ def emit(
 ) -> Event:
     """Write an event in the caller's transaction with the run's next gap-free sequence number.
 
-    Its ``created_at`` is on :func:`lease_clock` (the database server's on PostgreSQL), which the
+    Its ``created_at`` is on :func:`record_clock` (the database server's on PostgreSQL), which the
     reconciler judges an undispatched event's age by: an event written by a machine whose clock ran
     ahead was not re-dispatched until that machine's clock caught up."""
     seq = session.execute(
         update(Run).where(Run.id == run_id).values(event_seq=Run.event_seq + 1).returning(Run.event_seq)
     ).scalar_one()
     ev = Event(run_id=run_id, seq=seq, type=type_, phase_key=phase_key, attempt_id=attempt_id, payload=payload,
-               created_at=lease_clock(session))
+               created_at=record_clock(session))
     session.add(ev)
     session.flush()
     return ev

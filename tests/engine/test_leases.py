@@ -517,3 +517,20 @@ def test_an_undispatched_event_is_judged_by_the_database_clock_whatever_the_mach
     assert run_id not in as_worker_with_clock(reconciler, pg_url, ask % 20)  # fresh: its dispatcher may still be at work
     time.sleep(1.5)
     assert as_worker_with_clock(reconciler, pg_url, ask % 1) == repr([run_id])
+
+
+@pytest.mark.postgres
+def test_an_event_is_dated_when_it_is_written_not_when_its_transaction_began(pg_url: str) -> None:
+    """now() is the transaction's start: an event written late in a long transaction was dated back,
+    and looked undispatched for over 5 s the moment it committed (a second dispatcher at once)."""
+    from sqlalchemy import text
+
+    upgrade(pg_url)
+    run_id = _run(pg_url)
+    with session_scope(pg_url) as s:
+        began = s.scalar(select(func.now()))
+        s.execute(text("SELECT pg_sleep(1.2)"))
+        emit(s, run_id, "phase.started")
+    with session_scope(pg_url) as s:
+        written = s.scalar(select(Event.created_at).where(Event.run_id == run_id))
+    assert (written - began).total_seconds() >= 1.1  # type: ignore[operator]
