@@ -182,19 +182,21 @@ def create_app(
 
     @app.post("/runs")
     def create_run():  # type: ignore[no-untyped-def]
-        plan = parse_plan(_json_body())
+        body = _json_body()
+        plan = parse_plan(body)
         dry = request.args.get("dry_run", "false").lower() in ("1", "true", "yes")
         key = _idempotency_key()
+        fingerprint = runsvc.request_fingerprint(body)
         try:
             with session_scope(db) as s:
                 runsvc.get_project(s, plan.project)
                 if dry:
                     strategy = runsvc.compile_for(plan, config)
                     return jsonify({"dry_run": True, "strategy": strategy.model_dump(mode="json")}), 200
-                earlier = runsvc.run_for_key(s, plan, key) if key is not None else None
+                earlier = runsvc.run_for_key(s, plan, key, fingerprint) if key is not None else None
                 if earlier is not None:  # a retried submission: its run, not a second one
                     return _accepted(earlier.id, earlier.state, earlier.branch, replayed=True)
-                run = runsvc.create_run(s, plan, config, idempotency_key=key)
+                run = runsvc.create_run(s, plan, config, idempotency_key=key, idempotency_fingerprint=fingerprint if key else None)
                 run_id, branch = run.id, run.branch
                 start = add_steps(s, run_id, [("start_run", run_id)])[0]
                 first = [(start.id, start.name)]
@@ -202,7 +204,7 @@ def create_app(
             if key is None:
                 raise
             with session_scope(db) as s:  # the same submission, concurrently: the other one made the run
-                earlier = runsvc.run_for_key(s, plan, key)
+                earlier = runsvc.run_for_key(s, plan, key, fingerprint)
                 if earlier is None:
                     raise
                 log.info("submission with Idempotency-Key %r raced another; answering with its run %s", key, earlier.id)

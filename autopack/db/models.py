@@ -63,6 +63,8 @@ class Run(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    # sha256 of the submitted body (canonical JSON): a retry must send the same request.
+    idempotency_fingerprint: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
     project: Mapped[Project] = relationship(back_populates="runs")
     tiers: Mapped[list[Tier]] = relationship(back_populates="run", order_by="Tier.index")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from typing import Any
 
@@ -36,18 +38,27 @@ def compile_for(plan: Plan, config: AppConfig) -> CompiledStrategy:
     return compile_strategy(plan, config.strategy)
 
 
-def run_for_key(session: Session, plan: Plan, idempotency_key: str) -> Run | None:
-    """The run an earlier submission of ``plan`` with ``idempotency_key`` created in its project, or
-    ``None``. The same key with a different plan is refused with :class:`Conflict`: a client that
-    reused a key by mistake must not get another plan's run back."""
+def request_fingerprint(body: Any) -> str:
+    """sha256 of a request body as canonical JSON (sorted keys, no spaces): what an idempotent retry
+    must repeat. Taken from the body as sent, not from the parsed plan, so a retry that reaches a
+    newer version of the API (whose plan model fills in a new default) still matches."""
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def run_for_key(session: Session, plan: Plan, idempotency_key: str, fingerprint: str) -> Run | None:
+    """The run an earlier submission with ``idempotency_key`` created in the plan's project, or
+    ``None``. The same key with another request (``fingerprint``) is refused with :class:`Conflict`:
+    a client that reused a key by mistake must not get another plan's run back."""
     project = get_project(session, plan.project)
     run = session.scalar(select(Run).where(Run.project_id == project.id, Run.idempotency_key == idempotency_key))
-    if run is not None and run.plan != plan.model_dump(mode="json"):
+    if run is not None and run.idempotency_fingerprint != fingerprint:
         raise Conflict(f"Idempotency-Key {idempotency_key!r} was used for run {run.id} with a different plan")
     return run
 
 
-def create_run(session: Session, plan: Plan, config: AppConfig, *, idempotency_key: str | None = None) -> Run:
+def create_run(session: Session, plan: Plan, config: AppConfig, *, idempotency_key: str | None = None,
+               idempotency_fingerprint: str | None = None) -> Run:
     """Insert a QUEUED run with its tiers and phases; the caller commits and then enqueues ``start_run``.
 
     With ``idempotency_key`` the run records it; a second run with the same key in the project
@@ -67,6 +78,7 @@ def create_run(session: Session, plan: Plan, config: AppConfig, *, idempotency_k
         # The reconciler ends a run past its maximum runtime by the database's clock (PostgreSQL).
         created_at=lease_clock(session),
         idempotency_key=idempotency_key,
+        idempotency_fingerprint=idempotency_fingerprint,
     )
     session.add(run)
     session.flush()

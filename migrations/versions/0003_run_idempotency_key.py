@@ -19,10 +19,12 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table("runs") as batch:
         batch.add_column(sa.Column("idempotency_key", sa.String(length=200), nullable=True))
+        batch.add_column(sa.Column("idempotency_fingerprint", sa.String(length=64), nullable=True))
         batch.create_unique_constraint("uq_runs_project_idempotency_key", ["project_id", "idempotency_key"])
 
 
 def downgrade() -> None:
     with op.batch_alter_table("runs") as batch:
         batch.drop_constraint("uq_runs_project_idempotency_key", type_="unique")
+        batch.drop_column("idempotency_fingerprint")
         batch.drop_column("idempotency_key")

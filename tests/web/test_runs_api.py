@@ -326,6 +326,11 @@ def test_a_submission_retried_with_its_idempotency_key_gets_its_run_not_a_second
     assert again.status_code == 202 and again.headers["Idempotent-Replayed"] == "true"
     assert again.get_json() == {"id": run_id, "state": "CANCELLED", "branch": f"autopack/{run_id}", "url": f"/runs/{run_id}"}
     assert len(sent) == 1  # the replay sends nothing
+    reordered = dict(reversed(list(PLAN.items())))  # the same request, its keys in another order
+    assert client.post("/runs", json=reordered, headers={"Idempotency-Key": "k-1"}).get_json()["id"] == run_id
+    with session_scope(local_settings.db_url) as s:
+        stored = s.get(Run, run_id)
+        assert stored is not None and stored.idempotency_fingerprint is not None and len(stored.idempotency_fingerprint) == 64
     other = copy.deepcopy(PLAN)
     other["tiers"][0]["phases"][0]["goal"] = "something else"
     reused = client.post("/runs", json=other, headers={"Idempotency-Key": "k-1"})
