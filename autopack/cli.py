@@ -529,6 +529,21 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 # ---------------------------------------------------------------------------------------------- parser
 
 
+def _int_in(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: an integer from ``low`` to ``high``."""
+
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{raw!r} is not an integer") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be from {low} to {high}")
+        return value
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="autopack", description="Autonomous, budgeted, audited software builds.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -623,8 +638,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("budgets", help="budget calibration: per category, phase spend against the caps, and caps that fit")
     sp.add_argument("--project")
-    sp.add_argument("--days", type=int, default=30, help="phases finished in the last N days (default 30)")
-    sp.add_argument("--min-completed", type=int, default=5, help="completed phases a category needs for a suggestion (default 5)")
+    sp.add_argument("--days", type=_int_in(1, 3650), default=30, help="phases finished in the last N days (default 30)")
+    sp.add_argument("--min-completed", type=_int_in(1, 1000), default=5,
+                    help="completed phases a category needs for a suggestion (default 5)")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_budgets)
 

@@ -72,6 +72,8 @@ class Settings(BaseSettings):
     @field_validator("api_token", mode="before")
     @classmethod
     def _empty_token_is_none(cls, value: object) -> object:
+        if isinstance(value, str):  # surrounding blanks (a line of .env) are not part of it
+            value = value.strip()
         return None if value in ("", None) else value
 
     @property

@@ -29,14 +29,14 @@ def phase_samples(session: Session, project: Project | None, since: datetime | N
     samples = []
     for ph in session.scalars(q):
         budget = ph.budget or {}
-        stopped = any(a.failure_class == "budget" and (a.failure or "").startswith((PHASE_TOKEN_CAP, PHASE_COST_CAP))
-                      for a in ph.attempts)
+        stops = [a.failure or "" for a in ph.attempts if a.failure_class == "budget"]
         samples.append(PhaseSample(
             category=str(ph.spec.get("category", "")), completed=ph.state == PhaseState.COMPLETE.value,
             tokens=ph.tokens_used, cost_usd=ph.cost_usd, attempts=ph.attempts_used,
             token_cap=int(budget["token_cap"]) if budget.get("token_cap") is not None else None,
             cost_cap_usd=float(budget["cost_cap_usd"]) if budget.get("cost_cap_usd") is not None else None,
-            stopped_at_cap=stopped))
+            stopped_at_token_cap=any(f.startswith(PHASE_TOKEN_CAP) for f in stops),
+            stopped_at_cost_cap=any(f.startswith(PHASE_COST_CAP) for f in stops)))
     return samples
 
 

@@ -26,7 +26,8 @@ class PhaseSample:
     attempts: int
     token_cap: int | None
     cost_cap_usd: float | None
-    stopped_at_cap: bool  # a call did not fit the phase's own token or cost cap
+    stopped_at_token_cap: bool  # a call did not fit the phase's own token cap
+    stopped_at_cost_cap: bool = False  # ... or its cost cap
 
 
 @dataclass(frozen=True)
@@ -59,14 +60,17 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 
 def _round_up(value: float, step: float) -> float:
-    return math.ceil(value / step) * step
+    # round() first: 1.1 / 0.05 is 22.000000000000004 in floating point, which ceil would make 23.
+    return math.ceil(round(value / step, 9)) * step
 
 
 def advise(category: str, samples: Sequence[PhaseSample], *, min_completed: int = 5, headroom: float = 1.5,
            lower_below: float = 0.4) -> CategoryAdvice:
     """The advice for one category. Caps are compared with the most recent sample's (the one in force)."""
     done = [s for s in samples if s.completed]
-    stopped = sum(1 for s in samples if s.stopped_at_cap)
+    token_stops = sum(1 for s in samples if s.stopped_at_token_cap)
+    cost_stops = sum(1 for s in samples if s.stopped_at_cost_cap)
+    stopped = sum(1 for s in samples if s.stopped_at_token_cap or s.stopped_at_cost_cap)
     current = samples[-1] if samples else None
     token_cap = current.token_cap if current else None
     cost_cap = current.cost_cap_usd if current else None
@@ -86,11 +90,11 @@ def advise(category: str, samples: Sequence[PhaseSample], *, min_completed: int 
     costs = [s.cost_usd for s in done]
     want_tokens = int(_round_up(max(percentile(tokens, 0.9) * headroom, max(tokens)), 1000))
     want_cost = round(_round_up(max(percentile(costs, 0.9) * headroom, max(costs)), 0.05), 2)
-    if stopped:  # those phases needed more than they had: never suggest less than half again
-        if token_cap is not None:
-            want_tokens = max(want_tokens, int(_round_up(token_cap * 1.5, 1000)))
-        if cost_cap is not None:
-            want_cost = max(want_cost, round(_round_up(cost_cap * 1.5, 0.05), 2))
+    # Phases stopped at a cap needed more than it gave: never suggest less than half again of that cap.
+    if token_stops and token_cap is not None:
+        want_tokens = max(want_tokens, int(_round_up(token_cap * 1.5, 1000)))
+    if cost_stops and cost_cap is not None:
+        want_cost = max(want_cost, round(_round_up(cost_cap * 1.5, 0.05), 2))
     if stopped or (token_cap is not None and want_tokens > token_cap) or (cost_cap is not None and want_cost > cost_cap):
         advice = "raise"
         reason = (f"{stopped} of {len(samples)} phases stopped at the cap" if stopped

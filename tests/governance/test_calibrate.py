@@ -9,7 +9,7 @@ from autopack.governance.calibrate import PhaseSample, advise, calibrate, percen
 
 def _s(tokens: int, *, category: str = "feature", completed: bool = True, cap: int = 60000, cost: float = 0.01,
        cost_cap: float = 2.0, attempts: int = 1, stopped: bool = False) -> PhaseSample:
-    return PhaseSample(category, completed, tokens, cost, attempts, cap, cost_cap, stopped)
+    return PhaseSample(category, completed, tokens, cost, attempts, cap, cost_cap, stopped_at_token_cap=stopped)
 
 
 def test_percentile_interpolates_between_ranks() -> None:
@@ -54,3 +54,12 @@ def test_a_cap_that_fits_is_kept_and_the_current_cap_is_the_newest_samples() -> 
 def test_calibrate_groups_by_category_in_name_order() -> None:
     out = calibrate([_s(100, category="tests"), _s(100, category="bugfix"), _s(200, category="tests")], min_completed=1)
     assert [(a.category, a.phases) for a in out] == [("bugfix", 1), ("tests", 2)]
+
+
+def test_a_cost_cap_stop_raises_the_cost_cap_only_and_caps_round_exactly() -> None:
+    samples = [_s(t, cap=10000, cost=0.5, cost_cap=1.1) for t in (3000, 3100, 3200, 3300, 3400)]
+    stopped = PhaseSample("feature", False, 3500, 1.1, 2, 10000, 1.1, stopped_at_token_cap=False, stopped_at_cost_cap=True)
+    a = advise("feature", [*samples, stopped])
+    assert a.advice == "raise" and a.stopped_at_cap == 1
+    assert a.suggested_cost_cap_usd == 1.65  # 1.1 x 1.5, exactly
+    assert a.suggested_token_cap == 6000  # not pushed up by the cost stop: p90 3360 x 1.5 = 5040, up to 1000s

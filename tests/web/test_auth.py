@@ -119,3 +119,10 @@ def test_a_cross_site_form_cannot_write_with_a_browsers_cached_dashboard_credent
     as_text = client.post("/runs", data=json.dumps(PLAN), content_type="text/plain", headers=bearer)
     assert as_text.status_code == 415 and "Content-Type: application/json" in as_text.get_json()["message"]
     assert len(sent) == 1
+
+
+def test_a_blank_token_is_unset_and_blanks_around_one_are_not_part_of_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AUTOPACK_API_TOKEN", "   ")
+    assert Settings().token is None
+    monkeypatch.setenv("AUTOPACK_API_TOKEN", f"  {TOKEN}\n")
+    assert Settings().token == TOKEN

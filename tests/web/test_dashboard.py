@@ -77,6 +77,7 @@ def test_a_live_run_page_follows_its_events(local_settings: Settings, demo_repo:
     js = client.get(script.group(1))
     assert js.status_code == 200 and js.mimetype in ("text/javascript", "application/javascript")
     body = js.get_data(as_text=True)
+    js.close()  # a static file: the response holds it open
     # It asks the events API for what came after the last event shown, and reloads when the run ends.
     assert '"/events?after=" + after' in body and "run\\.(finished|cancelled)" in body and "location.reload" in body
     assert client.get(f"/runs/{run_id}/events?after=1").get_json()["events"] == []  # the URL it polls answers
@@ -148,6 +149,7 @@ def test_the_live_page_script_appends_new_events_and_reloads_when_the_run_ends(l
     finally:
         if page.poll() is None:
             page.kill()
+            page.communicate()
         server.shutdown()
         serving.join()
         server.server_close()

@@ -23,10 +23,23 @@ from autopack.procs import free_port, wait_http
 from autopack.settings import ROOT, Settings
 from tests.integration.prod import prod_env
 
-def _get(port: int, path: str, timeout: float = 10) -> http.client.HTTPResponse:
+def _get(port: int, path: str, timeout: float = 10) -> tuple[int, dict[str, str]]:
+    """Status and headers of a GET (the connection closed)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    conn.request("GET", path)
-    return conn.getresponse()
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status, dict(resp.getheaders())
+    finally:
+        conn.close()
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """End a server started in its own session, its worker processes too, whatever state it is in."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
 
 
 @pytest.mark.redis
@@ -44,22 +57,23 @@ def test_the_prod_web_process_is_gunicorn(tmp_path: Path, redis_url: str, pg_url
                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_http(f"http://127.0.0.1:{port}/health", 60)
-        health = _get(port, "/health")
-        assert health.status == 200 and health.getheader("Server", "").startswith("gunicorn")
+        status, headers = _get(port, "/health")
+        assert status == 200 and headers.get("Server", "").startswith("gunicorn")
         # A live run's event stream stays open in one thread while other requests are answered.
-        stream = _get(port, f"/runs/{run_id}/events/stream?poll=0.2")
-        assert stream.status == 200 and stream.getheader("Content-Type", "").startswith("text/event-stream")
-        assert stream.readline() == b"id: 1\n"
+        stream = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        stream.request("GET", f"/runs/{run_id}/events/stream?poll=0.2")
+        events = stream.getresponse()
+        assert events.status == 200 and events.getheader("Content-Type", "").startswith("text/event-stream")
+        assert events.readline() == b"id: 1\n"
         for _ in range(3):
-            assert _get(port, f"/runs/{run_id}").status == 200
+            assert _get(port, f"/runs/{run_id}")[0] == 200
         started = time.monotonic()
         web.send_signal(signal.SIGTERM)
         assert web.wait(timeout=30) == 0
         stopped_in = time.monotonic() - started
+        stream.close()
     finally:
-        if web.poll() is None:
-            web.kill()
-            web.wait()
+        _stop(web)
         log.close()
     text = (tmp_path / "web.log").read_text()
     assert "Using worker: gthread" in text and "Shutting down: Master" in text, text[-2000:]
@@ -77,7 +91,6 @@ def test_the_local_profile_keeps_werkzeug_and_either_can_be_asked_for(tmp_path: 
     web = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         wait_http(f"http://127.0.0.1:{port}/health", 60)
-        assert _get(port, "/health").getheader("Server", "").startswith(answers)
+        assert _get(port, "/health")[1].get("Server", "").startswith(answers)
     finally:
-        web.terminate()
-        web.wait(timeout=30)
+        _stop(web)
