@@ -9,6 +9,7 @@ autoescaped and a Content-Security-Policy allows only this site's own script and
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -87,7 +88,7 @@ def dashboard_blueprint(db_url: str) -> Blueprint:
         # a page that says live while showing it would poll for an end it has already passed.
         ended = is_terminal_run(view["state"]) or any(e["type"] in ENDING_EVENTS for e in events)
         return render_template("run.html", run=view, events=events, first_shown=first + 1,
-                               live=not ended, last_seq=events[-1]["seq"] if events else first, brief=brief)
+                               live=not ended, last_seq=events[-1]["seq"] if events else first, brief=brief, compact=compact)
 
     return bp
 
@@ -96,3 +97,9 @@ def brief(value: Any, limit: int = 160) -> str:
     """One line of at most ``limit`` characters, for a table cell (the full text is in the API)."""
     text = " ".join(str(value or "").split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def compact(value: Any) -> str:
+    """JSON as the page script writes it (``JSON.stringify``): no spaces, characters as they are
+    (the template escapes them for HTML)."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))

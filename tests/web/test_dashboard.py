@@ -96,6 +96,11 @@ def test_what_a_model_or_a_plan_wrote_is_shown_as_text(local_settings: Settings,
     resp = _client(local_settings).get(f"/ui/runs/{run_id}")
     page = resp.get_data(as_text=True)
     assert "<script>alert" not in page and "<img src=x" not in page
+    with session_scope(local_settings.db_url) as s:
+        emit(s, run_id, "phase.queued", phase_key="stats", note="<b>é</b>")
+    page = _client(local_settings).get(f"/ui/runs/{run_id}").get_data(as_text=True)
+    # Shown as the live script shows it (JSON.stringify, then as text): escaped for HTML only.
+    assert '<span class="payload">{&#34;note&#34;:&#34;&lt;b&gt;é&lt;/b&gt;&#34;}</span>' in page
     assert str(escape(hostile)) in page and str(escape('<img src=x onerror="alert(1)">')) in page
     csp = resp.headers["Content-Security-Policy"]
     assert "script-src 'self'" in csp and "default-src 'none'" in csp and "unsafe-inline" not in csp
