@@ -29,6 +29,7 @@ from web.dashboard import dashboard_blueprint
 from web.openapi import build_openapi
 
 log = logging.getLogger("autopack.web")
+FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data", "text/plain"})
 
 Enqueue = Callable[[list[tuple[int, str]]], None]  # committed (step id, step name) pairs
 BrokerCheck = Callable[[], None]
@@ -70,6 +71,14 @@ def create_app(
     app = Flask("autopack", static_folder=None)  # the dashboard serves its own files under /ui/static
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.register_blueprint(dashboard_blueprint(db))
+
+    @app.before_request
+    def _no_form_writes():  # type: ignore[no-untyped-def]
+        # A cross-site page can send a form (these three types) to this origin without asking, and
+        # nothing else: no change is taken in one, bodyless ones included (a cancel).
+        if request.method not in ("GET", "HEAD", "OPTIONS") and request.mimetype in FORM_TYPES:
+            return _error(415, "unsupported_media_type", "send the body as JSON, with Content-Type: application/json")
+        return None
 
     token = settings.token
     if token is not None:

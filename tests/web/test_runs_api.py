@@ -376,3 +376,15 @@ def test_concurrent_submissions_with_one_idempotency_key_make_one_run(pg_url: st
         with session_scope(pg_url) as s:
             assert s.scalar(select(func.count()).select_from(Run).where(Run.idempotency_key == key)) == 1
             assert s.scalar(select(func.count()).select_from(StepRow).where(StepRow.run_id == answers[0][1])) == 1
+
+
+def test_no_change_is_taken_from_a_form_even_a_bodyless_one(api) -> None:  # type: ignore[no-untyped-def]
+    """What a cross-site page can send without asking is a form: a cancel needs no body, so the
+    content type alone must refuse it. The CLI sends JSON; a bare `curl -X POST` sends no type."""
+    client, _ = api
+    run_id = client.post("/runs", json=PLAN).get_json()["id"]
+    for mimetype in ("application/x-www-form-urlencoded", "multipart/form-data", "text/plain"):
+        resp = client.post(f"/runs/{run_id}/cancel", content_type=mimetype)
+        assert resp.status_code == 415, mimetype
+    assert client.get(f"/runs/{run_id}").get_json()["state"] == "QUEUED"
+    assert client.post(f"/runs/{run_id}/cancel").status_code == 200  # no body, no type
