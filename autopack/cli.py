@@ -249,12 +249,12 @@ def follow(client: Any, run_id: str, *, show: bool = True, timeout: float | None
     deadline = None if timeout is None else time.monotonic() + timeout
 
     def ask(fn: Any, *args: Any) -> Any:
-        if deadline is None:
-            return through_outages(fn, *args, outage_s=outage_s, retry_s=retry_s)
-        try:  # an outage is retried only until the wait's own deadline
-            return through_outages(fn, *args, outage_s=max(0.0, min(outage_s, deadline - time.monotonic())), retry_s=retry_s)
+        # An outage is retried for outage_s, and never past the wait's own deadline.
+        window = outage_s if deadline is None else max(0.0, min(outage_s, deadline - time.monotonic()))
+        try:
+            return through_outages(fn, *args, outage_s=window, retry_s=retry_s)
         except ClientError:
-            if time.monotonic() >= deadline:
+            if deadline is not None and time.monotonic() >= deadline:
                 raise WaitTimeout(f"run {run_id}: no answer from the API within the wait's {timeout:g}s") from None
             raise
 
@@ -293,6 +293,13 @@ def _print_run(run: dict[str, Any]) -> None:
                 _out(f"      last failure: {last.get('class')} -> {last.get('action')} ({last.get('source')}): {last.get('reason', '')[:160]}")
 
 
+def _api(args: argparse.Namespace, settings: Settings) -> Any:
+    """The API client of a client command: ``--api`` or the settings' URL, with the settings' token."""
+    from autopack.client import ApiClient
+
+    return ApiClient(args.api or settings.api_url, token=settings.token)
+
+
 def _follow_to_end(client: Any, run_id: str, args: argparse.Namespace) -> int:
     """``run --wait`` and ``status --follow``: the run's events as they come, then the run; exit 0 on
     DONE_SUCCESS, 1 on any other end, 2 when the API cannot be reached, 3 when ``--timeout`` passed first."""
@@ -315,7 +322,7 @@ def _follow_to_end(client: Any, run_id: str, args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
-    from autopack.client import ApiClient, ClientError
+    from autopack.client import ClientError
     from autopack.errors import PlanError
     from autopack.plan import load_plan_text
 
@@ -326,7 +333,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     if args.project:
         data["project"] = args.project
-    client = ApiClient(args.api or settings.api_url, token=settings.token)
+    client = _api(args, settings)
     # One key for this submission, sent again on every retry: a POST whose answer was lost (the web
     # process restarted under it) gets the run it made back, never a second run.
     key = uuid.uuid4().hex
@@ -343,9 +350,9 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
-    from autopack.client import ApiClient, ClientError
+    from autopack.client import ClientError
 
-    client = ApiClient(args.api or settings.api_url, token=settings.token)
+    client = _api(args, settings)
     if args.follow:
         return _follow_to_end(client, args.run_id, args)
     try:
@@ -361,10 +368,10 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
-    from autopack.client import ApiClient, ClientError
+    from autopack.client import ClientError
 
     try:
-        run = ApiClient(args.api or settings.api_url, token=settings.token).cancel(args.run_id)
+        run = _api(args, settings).cancel(args.run_id)
     except ClientError as exc:
         _err(str(exc))
         return 2
@@ -374,7 +381,7 @@ def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_submit_edits(args: argparse.Namespace, settings: Settings) -> int:
     """Post an external Builder's edits for a phase that waits for them."""
-    from autopack.client import ApiClient, ClientError
+    from autopack.client import ClientError
 
     try:
         edits = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
@@ -382,7 +389,7 @@ def cmd_submit_edits(args: argparse.Namespace, settings: Settings) -> int:
         _err(f"cannot read {args.file}: {exc.strerror or exc}")
         return 2
     try:
-        out = ApiClient(args.api or settings.api_url, token=settings.token).builder_result(args.run_id, args.phase, edits, args.by)
+        out = _api(args, settings).builder_result(args.run_id, args.phase, edits, args.by)
     except ClientError as exc:
         _err(str(exc))
         return 2
@@ -430,17 +437,16 @@ def cmd_budgets(args: argparse.Namespace, settings: Settings) -> int:
     """Budget calibration from this state folder's database: per category, spend against the caps."""
     from datetime import timedelta
 
-    from sqlalchemy import select
-
-    from autopack.db.models import Project
     from autopack.db.session import session_scope
     from autopack.engine.calibration import budget_report
     from autopack.engine.leases import db_now
+    from autopack.errors import NotFound
 
     with session_scope(settings.db_url) as s:
-        project = s.scalar(select(Project).where(Project.name == args.project)) if args.project else None
-        if args.project and project is None:
-            _err(f"project {args.project!r} is not registered")
+        try:
+            project = learning_project(s, args.project) if args.project else None
+        except NotFound as exc:
+            _err(str(exc))
             return 2
         report = budget_report(s, project, db_now(s) - timedelta(days=args.days), min_completed=args.min_completed)
     if args.json:

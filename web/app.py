@@ -11,7 +11,7 @@ from typing import Any
 from flask import Flask, Response, jsonify, request
 from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
-from werkzeug.exceptions import HTTPException, UnsupportedMediaType
+from werkzeug.exceptions import HTTPException
 
 from autopack.config import AppConfig, load_config
 from autopack.db.models import Postmortem, Project, Run
@@ -73,10 +73,13 @@ def create_app(
     app.register_blueprint(dashboard_blueprint(db))
 
     @app.before_request
-    def _no_form_writes():  # type: ignore[no-untyped-def]
-        # A cross-site page can send a form (these three types) to this origin without asking, and
-        # nothing else: no change is taken in one, bodyless ones included (a cancel).
-        if request.method not in ("GET", "HEAD", "OPTIONS") and request.mimetype in FORM_TYPES:
+    def _json_writes_only():  # type: ignore[no-untyped-def]
+        # A change comes as JSON. A cross-site page can send a form (these three types) to this
+        # origin without asking, and nothing else: none is taken, bodyless ones included (a cancel).
+        if request.method in ("GET", "HEAD", "OPTIONS"):
+            return None
+        has_body = bool(request.content_length) or "chunked" in request.headers.get("Transfer-Encoding", "")
+        if request.mimetype in FORM_TYPES or (has_body and request.mimetype != "application/json"):
             return _error(415, "unsupported_media_type", "send the body as JSON, with Content-Type: application/json")
         return None
 
@@ -143,36 +146,21 @@ def create_app(
         raw = request.get_data(cache=False, as_text=True)
         if not raw.strip():
             raise PlanError("body", "empty body: send the plan as JSON")
-        if request.mimetype != "application/json":
-            # Also what keeps a cross-site form (which can only send form or text bodies) from
-            # posting a plan with a browser's cached dashboard credentials.
-            raise UnsupportedMediaType("send the body as JSON, with Content-Type: application/json")
         try:
             return json.loads(raw)
         except json.JSONDecodeError as exc:
             raise PlanError("body", f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
 
-    def _float_arg(name: str, default: float, low: float, high: float) -> float:
+    def _num_arg(name: str, default: float, low: float, high: float, kind: type = int) -> Any:
+        """A query parameter of type ``kind`` (int or float) from ``low`` to ``high``, else a 422 naming it."""
         raw = request.args.get(name)
         if raw is None:
             return default
         try:
-            value = float(raw)
+            value = kind(raw)
         except ValueError:
-            raise PlanError(name, "must be a number") from None
+            raise PlanError(name, "must be an integer" if kind is int else "must be a number") from None
         if not low <= value <= high:  # also refuses nan
-            raise PlanError(name, f"must be between {low} and {high}")
-        return value
-
-    def _int_arg(name: str, default: int, low: int = 0, high: int = 10**9) -> int:
-        raw = request.args.get(name)
-        if raw is None:
-            return default
-        try:
-            value = int(raw)
-        except ValueError:
-            raise PlanError(name, "must be an integer") from None
-        if not low <= value <= high:
             raise PlanError(name, f"must be between {low} and {high}")
         return value
 
@@ -198,11 +186,11 @@ def create_app(
         fingerprint = runsvc.request_fingerprint(body)
         try:
             with session_scope(db) as s:
-                runsvc.get_project(s, plan.project)
+                project = runsvc.get_project(s, plan.project)
                 if dry:
                     strategy = runsvc.compile_for(plan, config)
                     return jsonify({"dry_run": True, "strategy": strategy.model_dump(mode="json")}), 200
-                earlier = runsvc.run_for_key(s, plan, key, fingerprint) if key is not None else None
+                earlier = runsvc.run_for_key(s, project, key, fingerprint) if key is not None else None
                 if earlier is not None:  # a retried submission: its run, not a second one
                     return _accepted(earlier.id, earlier.state, earlier.branch, replayed=True)
                 run = runsvc.create_run(s, plan, config, idempotency_key=key, idempotency_fingerprint=fingerprint if key else None)
@@ -213,7 +201,7 @@ def create_app(
             if key is None:
                 raise
             with session_scope(db) as s:  # the same submission, concurrently: the other one made the run
-                earlier = runsvc.run_for_key(s, plan, key, fingerprint)
+                earlier = runsvc.run_for_key(s, runsvc.get_project(s, plan.project), key, fingerprint)
                 if earlier is None:
                     raise
                 log.info("submission with Idempotency-Key %r raced another; answering with its run %s", key, earlier.id)
@@ -223,7 +211,7 @@ def create_app(
 
     @app.get("/runs")
     def list_runs():  # type: ignore[no-untyped-def]
-        limit = _int_arg("limit", 50, 1, 1000)
+        limit = _num_arg("limit", 50, 1, 1000)
         with session_scope(db) as s:
             q = select(Run).order_by(Run.created_at.desc()).limit(limit)
             if state := request.args.get("state"):
@@ -261,7 +249,7 @@ def create_app(
 
     @app.get("/runs/<run_id>/events")
     def events(run_id: str):  # type: ignore[no-untyped-def]
-        after = _int_arg("after", 0)
+        after = _num_arg("after", 0, 0, 10**9)
         with session_scope(db) as s:
             evs = runsvc.list_events(s, run_id, after=after)
         return jsonify({"run_id": run_id, "events": evs, "last_seq": evs[-1]["seq"] if evs else after})
@@ -271,8 +259,8 @@ def create_app(
         """Server-sent events: the run's events from ``after`` (or Last-Event-ID) on, following a
         live run until it ends."""
         header = request.headers.get("Last-Event-ID")
-        after = _int_arg("after", int(header) if header and header.isdigit() else 0)
-        poll = _float_arg("poll", 0.5, 0.05, 10.0)  # seconds between looks at a live run
+        after = _num_arg("after", int(header) if header and header.isdigit() else 0, 0, 10**9)
+        poll = _num_arg("poll", 0.5, 0.05, 10.0, float)  # seconds between looks at a live run
         with session_scope(db) as s:
             runsvc.get_run(s, run_id)
 
@@ -353,10 +341,10 @@ def create_app(
         from autopack.engine.calibration import budget_report as report
         from autopack.engine.leases import db_now
 
-        days = _int_arg("days", 30, 1, 3650)
+        days = _num_arg("days", 30, 1, 3650)
         with session_scope(db) as s:
             project = runsvc.get_project(s, request.args["project"]) if request.args.get("project") else None
-            return jsonify(report(s, project, db_now(s) - timedelta(days=days), min_completed=_int_arg("min_completed", 5, 1, 1000)))
+            return jsonify(report(s, project, db_now(s) - timedelta(days=days), min_completed=_num_arg("min_completed", 5, 1, 1000)))
 
     @app.get("/projects/<name>/rules")
     def project_rules(name: str):  # type: ignore[no-untyped-def]

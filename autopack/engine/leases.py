@@ -42,7 +42,11 @@ def lease_clock(session: Session) -> Any:
     """The clock leases are set and judged by: the database server's on PostgreSQL (``now()``, in
     SQL), so workers on several machines whose clocks disagree never see a live lease as expired;
     this process's on SQLite, which only one machine uses."""
-    return func.now() if session.get_bind().dialect.name == "postgresql" else now_utc()
+    return func.now() if _on_postgres(session) else now_utc()
+
+
+def _on_postgres(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
 
 
 def record_clock(session: Session) -> Any:
@@ -50,7 +54,7 @@ def record_clock(session: Session) -> Any:
     (the moment of the statement; ``now()`` is the transaction's start, which a long transaction
     would date back), this process's clock on SQLite. For events and model calls, whose age is judged
     (re-dispatch after 5 s, outage cooldowns) on the database's clock."""
-    return func.clock_timestamp() if session.get_bind().dialect.name == "postgresql" else now_utc()
+    return func.clock_timestamp() if _on_postgres(session) else now_utc()
 
 
 def db_now(session: Session) -> datetime:

@@ -46,11 +46,10 @@ def request_fingerprint(body: Any) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
-def run_for_key(session: Session, plan: Plan, idempotency_key: str, fingerprint: str) -> Run | None:
-    """The run an earlier submission with ``idempotency_key`` created in the plan's project, or
-    ``None``. The same key with another request (``fingerprint``) is refused with :class:`Conflict`:
-    a client that reused a key by mistake must not get another plan's run back."""
-    project = get_project(session, plan.project)
+def run_for_key(session: Session, project: Project, idempotency_key: str, fingerprint: str) -> Run | None:
+    """The run an earlier submission with ``idempotency_key`` created in ``project``, or ``None``.
+    The same key with another request (``fingerprint``) is refused with :class:`Conflict`: a client
+    that reused a key by mistake must not get another plan's run back."""
     run = session.scalar(select(Run).where(Run.project_id == project.id, Run.idempotency_key == idempotency_key))
     if run is not None and run.idempotency_fingerprint != fingerprint:
         raise Conflict(f"Idempotency-Key {idempotency_key!r} was used for run {run.id} with a different plan")

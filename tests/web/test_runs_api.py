@@ -98,7 +98,8 @@ def test_bad_bodies(api) -> None:  # type: ignore[no-untyped-def]
     assert resp.status_code == 422 and resp.get_json()["field"] == "plan"
     import json
 
-    for mimetype in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data"):  # what a form can send
+    for mimetype in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data",  # what a form can send
+                     "application/xml"):  # and any other type that is not JSON
         resp = client.post("/runs", data=json.dumps(PLAN), content_type=mimetype)
         assert resp.status_code == 415 and resp.get_json()["error"] == "unsupported_media_type", mimetype
     resp = client.post("/runs", json={**PLAN, "project": "nope"})
