@@ -12,6 +12,7 @@ from autopack.engine.faults import crash_point
 from autopack.engine.runner import ReconcileReport, execute_step, fail_step_row, is_infrastructure_error, reconcile
 from autopack.engine.services import Services, build_services
 from autopack.errors import RetryableError
+from autopack.events.dispatch import dispatch_pending
 from autopack.settings import get_settings
 
 log = logging.getLogger("autopack.tasks")
@@ -66,12 +67,32 @@ def run_step(celery: Celery, step_id: int) -> list[StepRef]:
     log.info("step %s -> %s", step_id, nxt)
     try:
         enqueue(celery, nxt)
-        if run_id is not None:  # this worker ran the step: its events go out
-            send_dispatcher(celery, run_id)
     except Exception as exc:  # noqa: BLE001 - all is committed: the reconciler enqueues it
         log.warning("could not enqueue %s (%s); the reconciler will", nxt, exc)
+    if run_id is not None:  # this worker ran the step: its events go out
+        dispatch_after_step(celery, run_id)
     crash_point("before_ack")
     return nxt
+
+
+def dispatch_after_step(celery: Celery, run_id: str) -> None:
+    """The events a step committed go out from its own worker, after the next steps were sent:
+    mirrored and marked here, without a message and a task on the events queue each, up to the
+    first event a handler subscribes to, which (with the rest) is the events queue's. If this
+    fails, they go to the events queue too; if that cannot be reached either, the reconciler
+    re-dispatches them (undispatched after 5 s)."""
+    svc = services()
+    try:
+        report = dispatch_pending(svc, run_id, mirror=svc.mirror, defer_handled=True)
+    except Exception as exc:  # noqa: BLE001 - committed: the events queue or the reconciler will
+        log.warning("could not dispatch the events of run %s here (%s); sending the dispatcher", run_id, exc)
+    else:
+        if not report.deferred:
+            return
+    try:
+        send_dispatcher(celery, run_id)
+    except Exception as exc:  # noqa: BLE001 - committed: the reconciler re-dispatches them
+        log.warning("could not send the dispatcher of run %s (%s); the reconciler will", run_id, exc)
 
 
 class StepTask(Task):  # type: ignore[misc]

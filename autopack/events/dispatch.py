@@ -108,10 +108,20 @@ class DispatchReport:
     deliveries: int = 0
     mirrored: int = 0
     skipped: list[str] = field(default_factory=list)
+    # With ``defer_handled``: an event a handler subscribes to is left, with every event after it,
+    # for a dispatcher on the events queue.
+    deferred: bool = False
 
 
 def dispatch_pending(services: Any, run_id: str | None = None, *, handlers: list[Handler] | None = None,
-                     mirror: Any = None, limit: int = 500) -> DispatchReport:
+                     mirror: Any = None, limit: int = 500, defer_handled: bool = False) -> DispatchReport:
+    """Dispatch the undispatched events (of ``run_id``, or all), in sequence order per run.
+
+    ``defer_handled`` is for a step's own worker, which mirrors and marks its run's events as soon
+    as the step has committed, without a message to the events queue: it stops at the first event
+    a handler subscribes to (a handler may call a model, which is the events queue's work, not a
+    builder's), so the run's events still go out in order, and says so in ``report.deferred``.
+    """
     handlers = HANDLERS if handlers is None else handlers
     report = DispatchReport()
     with session_scope(services.db_url) as s:
@@ -121,9 +131,11 @@ def dispatch_pending(services: Any, run_id: str | None = None, *, handlers: list
         events = [event_dict(e) for e in s.scalars(q)]
     done_ids: list[int] = []
     for ev in events:
-        for h in handlers:
-            if ev["type"] not in h.types:
-                continue
+        subscribed = [h for h in handlers if ev["type"] in h.types]
+        if defer_handled and subscribed:
+            report.deferred = True
+            break
+        for h in subscribed:
             try:
                 if h.prepare is not None:
                     with session_scope(services.db_url) as s:

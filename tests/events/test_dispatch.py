@@ -14,7 +14,7 @@ from sqlalchemy import func, select, text
 from autopack.db.models import Event, EventDelivery, Postmortem, Project
 from autopack.db.session import session_scope
 from autopack.engine import runs as runsvc
-from autopack.events.dispatch import dispatch_pending
+from autopack.events.dispatch import Handler, dispatch_pending
 from autopack.settings import ROOT, Settings
 from tests.engine.harness import demo_plan
 from tests.events.effects import create_table, effect_handlers
@@ -74,3 +74,31 @@ def test_postmortem_is_written_once_when_a_run_ends(local_settings: Settings) ->
         assert pms[0].markdown.startswith(f"# Postmortem of run {cancelled}")
         assert "**Outcome:** CANCELLED" in pms[0].markdown
         assert s.scalar(select(func.count()).select_from(EventDelivery)) == 1
+
+
+def test_a_steps_worker_dispatches_up_to_the_first_handled_event_and_leaves_the_rest(local_settings: Settings) -> None:
+    cancelled, running = _two_runs(local_settings)
+    services = SimpleNamespace(db_url=local_settings.db_url)
+    only_cancel = [Handler(h.name, frozenset({"run.cancelled"}), h.fn) for h in effect_handlers()]
+    appended: list[tuple[str, int]] = []
+    mirror = SimpleNamespace(append=lambda ev: appended.append((ev["run_id"], ev["seq"])) or "1-0")
+
+    def undispatched(run_id: str) -> list[str]:
+        with session_scope(local_settings.db_url) as s:
+            return list(s.scalars(select(Event.type).where(Event.run_id == run_id, Event.dispatched.is_(False)).order_by(Event.seq)))
+
+    # The cancelled run: run.queued goes out here; run.cancelled, which a handler takes, stays.
+    report = dispatch_pending(services, cancelled, handlers=only_cancel, mirror=mirror, defer_handled=True)
+    assert (report.events, report.deliveries, report.deferred) == (1, 0, True)
+    assert appended == [(cancelled, 1)] and undispatched(cancelled) == ["run.cancelled"]
+    assert _effects(local_settings.db_url) == []
+    # The other run has no handled event: all of it goes out, nothing is deferred.
+    report = dispatch_pending(services, running, handlers=only_cancel, mirror=mirror, defer_handled=True)
+    assert (report.events, report.deferred) == (1, False) and undispatched(running) == []
+    # The events queue's dispatcher then delivers the rest, in order.
+    report = dispatch_pending(services, cancelled, handlers=only_cancel, mirror=mirror)
+    assert (report.events, report.deliveries, report.deferred) == (1, 2, False)
+    assert appended == [(cancelled, 1), (running, 1), (cancelled, 2)] and undispatched(cancelled) == []
+    with session_scope(local_settings.db_url) as s:
+        cancel_event = s.scalar(select(Event.id).where(Event.run_id == cancelled, Event.type == "run.cancelled"))
+    assert _effects(local_settings.db_url) == [(cancel_event, "first"), (cancel_event, "second")]

@@ -8,7 +8,11 @@ from pathlib import Path
 
 import pytest
 from celery.contrib.testing.worker import start_worker
+from celery.signals import task_prerun
+from sqlalchemy import func, select
 
+from autopack.db.models import Event
+from autopack.db.session import session_scope
 from autopack.plan import load_plan_file
 from tasks.app import QUEUES, ROUTES, app
 from tasks.runtime import set_services
@@ -52,19 +56,35 @@ def test_run_through_api_and_worker(local_settings, demo_repo: Path) -> None:
     register(local_settings, demo_repo)
     set_services(services)
     client = create_app(local_settings, config=services.config).test_client()
+    ran: list[str] = []
+
+    def count(sender, **_kw) -> None:  # type: ignore[no-untyped-def]
+        ran.append(sender.name)
+
+    task_prerun.connect(count, weak=False)
     try:
         with start_worker(app, pool="threads", concurrency=4, perform_ping_check=False, queues=list(QUEUES), shutdown_timeout=30):
             resp = client.post("/runs", json=load_plan_file(DEMO / "plan.yaml").model_dump(mode="json"))
             assert resp.status_code == 202, resp.get_json()
             run_id = resp.get_json()["id"]
             v = wait_terminal(services, run_id)
+            deadline = time.monotonic() + 30  # the postmortem follows the run's end
+            while client.get(f"/runs/{run_id}/postmortem").status_code != 200 and time.monotonic() < deadline:
+                time.sleep(0.1)
     finally:
+        task_prerun.disconnect(count)
         set_services(None)
     assert v["state"] == "DONE_SUCCESS", v["failure_reason"]
     assert [p["attempts"] for t in v["tiers"] for p in t["phases"]] == [2, 2, 1]
     events = client.get(f"/runs/{run_id}/events").get_json()["events"]
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
     assert events[-1]["type"] == "run.finished" and events[-1]["payload"]["state"] == "DONE_SUCCESS"
+    # Each step's worker sent its events out itself; only run.finished, which handlers take (the
+    # postmortem, the rules), went to the events queue's dispatcher: once, from the last step.
+    assert ran.count("autopack.events.dispatch") == 1, ran
+    assert ran.count("autopack.decide") == 5
+    with session_scope(local_settings.db_url) as s:
+        assert s.scalar(select(func.count()).select_from(Event).where(Event.run_id == run_id, Event.dispatched.is_(False))) == 0
 
 
 def test_a_step_that_fails_for_good_ends_the_run(local_settings, demo_repo: Path) -> None:
