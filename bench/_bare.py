@@ -6,8 +6,8 @@ processes, so the only difference left is what Autopack's steps do.
 
 A bare phase is the pipeline's hops with nothing in them: build (queue build) → probe (ci) → audit
 (audit) → decide (events) → the next phase's build, each hop a task that sends the next one by
-name. With ``dispatch`` each hop also sends a no-op to ``events``, as Autopack's task shell sends
-the event dispatcher after every step. ``decide`` pushes its time on a Redis list, so the driver
+name: one message per hop, as Autopack's pipeline sends (a step's worker sends its events out
+itself, with no message of its own). ``decide`` pushes its time on a Redis list, so the driver
 measures the same interval as for Autopack (one decide to the next).
 
 The *work-matched* chain (``start_matched``) has the same four hops on the same queues, but each
@@ -55,34 +55,25 @@ def _r() -> redis.Redis:
     return _redis
 
 
-def start(key: str, phases: int, dispatch: bool) -> None:
+def start(key: str, phases: int) -> None:
     """Send the first hop of a chain of ``phases`` bare phases; its decides are pushed on ``key``."""
-    app.send_task(HOPS[0][0], args=[key, 0, 0, phases, dispatch], queue=HOPS[0][1])
+    app.send_task(HOPS[0][0], args=[key, 0, 0, phases], queue=HOPS[0][1])
 
 
-def _hop(key: str, phase: int, index: int, phases: int, dispatch: bool) -> None:
+def _hop(key: str, phase: int, index: int, phases: int) -> None:
     if index == len(HOPS) - 1:
         _r().rpush(key, repr(time.time()))
         phase, index = phase + 1, 0
         if phase == phases:
-            if dispatch:
-                app.send_task("bench.bare.dispatch", args=[key], queue="events")
             return
     else:
         index += 1
     name, queue = HOPS[index]
-    app.send_task(name, args=[key, phase, index, phases, dispatch], queue=queue)
-    if dispatch:
-        app.send_task("bench.bare.dispatch", args=[key], queue="events")
+    app.send_task(name, args=[key, phase, index, phases], queue=queue)
 
 
 for _name, _queue in HOPS:
     app.task(name=_name)(_hop)
-
-
-@app.task(name="bench.bare.dispatch")
-def _dispatch(key: str) -> None:
-    return None
 
 
 # ------------------------------------------------------------------------------ work-matched chain
@@ -125,17 +116,14 @@ def _get_sandbox() -> Any:
     return _sandbox
 
 
-def start_matched(key: str, repo: str, ref: str, head: str, phases: int, dispatch: bool) -> None:
+def start_matched(key: str, repo: str, ref: str, head: str, phases: int) -> None:
     """Send the first build of ``phases`` work-matched phases on ``ref`` (which is at ``head``)."""
-    app.send_task(MATCHED[0][0], args=[key, repo, ref, 0, phases, dispatch, head, None], queue=MATCHED[0][1])
+    app.send_task(MATCHED[0][0], args=[key, repo, ref, 0, phases, head, None], queue=MATCHED[0][1])
 
 
-def _send(index: int, key: str, repo: str, ref: str, phase: int, phases: int, dispatch: bool,
-          parent: str, commit: str | None) -> None:
+def _send(index: int, key: str, repo: str, ref: str, phase: int, phases: int, parent: str, commit: str | None) -> None:
     name, queue = MATCHED[index]
-    app.send_task(name, args=[key, repo, ref, phase, phases, dispatch, parent, commit], queue=queue)
-    if dispatch:
-        app.send_task("bench.bare.dispatch", args=[key], queue="events")
+    app.send_task(name, args=[key, repo, ref, phase, phases, parent, commit], queue=queue)
 
 
 def _failing(fn: Any) -> Any:
@@ -152,7 +140,7 @@ def _failing(fn: Any) -> Any:
 
 @app.task(name=MATCHED[0][0])
 @_failing
-def _matched_build(key: str, repo: str, ref: str, phase: int, phases: int, dispatch: bool, parent: str, _c: None) -> None:
+def _matched_build(key: str, repo: str, ref: str, phase: int, phases: int, parent: str, _c: None) -> None:
     path = f"out/p{phase}.txt"
     blob = _git(repo, "hash-object", "-w", "--stdin", input=f"p{phase}\n")
     with tempfile.TemporaryDirectory(prefix="bench-index-") as tmp:
@@ -161,12 +149,12 @@ def _matched_build(key: str, repo: str, ref: str, phase: int, phases: int, dispa
         _git(repo, "update-index", "--add", "--cacheinfo", f"100644,{blob},{path}", index=index)
         tree = _git(repo, "write-tree", index=index)
     commit = _git(repo, "commit-tree", tree, "-p", parent, "-m", f"bench p{phase}\n\nBench-Chain: {key}")
-    _send(1, key, repo, ref, phase, phases, dispatch, parent, commit)
+    _send(1, key, repo, ref, phase, phases, parent, commit)
 
 
 @app.task(name=MATCHED[1][0])
 @_failing
-def _matched_probe(key: str, repo: str, ref: str, phase: int, phases: int, dispatch: bool, parent: str, commit: str) -> None:
+def _matched_probe(key: str, repo: str, ref: str, phase: int, phases: int, parent: str, commit: str) -> None:
     from autopack.sandbox import SandboxLimits
 
     with tempfile.TemporaryDirectory(prefix="bench-tree-") as tmp:
@@ -180,24 +168,22 @@ def _matched_probe(key: str, repo: str, ref: str, phase: int, phases: int, dispa
     if res.exit_code != 0 or 'failures="0"' not in report:
         raise RuntimeError(f"the test run failed: exit {res.exit_code}, killed {res.killed}, report {report[:200]!r}, "
                            f"stderr {res.stderr[-500:]!r}")
-    _send(2, key, repo, ref, phase, phases, dispatch, parent, commit)
+    _send(2, key, repo, ref, phase, phases, parent, commit)
 
 
 @app.task(name=MATCHED[2][0])
 @_failing
-def _matched_audit(key: str, repo: str, ref: str, phase: int, phases: int, dispatch: bool, parent: str, commit: str) -> None:
+def _matched_audit(key: str, repo: str, ref: str, phase: int, phases: int, parent: str, commit: str) -> None:
     if f"out/p{phase}.txt" not in _git(repo, "diff", parent, commit):
         raise RuntimeError(f"the diff {parent}..{commit} lacks out/p{phase}.txt")
-    _send(3, key, repo, ref, phase, phases, dispatch, parent, commit)
+    _send(3, key, repo, ref, phase, phases, parent, commit)
 
 
 @app.task(name=MATCHED[3][0])
 @_failing
-def _matched_decide(key: str, repo: str, ref: str, phase: int, phases: int, dispatch: bool, parent: str, commit: str) -> None:
+def _matched_decide(key: str, repo: str, ref: str, phase: int, phases: int, parent: str, commit: str) -> None:
     _git(repo, "update-ref", "-m", "bench", ref, commit, parent)
     _r().rpush(key, repr(time.time()))
     if phase + 1 == phases:
-        if dispatch:
-            app.send_task("bench.bare.dispatch", args=[key], queue="events")
         return
-    _send(0, key, repo, ref, phase + 1, phases, dispatch, commit, None)
+    _send(0, key, repo, ref, phase + 1, phases, commit, None)

@@ -19,7 +19,7 @@ real sandbox (two test runs per phase: none here, one probe; the baseline is out
 Per phase = (time the last phase's decide step finished − time the first one's did) / (phases − 1):
 N−1 whole cycles build → probe → audit → decide → next build, without run setup and baseline.
 The bare chains are timed the same way (each bare decide pushes its time). Rounds alternate the
-bare chain, the bare chain with dispatch messages, the work-matched chain and Autopack; the figures
+bare chain, the work-matched chain and Autopack; the figures
 are medians over rounds, and the best round of each
 (the least disturbed by other load on the machine) is printed beside them. Task runtimes (worker side, from Celery task events)
 split Autopack's time per phase into work inside tasks and the rest (broker, queue waits).
@@ -75,16 +75,16 @@ def _per_phase(cluster: Cluster, key: str, phases: int, timeout: float, what: st
     return (times[-1] - times[0]) / (phases - 1)
 
 
-def bare_round(cluster: Cluster, phases: int, dispatch: bool, timeout: float) -> float:
+def bare_round(cluster: Cluster, phases: int, timeout: float) -> float:
     import _bare
 
     key = f"bench:bare:{time.time_ns()}"
-    _bare.start(key, phases, dispatch)
+    _bare.start(key, phases)
     return _per_phase(cluster, key, phases, timeout, "bare chain")
 
 
 def matched_round(cluster: Cluster, repo: Path, phases: int, timeout: float) -> float:
-    """The work-matched bare chain (no dispatch messages, like the hop-only one) on a fresh branch
+    """The work-matched bare chain (one message per hop, like the hop-only one) on a fresh branch
     of ``repo`` from ``main``; checks afterwards that the branch got exactly one commit per phase."""
     import _bare
 
@@ -92,7 +92,7 @@ def matched_round(cluster: Cluster, repo: Path, phases: int, timeout: float) -> 
     ref = f"refs/heads/matched-{time.time_ns()}"
     head = git(repo, "rev-parse", "main").strip()
     git(repo, "update-ref", ref, head)
-    _bare.start_matched(key, str(repo), ref, head, phases, False)
+    _bare.start_matched(key, str(repo), ref, head, phases)
     per_phase = _per_phase(cluster, key, phases, timeout, "work-matched bare chain")
     count = int(git(repo, "rev-list", "--count", f"{head}..{ref}").strip())
     if count != phases:
@@ -131,15 +131,13 @@ def measure(sandbox: str, phases: int, rounds: int, work: Path) -> dict[str, flo
         matched_repo = make_target(work / f"matched-target-{sandbox}")
         # Warm-up: imports, connections, the first git and sandbox runs.
         autopack_round(cluster, 2, 120)
-        bare_round(cluster, 2, False, 60)
-        bare_round(cluster, 2, True, 60)
+        bare_round(cluster, 2, 60)
         matched_round(cluster, matched_repo, 2, 60)
-        bare, bare_d, matched, ap = [], [], [], []
+        bare, matched, ap = [], [], []
         runtimes: dict[str, list[float]] = {}
         with TaskTap() as tap:
             for _ in range(rounds):
-                bare.append(bare_round(cluster, phases, False, 120))
-                bare_d.append(bare_round(cluster, phases, True, 120))
+                bare.append(bare_round(cluster, phases, 120))
                 matched.append(matched_round(cluster, matched_repo, phases, 150))
                 ap.append(autopack_round(cluster, phases, 150))
                 time.sleep(0.5)  # let the last task events arrive
@@ -149,7 +147,6 @@ def measure(sandbox: str, phases: int, rounds: int, work: Path) -> dict[str, flo
     out = {
         "sandbox": sandbox,
         "bare_s_per_phase": statistics.median(bare),
-        "bare_dispatch_s_per_phase": statistics.median(bare_d),
         "autopack_s_per_phase": med["per_phase"],
         "autopack_end_to_end_s_per_phase": med["end_to_end_per_phase"],
         "autopack_rounds_s_per_phase": [round(r["per_phase"], 4) for r in ap],
@@ -167,7 +164,6 @@ def measure(sandbox: str, phases: int, rounds: int, work: Path) -> dict[str, flo
     out["bare_best_s_per_phase"] = min(bare)
     out["autopack_best_s_per_phase"] = min(r["per_phase"] for r in ap)
     out["ratio_best"] = out["autopack_best_s_per_phase"] / out["bare_best_s_per_phase"]
-    out["ratio_vs_bare_dispatch"] = out["autopack_s_per_phase"] / out["bare_dispatch_s_per_phase"]
     out["hops"] = {k[4:]: round(v, 4) for k, v in med.items() if k.startswith("hop_")}
     out["task_runtime_mean_s"] = {k: round(statistics.mean(v), 4) for k, v in sorted(runtimes.items())}
     out["task_count_per_phase"] = {k: round(len(v) / (rounds * phases), 2) for k, v in sorted(runtimes.items())}
@@ -182,12 +178,11 @@ def report(r: dict) -> None:
     sb = r["sandbox"]
     say(f"[sandbox={sb}] bare Celery chain, 4 hops/phase (build→probe→audit→decide→next): {ms(r['bare_s_per_phase'])} per phase "
         f"(rounds: {', '.join(ms(x) for x in r['bare_rounds_s_per_phase'])})")
-    say(f"[sandbox={sb}] bare chain + a dispatch message per hop (Autopack's message count): {ms(r['bare_dispatch_s_per_phase'])} per phase")
     say(f"[sandbox={sb}] Autopack, decide to decide: {ms(r['autopack_s_per_phase'])} per phase "
         f"(rounds: {', '.join(ms(x) for x in r['autopack_rounds_s_per_phase'])}); "
         f"end to end incl. setup and baseline: {ms(r['autopack_end_to_end_s_per_phase'])} per phase")
-    say(f"[sandbox={sb}] ratio Autopack / bare chain: {r['ratio']:.1f}x (medians; goal <= 3x); vs bare chain with dispatch: "
-        f"{r['ratio_vs_bare_dispatch']:.1f}x; best rounds: {ms(r['autopack_best_s_per_phase'])} / {ms(r['bare_best_s_per_phase'])} = {r['ratio_best']:.1f}x")
+    say(f"[sandbox={sb}] ratio Autopack / bare chain: {r['ratio']:.1f}x (medians; goal <= 3x); best rounds: "
+        f"{ms(r['autopack_best_s_per_phase'])} / {ms(r['bare_best_s_per_phase'])} = {r['ratio_best']:.1f}x")
     say(f"[sandbox={sb}] work-matched bare chain, same 4 hops, each doing its step's minimal work (blob + commit-tree; "
         f"tree export + the test run; git diff; update-ref CAS): {ms(r['work_matched_s_per_phase'])} per phase "
         f"(rounds: {', '.join(ms(x) for x in r['work_matched_rounds_s_per_phase'])}); "
