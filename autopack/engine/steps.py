@@ -355,10 +355,12 @@ def _start_next_tier(s: Session, run: Run) -> list[Step]:
 
 
 def _start_next_phase(s: Session, run: Run, tier: Tier) -> list[Step]:
-    for ph in tier.phases:
-        if ph.state == PhaseState.QUEUED:
-            emit(s, run.id, "phase.queued", phase_key=ph.key)
-            return [("build", ph.id)]
+    # The tier's first queued phase, by one indexed query (not the tier's every phase, each decide).
+    ph = s.scalars(select(Phase).where(Phase.tier_id == tier.id, Phase.state == PhaseState.QUEUED)
+                   .order_by(Phase.index).limit(1)).first()
+    if ph is not None:
+        emit(s, run.id, "phase.queued", phase_key=ph.key)
+        return [("build", ph.id)]
     rb = run.strategy["run"]
     majors = issues.open_major_in_tier(s, run.id, tier.key)
     if majors > int(rb.get("tier_major_issue_threshold", 2)):
@@ -578,12 +580,22 @@ def _commit_candidate(services: Services, ctx: StepContext, phase_id: int, attem
 
 
 def _last_model_of_category(s: Session, run: Run, ph: Phase) -> str | None:
-    """The model that completed the latest earlier phase of the same category in this run."""
-    for other in sorted(run.phases, key=lambda p: -p.index):
-        if other.index < ph.index and other.spec.get("category") == ph.spec.get("category") and other.state == PhaseState.COMPLETE:
-            accepted = [a for a in other.attempts if a.decision == "complete"]
-            return accepted[-1].model if accepted else None
-    return None
+    """The model that completed the latest earlier phase of the same category in this run.
+
+    Reads the earlier complete phases' ids and specs, latest first, only until one matches, and that
+    phase's accepted attempt: not every phase of the run with its attempts (a build of phase 100
+    would otherwise load 99 phases)."""
+    earlier = s.execute(
+        select(Phase.id, Phase.spec)
+        .where(Phase.run_id == run.id, Phase.index < ph.index, Phase.state == PhaseState.COMPLETE)
+        .order_by(Phase.index.desc())
+    )
+    category = ph.spec.get("category")
+    match = next((pid for pid, spec in earlier if spec.get("category") == category), None)
+    if match is None:
+        return None
+    return s.scalar(select(Attempt.model).where(Attempt.phase_id == match, Attempt.decision == "complete")
+                    .order_by(Attempt.number.desc()).limit(1))
 
 
 def _attempt_failed(
