@@ -295,9 +295,12 @@ def _print_run(run: dict[str, Any]) -> None:
 
 def _api(args: argparse.Namespace, settings: Settings) -> Any:
     """The API client of a client command: ``--api`` or the settings' URL, with the settings' token."""
-    from autopack.client import ApiClient
+    from autopack.client import ApiClient, sends_in_clear
 
-    return ApiClient(args.api or settings.api_url, token=settings.token)
+    url = args.api or settings.api_url
+    if settings.token and sends_in_clear(url):
+        _err(f"warning: the API token goes to {url} over plain http, readable on the way; use https or a loopback address")
+    return ApiClient(url, token=settings.token)
 
 
 def _follow_to_end(client: Any, run_id: str, args: argparse.Namespace) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import ipaddress
 import json
 import urllib.error
 import urllib.parse
@@ -29,6 +30,24 @@ class ApiError(ClientError):
         self.body = body
 
 
+def sends_in_clear(base_url: str) -> bool:
+    """Whether a request to ``base_url`` crosses a network unencrypted: plain http to a host that is
+    not this machine's loopback (``localhost``, 127.0.0.0/8, ``::1``)."""
+    try:
+        parts = urllib.parse.urlsplit(base_url)
+        host = parts.hostname or ""
+    except ValueError:  # a malformed URL: request() refuses it
+        return False
+    if parts.scheme != "http":
+        return False
+    if host == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name: it may resolve anywhere
+        return True
+
+
 class ApiClient:
     def __init__(self, base_url: str, timeout: float = 30.0, token: str | None = None) -> None:
         self.base = base_url.rstrip("/")
@@ -36,8 +55,12 @@ class ApiClient:
         self._auth = {"Authorization": f"Bearer {token}"} if token else {}
 
     def request(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
-        parts = urllib.parse.urlsplit(self.base)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
+        try:
+            parts = urllib.parse.urlsplit(self.base)
+            parts.port  # noqa: B018 - raises on a port that is not a number
+        except ValueError:
+            parts = None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
             raise ClientError(f"invalid API URL {self.base!r}: give it as http://host:port")
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.base + path, data=data, method=method,

@@ -362,8 +362,10 @@ def test_garbled_answers_and_bad_urls_are_errors_not_tracebacks(state: Settings,
     finally:
         server.join(timeout=10)
         listener.close()
-    assert main(["status", "x", "--api", "127.0.0.1:8000"]) == 2
-    assert "invalid API URL '127.0.0.1:8000'" in capsys.readouterr().err
+    for bad in ("127.0.0.1:8000", "http://[::1", "http://127.0.0.1:80x"):
+        assert main(["status", "x", "--api", bad]) == 2
+        err = capsys.readouterr().err
+        assert f"invalid API URL {bad!r}" in err and "Traceback" not in err, err
 
 
 def test_a_wait_with_a_timeout_ends_on_time_while_the_api_is_away(state: Settings, demo_repo: Path,
@@ -380,3 +382,18 @@ def test_a_wait_with_a_timeout_ends_on_time_while_the_api_is_away(state: Setting
     took = time.monotonic() - started
     err = capsys.readouterr().err
     assert f"run {run_id}: no answer from the API within the wait's 1.5s" in err and took < 10, (took, err)
+
+
+def test_a_token_about_to_cross_a_network_in_clear_is_warned_about(state: Settings, monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    port = free_port()
+    monkeypatch.setenv("AUTOPACK_API_TOKEN", "s3cret-for-this-test")
+    assert main(["status", "x", "--api", f"http://0.0.0.0:{port}"]) == 2  # not loopback by address (it is this machine)
+    err = capsys.readouterr().err
+    assert err.startswith(f"autopack: warning: the API token goes to http://0.0.0.0:{port} over plain http")
+    assert "s3cret" not in err
+    assert main(["status", "x", "--api", f"http://127.0.0.1:{port}"]) == 2
+    assert "warning" not in capsys.readouterr().err
+    monkeypatch.delenv("AUTOPACK_API_TOKEN")
+    assert main(["status", "x", "--api", f"http://0.0.0.0:{port}"]) == 2  # no token, nothing to warn about
+    assert "warning" not in capsys.readouterr().err
