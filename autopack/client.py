@@ -32,14 +32,18 @@ class ApiError(ClientError):
 
 def sends_in_clear(base_url: str) -> bool:
     """Whether a request to ``base_url`` crosses a network unencrypted: plain http to a host that is
-    not this machine's loopback (``localhost``, 127.0.0.0/8, ``::1``)."""
+    not this machine's loopback (``localhost``, 127.0.0.0/8, ``::1``), or through an http proxy
+    (``http_proxy``, which urllib uses for loopback too unless ``no_proxy`` names it)."""
     try:
         parts = urllib.parse.urlsplit(base_url)
         host = parts.hostname or ""
+        parts.port  # noqa: B018 - raises on a port that is not a number
     except ValueError:  # a malformed URL: request() refuses it
         return False
     if parts.scheme != "http":
         return False
+    if urllib.request.getproxies().get("http") and not urllib.request.proxy_bypass(host):
+        return True
     if host == "localhost":
         return False
     try:

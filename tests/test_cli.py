@@ -387,6 +387,8 @@ def test_a_wait_with_a_timeout_ends_on_time_while_the_api_is_away(state: Setting
 def test_a_token_about_to_cross_a_network_in_clear_is_warned_about(state: Settings, monkeypatch: pytest.MonkeyPatch,
                                                                    capsys: pytest.CaptureFixture[str]) -> None:
     port = free_port()
+    for var in ("http_proxy", "HTTP_PROXY"):
+        monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("AUTOPACK_API_TOKEN", "s3cret-for-this-test")
     assert main(["status", "x", "--api", f"http://0.0.0.0:{port}"]) == 2  # not loopback by address (it is this machine)
     err = capsys.readouterr().err

@@ -94,6 +94,8 @@ HANDLERS: list[Handler] = [
 
 
 def register(handler: Handler) -> None:
+    """Add (or replace) a handler. Every worker process must register the same handlers, at import:
+    a step's worker marks an event no handler of its own takes as dispatched (``defer_handled``)."""
     HANDLERS[:] = [h for h in HANDLERS if h.name != handler.name] + [handler]
 
 

@@ -80,9 +80,11 @@ def test_run_through_api_and_worker(local_settings, demo_repo: Path) -> None:
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
     assert events[-1]["type"] == "run.finished" and events[-1]["payload"]["state"] == "DONE_SUCCESS"
     # Each step's worker sent its events out itself; only run.finished, which handlers take (the
-    # postmortem, the rules), went to the events queue's dispatcher: once, from the last step.
-    assert ran.count("autopack.events.dispatch") == 1, ran
+    # postmortem, the rules), went to the events queue's dispatcher: from the last step, and from a
+    # step before it whose worker came to its events only after run.finished was written (the
+    # last audit's, say, on a busy machine). Before, every one of the 20 steps sent it.
     assert ran.count("autopack.decide") == 5
+    assert 1 <= ran.count("autopack.events.dispatch") <= 3, ran
     with session_scope(local_settings.db_url) as s:
         assert s.scalar(select(func.count()).select_from(Event).where(Event.run_id == run_id, Event.dispatched.is_(False))) == 0
 
