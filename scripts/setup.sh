@@ -22,16 +22,14 @@ if ! command -v bwrap >/dev/null 2>&1; then
     exit 1
   fi
 fi
-# faketime (tests only): runs a worker process with a skewed clock, for the lease-clock tests.
-if ! command -v faketime >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-  echo "installing faketime (for the tests) …"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq faketime >/dev/null 2>&1 \
-    || { apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq faketime >/dev/null; }
-fi
-# Node.js (tests only): runs the dashboard's page script against a live API.
-if ! command -v node >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-  echo "installing Node.js (for the dashboard's script test) …"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs >/dev/null 2>&1 \
-    || { apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs >/dev/null; }
-fi
+# Test tools (the tests only), installed as root where apt-get is.
+test_tool() {  # command, Debian package, what for
+  if ! command -v "$1" >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing $2 ($3) …"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null 2>&1 \
+      || { apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null; }
+  fi
+}
+test_tool faketime faketime "a worker with a skewed clock, for the lease-clock tests"
+test_tool node nodejs "the dashboard's page script, run against a live API"
 echo "setup done: .venv ready, $(bwrap --version)"
