@@ -438,11 +438,8 @@ def cmd_cleanup(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_budgets(args: argparse.Namespace, settings: Settings) -> int:
     """Budget calibration from this state folder's database: per category, spend against the caps."""
-    from datetime import timedelta
-
     from autopack.db.session import session_scope
     from autopack.engine.calibration import budget_report
-    from autopack.engine.leases import db_now
     from autopack.errors import NotFound
 
     with session_scope(settings.db_url) as s:
@@ -451,7 +448,7 @@ def cmd_budgets(args: argparse.Namespace, settings: Settings) -> int:
         except NotFound as exc:
             _err(str(exc))
             return 2
-        report = budget_report(s, project, db_now(s) - timedelta(days=args.days), min_completed=args.min_completed)
+        report = budget_report(s, project, args.days, min_completed=args.min_completed)
     if args.json:
         _out(json.dumps(report, indent=2))
         return 0
@@ -554,6 +551,8 @@ def _int_in(low: int, high: int) -> Callable[[str], int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from autopack.governance.calibrate import DAYS, MIN_COMPLETED  # pure, cheap to import
+
     p = argparse.ArgumentParser(prog="autopack", description="Autonomous, budgeted, audited software builds.")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -561,8 +560,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--api", help="API base URL (default: AUTOPACK_API_URL or http://127.0.0.1:8000)")
 
     def wait_args(sp: argparse.ArgumentParser, flag: str, retry_note: str) -> None:
-        sp.add_argument("--timeout", type=float, help=f"with {flag}: stop waiting after this many seconds (the run goes on)")
-        sp.add_argument("--retry-for", type=float, default=300.0, metavar="SECONDS",
+        sp.add_argument("--timeout", type=_non_negative_seconds, help=f"with {flag}: stop waiting after this many seconds (the run goes on)")
+        sp.add_argument("--retry-for", type=_non_negative_seconds, default=300.0, metavar="SECONDS",
                         help="keep trying an API that cannot be reached (or answers 502/503/504) this long (default 300)"
                              + (f"; {retry_note}" if retry_note else ""))
 
@@ -647,8 +646,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("budgets", help="budget calibration: per category, phase spend against the caps, and caps that fit")
     sp.add_argument("--project")
-    sp.add_argument("--days", type=_int_in(1, 3650), default=30, help="phases finished in the last N days (default 30)")
-    sp.add_argument("--min-completed", type=_int_in(1, 1000), default=5,
+    sp.add_argument("--days", type=_int_in(*DAYS[1:]), default=DAYS[0], help=f"phases finished in the last N days (default {DAYS[0]})")
+    sp.add_argument("--min-completed", type=_int_in(*MIN_COMPLETED[1:]), default=MIN_COMPLETED[0],
                     help="completed phases a category needs for a suggestion (default 5)")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_budgets)

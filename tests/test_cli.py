@@ -399,3 +399,11 @@ def test_a_token_about_to_cross_a_network_in_clear_is_warned_about(state: Settin
     monkeypatch.delenv("AUTOPACK_API_TOKEN")
     assert main(["status", "x", "--api", f"http://0.0.0.0:{port}"]) == 2  # no token, nothing to warn about
     assert "warning" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["status", "x", "--follow", "--retry-for", "nan"], ["status", "x", "--follow", "--timeout", "-1"],
+                                  ["run", "plan.yaml", "--wait", "--timeout", "soon"]])
+def test_wait_times_must_be_seconds(state: Settings, argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:  # refused by the parser, before any request
+        main(argv)
+    assert exc.value.code == 2 and "seconds" in capsys.readouterr().err

@@ -14,6 +14,11 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+# (default, lowest, highest) of a report's window in days and of the completed phases a category
+# needs before a cap is suggested: what the CLI and the API accept.
+DAYS = (30, 1, 3650)
+MIN_COMPLETED = (5, 1, 1000)
+
 
 @dataclass(frozen=True)
 class PhaseSample:
