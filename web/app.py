@@ -9,13 +9,12 @@ from collections.abc import Callable
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
-from sqlalchemy import select, text
+from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from werkzeug.exceptions import HTTPException
 
 from autopack.config import AppConfig, load_config
-from autopack.db.models import Postmortem, Project, Run
-from autopack.db.problems import database_problem
+from autopack.db.models import Postmortem
 from autopack.db.session import session_scope
 from autopack.engine import runs as runsvc
 from autopack.engine.external import submit_builder_result
@@ -23,8 +22,9 @@ from autopack.engine.leases import add_steps
 from autopack.errors import Conflict, InvalidRequest, NotFound, PlanError
 from autopack.plan import parse_plan
 from autopack.settings import Settings, get_settings
-from autopack.states import RunState
+from autopack.states import RunState, is_terminal_run
 from web.auth import OPEN_PATHS, token_matches
+from web.db_errors import database_answer
 from web.dashboard import dashboard_blueprint
 from web.openapi import build_openapi
 
@@ -116,18 +116,10 @@ def create_app(
 
     @app.errorhandler(DBAPIError)
     def _database(exc: DBAPIError):  # type: ignore[no-untyped-def]
-        # The driver's message may name hosts: it goes to the log only.
-        problem = database_problem(exc)
-        if problem == "unavailable":  # restarting, failing over, out of connections
-            log.warning("database unavailable for %s %s: %s", request.method, request.path, type(exc).__name__)
-            resp, status = _error(503, "unavailable", "the database is unavailable; try again shortly")
-            resp.headers["Retry-After"] = "5"
-            return resp, status
-        if problem == "schema":
-            log.error("database schema out of date for %s %s: %s", request.method, request.path, exc.orig)
-            return _error(500, "schema_out_of_date", "the database schema is older than this Autopack: run `autopack migrate`")
-        log.exception("database error for %s %s", request.method, request.path)
-        return _error(500, "internal_error", "internal error (see the web process's log)")
+        answer = database_answer(exc)
+        resp, status = _error(answer.status, answer.code, answer.message)
+        resp.headers.update(answer.headers)
+        return resp, status
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException):  # type: ignore[no-untyped-def]
@@ -183,7 +175,7 @@ def create_app(
         plan = parse_plan(body)
         dry = request.args.get("dry_run", "false").lower() in ("1", "true", "yes")
         key = _idempotency_key()
-        fingerprint = runsvc.request_fingerprint(body)
+        fingerprint = runsvc.request_fingerprint(body) if key is not None else None
         try:
             with session_scope(db) as s:
                 project = runsvc.get_project(s, plan.project)
@@ -193,7 +185,7 @@ def create_app(
                 earlier = runsvc.run_for_key(s, project, key, fingerprint) if key is not None else None
                 if earlier is not None:  # a retried submission: its run, not a second one
                     return _accepted(earlier.id, earlier.state, earlier.branch, replayed=True)
-                run = runsvc.create_run(s, plan, config, idempotency_key=key, idempotency_fingerprint=fingerprint if key else None)
+                run = runsvc.create_run(s, plan, config, idempotency_key=key, idempotency_fingerprint=fingerprint)
                 run_id, branch = run.id, run.branch
                 start = add_steps(s, run_id, [("start_run", run_id)])[0]
                 first = [(start.id, start.name)]
@@ -201,7 +193,7 @@ def create_app(
             if key is None:
                 raise
             with session_scope(db) as s:  # the same submission, concurrently: the other one made the run
-                earlier = runsvc.run_for_key(s, runsvc.get_project(s, plan.project), key, fingerprint)
+                earlier = runsvc.run_for_key(s, runsvc.get_project(s, plan.project), key, runsvc.request_fingerprint(body))
                 if earlier is None:
                     raise
                 log.info("submission with Idempotency-Key %r raced another; answering with its run %s", key, earlier.id)
@@ -213,14 +205,9 @@ def create_app(
     def list_runs():  # type: ignore[no-untyped-def]
         limit = _num_arg("limit", 50, 1, 1000)
         with session_scope(db) as s:
-            q = select(Run).order_by(Run.created_at.desc()).limit(limit)
-            if state := request.args.get("state"):
-                if state not in RunState.__members__:
-                    raise PlanError("state", f"unknown run state {state!r}")
-                q = q.where(Run.state == state)
-            if project := request.args.get("project"):
-                q = q.join(Project).where(Project.name == project)
-            return jsonify({"runs": [runsvc.run_summary(r) for r in s.scalars(q)]})
+            runs = runsvc.list_runs(s, limit=limit, state=request.args.get("state") or None,
+                                    project=request.args.get("project") or None)
+            return jsonify({"runs": runs})
 
     @app.get("/runs/<run_id>")
     def get_run(run_id: str):  # type: ignore[no-untyped-def]
@@ -274,7 +261,7 @@ def create_app(
                 for ev in evs:
                     last = ev["seq"]
                     yield f"id: {ev['seq']}\nevent: {ev['type']}\ndata: {json.dumps(ev)}\n\n"
-                if not evs and (state.startswith("DONE_") or state == "CANCELLED"):
+                if not evs and is_terminal_run(state):
                     yield f"event: end\ndata: {json.dumps({'state': state})}\n\n"
                     return
                 if not evs:
@@ -336,15 +323,13 @@ def create_app(
 
     @app.get("/reports/budgets")
     def budget_report():  # type: ignore[no-untyped-def]
-        from datetime import timedelta
-
         from autopack.engine.calibration import budget_report as report
-        from autopack.engine.leases import db_now
+        from autopack.governance.calibrate import DAYS, MIN_COMPLETED
 
-        days = _num_arg("days", 30, 1, 3650)
+        days, min_completed = _num_arg("days", *DAYS), _num_arg("min_completed", *MIN_COMPLETED)
         with session_scope(db) as s:
             project = runsvc.get_project(s, request.args["project"]) if request.args.get("project") else None
-            return jsonify(report(s, project, db_now(s) - timedelta(days=days), min_completed=_num_arg("min_completed", 5, 1, 1000)))
+            return jsonify(report(s, project, days, min_completed=min_completed))
 
     @app.get("/projects/<name>/rules")
     def project_rules(name: str):  # type: ignore[no-untyped-def]

@@ -10,21 +10,19 @@ autoescaped and a Content-Security-Policy allows only this site's own script and
 from __future__ import annotations
 
 import json
-import logging
 from typing import Any
 
 from flask import Blueprint, Response, redirect, render_template, request
 from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 
-from autopack.db.models import Project, Run
-from autopack.db.problems import database_problem
+from autopack.db.models import Project
 from autopack.db.session import session_scope
 from autopack.engine import runs as runsvc
 from autopack.errors import NotFound
 from autopack.states import RunState, is_terminal_run
+from web.db_errors import database_answer
 
-log = logging.getLogger("autopack.web")
 
 ENDING_EVENTS = frozenset({"run.finished", "run.cancelled"})  # what the page script reloads on
 EVENTS_SHOWN = 300  # the newest events on a run's page; the events API has them all
@@ -48,15 +46,10 @@ def dashboard_blueprint(db_url: str) -> Blueprint:
 
     @bp.errorhandler(DBAPIError)
     def _database(exc: DBAPIError):  # type: ignore[no-untyped-def]
-        problem = database_problem(exc)
-        if problem == "unavailable":
-            return render_template("message.html", title="Unavailable",
-                                   message="The database is unavailable; reload in a moment."), 503, {"Retry-After": "5"}
-        if problem == "schema":
-            return render_template("message.html", title="Database out of date",
-                                   message="The database schema is older than this Autopack: run autopack migrate."), 500
-        log.exception("database error for %s", request.path)
-        return render_template("message.html", title="Internal error", message="Internal error (see the web process's log)."), 500
+        answer = database_answer(exc)
+        title = {"unavailable": "Unavailable", "schema_out_of_date": "Database out of date"}.get(answer.code, "Internal error")
+        message = answer.message[0].upper() + answer.message[1:] + "."
+        return render_template("message.html", title=title, message=message), answer.status, answer.headers
 
     @bp.get("/")
     def _root():  # type: ignore[no-untyped-def]
@@ -67,12 +60,7 @@ def dashboard_blueprint(db_url: str) -> Blueprint:
         project = request.args.get("project") or None
         state = request.args.get("state") or None
         with session_scope(db_url) as s:
-            q = select(Run).order_by(Run.created_at.desc()).limit(100)
-            if state is not None:
-                q = q.where(Run.state == state)
-            if project is not None:
-                q = q.join(Project).where(Project.name == project)
-            runs = [runsvc.run_summary(r) for r in s.scalars(q)]
+            runs = runsvc.list_runs(s, limit=100, state=state, project=project)
             projects = list(s.scalars(select(Project.name).order_by(Project.name)))
         return render_template("runs.html", runs=runs, projects=projects, states=list(RunState.__members__),
                                project=project, state=state)

@@ -14,7 +14,7 @@ from autopack.config import AppConfig
 from autopack.db.models import Attempt, BudgetReservation, Event, Phase, Project, Run, Tier
 from autopack.engine.leases import lease_clock
 from autopack.engine.store import emit, transition
-from autopack.errors import Conflict, NotFound
+from autopack.errors import Conflict, NotFound, PlanError
 from autopack.plan import Plan
 from autopack.states import RunState, is_terminal_run
 from autopack.strategy import CompiledStrategy, compile_strategy
@@ -198,6 +198,19 @@ def _charged(session: Session, run_id: str) -> dict[str, Any]:
         .where(BudgetReservation.run_id == run_id, BudgetReservation.state == "charged")
     ).one()
     return {"calls": int(calls), "tokens": int(tokens), "cost_usd": round(float(cost), 6)}
+
+
+def list_runs(session: Session, *, limit: int, state: str | None = None, project: str | None = None) -> list[dict[str, Any]]:
+    """The latest ``limit`` runs (newest first), of ``state`` and of ``project`` when given, summarised.
+    An unknown state is refused with :class:`PlanError` (field ``state``)."""
+    q = select(Run).order_by(Run.created_at.desc()).limit(limit)
+    if state is not None:
+        if state not in RunState.__members__:
+            raise PlanError("state", f"unknown run state {state!r}")
+        q = q.where(Run.state == state)
+    if project is not None:
+        q = q.join(Project).where(Project.name == project)
+    return [run_summary(r) for r in session.scalars(q)]
 
 
 def run_summary(run: Run) -> dict[str, Any]:

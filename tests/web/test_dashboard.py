@@ -114,6 +114,8 @@ def test_unknown_runs_the_root_and_a_database_that_is_away_or_old(local_settings
     assert missing.status_code == 404 and "run &#39;nope&#39; not found" in missing.get_data(as_text=True)
     assert client.get("/runs/nope").get_json()["error"] == "not_found"  # the API keeps answering JSON
     assert "No runs." in client.get("/ui").get_data(as_text=True)
+    for path in ("/ui?state=BOGUS", "/runs?state=BOGUS"):  # one run list behind both: the same check
+        assert client.get(path).status_code == 422, path
 
     away = _client(Settings(state_dir=tmp_path / "x", database_url="sqlite:////nonexistent/dir/x.db"))
     resp = away.get("/ui")
