@@ -22,6 +22,12 @@ from autopack.settings import Settings  # noqa: E402
 
 REQUIRE = os.environ.get("AUTOPACK_REQUIRE_SERVICES") == "1"
 REDIS_URL = os.environ.get("AUTOPACK_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+# The suite runs in parallel processes (pytest-xdist, ``-n`` in pyproject.toml). Each process owns
+# REDIS_DBS_PER_WORKER Redis databases of its own, counting down from REDIS_URL's, so that tests
+# that flush a database or read a queue's length never see another process's messages.
+REDIS_DBS_PER_WORKER = 6
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+WORKER_INDEX = int(_WORKER[2:]) if _WORKER.startswith("gw") and _WORKER[2:].isdigit() else 0
 PG_ADMIN_URL = os.environ.get("AUTOPACK_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
@@ -32,15 +38,28 @@ def _unavailable(what: str, exc: BaseException) -> None:
     pytest.skip(msg)
 
 
+def redis_db(k: int) -> str:
+    """The URL of this test process's ``k``-th Redis database (0 is ``redis_url``'s): a test that
+    wants a broker no other test shares takes one of 1..REDIS_DBS_PER_WORKER-1."""
+    if not 0 <= k < REDIS_DBS_PER_WORKER:
+        raise ValueError(f"a test process has Redis databases 0..{REDIS_DBS_PER_WORKER - 1}, not {k}")
+    base, _, first = REDIS_URL.rpartition("/")
+    index = int(first) - WORKER_INDEX * REDIS_DBS_PER_WORKER - k
+    if index < 0:
+        raise RuntimeError(f"too many test processes for the Redis databases below {REDIS_URL} (process {WORKER_INDEX})")
+    return f"{base}/{index}"
+
+
 @pytest.fixture(scope="session")
 def redis_url() -> str:
     import redis
 
+    url = redis_db(0)
     try:
-        redis.Redis.from_url(REDIS_URL, socket_timeout=2).ping()
+        redis.Redis.from_url(url, socket_timeout=2).ping()
     except Exception as exc:  # noqa: BLE001
         _unavailable("Redis", exc)
-    return REDIS_URL
+    return url
 
 
 @pytest.fixture()
@@ -84,6 +103,11 @@ def demo_repo(tmp_path: Path) -> Path:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Files with slow tests (whole clusters of processes) first, the rest in their order: the test
+    # processes take files in this order, so the long ones do not end up last on one process
+    # while the other has nothing left to do.
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)
     if not REQUIRE:
         return
     for item in items:

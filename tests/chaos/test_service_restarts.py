@@ -14,6 +14,7 @@ from autopack.db.models import Phase
 from autopack.db.session import get_engine, session_scope
 from tests.chaos.cluster import Cluster, assert_invariants, base_env
 from tests.chaos.servers import PostgresServer, RedisServer
+from tests.conftest import redis_db
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow, pytest.mark.redis, pytest.mark.postgres]
 
@@ -64,7 +65,7 @@ def test_postgres_restart_mid_phase(tmp_path: Path, redis_url: str, demo_repo: P
 def _postgres_restart_mid_phase(pg: PostgresServer, tmp_path: Path, redis_url: str, demo_repo: Path) -> None:
     pg.init()
     pg.start()
-    broker = redis_url.rsplit("/", 1)[0] + "/12"
+    broker = redis_db(3)
     import redis
 
     redis.Redis.from_url(broker).flushdb()

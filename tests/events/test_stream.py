@@ -7,13 +7,14 @@ import pytest
 import redis
 
 from autopack.events.stream import StreamMirror, ensure_group, read_group
+from tests.conftest import redis_db
 
 pytestmark = pytest.mark.redis
 
 
 @pytest.fixture()
 def client(redis_url: str):  # type: ignore[no-untyped-def]
-    c = redis.Redis.from_url(redis_url.rsplit("/", 1)[0] + "/10")
+    c = redis.Redis.from_url(redis_db(5))
     c.flushdb()
     yield c
     c.flushdb()

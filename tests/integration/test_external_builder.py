@@ -18,6 +18,7 @@ from autopack.settings import ROOT
 from autopack.workspace.worktree import branch_log
 from tasks.app import QUEUES
 from tests.integration.prod import prod_env
+from tests.conftest import redis_db
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow, pytest.mark.redis, pytest.mark.postgres]
 
@@ -28,7 +29,7 @@ PLAN = {"project": "demo", "tiers": [{"id": "t", "phases": [{
 
 
 def test_external_builder_on_a_real_cluster(tmp_path: Path, redis_url: str, pg_url: str, demo_repo: Path) -> None:
-    broker = redis_url.rsplit("/", 1)[0] + "/12"
+    broker = redis_db(2)
     redis.Redis.from_url(broker).flushdb()
     port = free_port()
     env = prod_env(tmp_path, broker, pg_url, port, AUTOPACK_LLM_SCRIPT=str(ROOT / "examples" / "demo" / "model.py"))

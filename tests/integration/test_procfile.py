@@ -18,12 +18,13 @@ from autopack.procs import free_port, wait_http
 from autopack.settings import ROOT
 from tasks.app import QUEUES
 from tests.integration.flower import flower_workers
+from tests.conftest import redis_db
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow, pytest.mark.redis, pytest.mark.postgres]
 
 
 def test_honcho_procfile_cluster(tmp_path: Path, redis_url: str, pg_url: str, demo_repo: Path) -> None:
-    broker = redis_url.rsplit("/", 1)[0] + "/11"
+    broker = redis_db(4)
     redis.Redis.from_url(broker).flushdb()
     port, flower_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("AUTOPACK_")}

@@ -16,12 +16,13 @@ from autopack.settings import ROOT
 from autopack.workspace.worktree import branch_log
 from tasks.app import QUEUES
 from tests.integration.prod import prod_env
+from tests.conftest import redis_db
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow, pytest.mark.redis, pytest.mark.postgres]
 
 
 def test_demo_plan_on_redis_and_postgres(tmp_path: Path, redis_url: str, pg_url: str, demo_repo: Path) -> None:
-    broker = redis_url.rsplit("/", 1)[0] + "/14"
+    broker = redis_db(1)
     redis.Redis.from_url(broker).flushdb()
     port = free_port()
     env = prod_env(tmp_path, broker, pg_url, port, AUTOPACK_LLM_MODE="replay",
