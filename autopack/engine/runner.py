@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import and_, or_, select, update
 
 from autopack.db.models import Attempt, Phase, Run, StepRow
+from autopack.db.problems import database_problem
 from autopack.db.session import session_scope
 from autopack.engine.faults import crash_point
 from autopack.engine.leases import CURRENT_STEP, Claim, Heartbeat, StaleLease, StepContext, add_steps, claim, db_now, mark_done, now_utc
@@ -118,19 +119,20 @@ def _phase_of(s: Any, got: Claim) -> Phase | None:
 
 
 def is_infrastructure_error(exc: BaseException) -> bool:
-    """The database or the broker went away: the step's lease runs out and the reconciler hands it
-    to another delivery; ending the run for it would turn a restart into a failed build."""
-    from sqlalchemy.exc import DBAPIError, OperationalError
+    """The database or the broker went away, or the database's schema is behind this code (a deploy
+    whose migration has not run yet): the step's lease runs out and the reconciler hands it to
+    another delivery; ending the run for it would turn a restart into a failed build.
 
-    try:
-        from kombu.exceptions import OperationalError as KombuOperationalError
-        from redis.exceptions import ConnectionError as RedisConnectionError
-        from redis.exceptions import TimeoutError as RedisTimeoutError
-    except ImportError:  # pragma: no cover - both are dependencies
-        return isinstance(exc, OperationalError | ConnectionError)
-    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
-        return True
-    return isinstance(exc, OperationalError | KombuOperationalError | RedisConnectionError | RedisTimeoutError | ConnectionError)
+    Any other database error is the step's own, SQLite's syntax errors included (SQLite raises
+    ``OperationalError`` for those too): retrying it would only use up the deliveries."""
+    from kombu.exceptions import OperationalError as KombuOperationalError
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+    from sqlalchemy.exc import DBAPIError
+
+    if isinstance(exc, DBAPIError):
+        return database_problem(exc) is not None
+    return isinstance(exc, KombuOperationalError | RedisConnectionError | RedisTimeoutError | ConnectionError)
 
 
 def fail_step_row(services: Services, step_id: int, exc: BaseException) -> str | None:

@@ -626,6 +626,32 @@ def _real_integrity_error(services: Services) -> BaseException:
     raise AssertionError("the foreign key was not enforced")
 
 
+def _real_sqlite_error(url: str, sql: str) -> BaseException:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text(sql))
+    except Exception as exc:  # noqa: BLE001
+        return exc
+    finally:
+        engine.dispose()
+    raise AssertionError(f"{sql!r} worked on {url}")
+
+
+def test_sqlite_errors_are_told_apart_although_sqlite_calls_them_all_operational(services: Services, tmp_path: Path) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    away = _real_sqlite_error(f"sqlite:///{tmp_path / 'no-such-folder' / 'db.sqlite'}", "select 1")
+    behind = _real_sqlite_error(services.db_url, "select no_such_column from runs")
+    bug = _real_sqlite_error(services.db_url, "selec 1")
+    assert all(isinstance(e, OperationalError) for e in (away, behind, bug)), (away, behind, bug)
+    assert is_infrastructure_error(away), repr(away)  # the database cannot be opened: try again
+    assert is_infrastructure_error(behind), repr(behind)  # a migration has not run yet: try again
+    assert not is_infrastructure_error(bug), repr(bug)  # the step's own error: its run ends with it
+
+
 def test_infrastructure_errors_are_told_apart_from_step_failures(services: Services) -> None:
     from kombu.exceptions import OperationalError as KombuOperationalError
     from redis.exceptions import TimeoutError as RedisTimeoutError
