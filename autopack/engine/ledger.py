@@ -21,7 +21,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from autopack.db.models import BudgetReservation, Phase, ProjectSpend, Run, StepRow
-from autopack.engine.leases import db_now
+from autopack.engine.leases import db_now, lease_clock
 from autopack.errors import BudgetExceeded
 from autopack.states import RUN_TERMINAL
 
@@ -35,8 +35,9 @@ def estimate_tokens(text: str) -> int:
     return len(text) // 3 + 16
 
 
-def today() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%d")
+def utc_day(when: datetime) -> str:
+    """The UTC date of ``when``: the key of a project's daily spend."""
+    return (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).astimezone(timezone.utc).strftime("%Y-%m-%d")
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,10 @@ def reserve(session: Session, run_id: str, phase_id: int | None, tokens: int, co
             if cost_cap is not None and ph.cost_usd + cost > float(cost_cap) + 1e-12:
                 raise BudgetExceeded("cost", f"{PHASE_COST_CAP} ${float(cost_cap):.2f} reached (${ph.cost_usd:.4f} spent, "
                                              f"call needs up to ${cost:.4f})")
+    # The day is the database's (on PostgreSQL, read in the same statement): workers whose clocks
+    # disagree near midnight must not charge a call to two different days of the project's cap.
+    clock = lease_clock(session)
+    on_server = not isinstance(clock, datetime)
     res = session.execute(
         update(Run)
         .where(
@@ -84,7 +89,7 @@ def reserve(session: Session, run_id: str, phase_id: int | None, tokens: int, co
             Run.cost_usd + Run.cost_reserved_usd + cost <= Run.cost_cap_usd,
         )
         .values(tokens_reserved=Run.tokens_reserved + tokens, cost_reserved_usd=Run.cost_reserved_usd + cost)
-        .returning(Run.project_id)
+        .returning(Run.project_id, *([clock] if on_server else []))
         .execution_options(synchronize_session=False)
     ).first()
     if res is None:
@@ -95,7 +100,7 @@ def reserve(session: Session, run_id: str, phase_id: int | None, tokens: int, co
             raise BudgetExceeded("tokens", f"run token cap {run.token_cap} reached ({run.tokens_used} used, call needs up to {tokens})")
         raise BudgetExceeded("cost", f"run cost cap ${run.cost_cap_usd:.2f} reached (${run.cost_usd:.4f} spent, call needs up to ${cost:.4f})")
     project_id = int(res[0])
-    day = today()
+    day = utc_day(res[1] if on_server else clock)
     if daily_token_cap is not None and daily_cost_cap is not None:
         _ensure_day(session, project_id, day)
         ok = session.execute(

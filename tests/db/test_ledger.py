@@ -6,7 +6,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from autopack.db.migrate import upgrade
 from autopack.db.models import Project, ProjectSpend, Run
@@ -138,6 +138,27 @@ def test_twenty_concurrent_reservations_never_exceed_the_project_daily_cap(pg_ur
         spend = s.scalars(select(ProjectSpend)).all()
         assert len(spend) == 1 and spend[0].tokens_reserved == 1000
         assert sum(s.get(Run, r).tokens_reserved for r in runs) == 1000
+
+
+@pytest.mark.postgres
+def test_a_call_is_charged_to_the_databases_day_whatever_the_workers_clock_says(pg_url: str) -> None:
+    """Two workers, one clock two days behind: both charge the project's spend of the database
+    server's UTC day, one row, not one per worker clock."""
+    from tests.engine.harness import as_worker_with_clock
+
+    upgrade(pg_url)
+    run_id = _run(pg_url, token_cap=10_000)
+    caps = {"daily_token_cap": 5_000, "daily_cost_cap": 1.0}
+    code = ("from autopack.db.session import session_scope\nfrom autopack.engine.ledger import reserve\n"
+            f"with session_scope(url) as s:\n    print(reserve(s, {run_id!r}, None, 100, 0.01, None, **{caps!r}).day)\n")
+    behind = as_worker_with_clock("-2 days", pg_url, code)
+    with session_scope(pg_url) as s:
+        here = reserve(s, run_id, None, 200, 0.01, None, **caps).day
+        server_day = s.scalar(text("select to_char(now() at time zone 'utc', 'YYYY-MM-DD')"))
+    assert behind == here == server_day
+    with session_scope(pg_url) as s:
+        spend = s.scalars(select(ProjectSpend)).all()
+        assert [(row.day, row.tokens_reserved) for row in spend] == [(server_day, 300)]
 
 
 def _step(url: str, run_id: str, *, fence: int, expires_in_s: float | None, done: bool = False) -> int:
