@@ -23,8 +23,9 @@ from autopack.settings import Settings  # noqa: E402
 REQUIRE = os.environ.get("AUTOPACK_REQUIRE_SERVICES") == "1"
 REDIS_URL = os.environ.get("AUTOPACK_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 # The suite runs in parallel processes (pytest-xdist, ``-n`` in pyproject.toml). Each process owns
-# REDIS_DBS_PER_WORKER Redis databases of its own, counting down from REDIS_URL's, so that tests
-# that flush a database or read a queue's length never see another process's messages.
+# REDIS_DBS_PER_WORKER Redis databases of its own, counting down from REDIS_URL's (with the default
+# and two processes: 15 down to 4), so that tests that flush a database or read a queue's length
+# never see another process's messages. Database 0, Autopack's own default broker, is never used.
 REDIS_DBS_PER_WORKER = 6
 _WORKER = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
 WORKER_INDEX = int(_WORKER[2:]) if _WORKER.startswith("gw") and _WORKER[2:].isdigit() else 0
@@ -41,13 +42,20 @@ def _unavailable(what: str, exc: BaseException) -> None:
 def redis_db(k: int) -> str:
     """The URL of this test process's ``k``-th Redis database (0 is ``redis_url``'s): a test that
     wants a broker no other test shares takes one of 1..REDIS_DBS_PER_WORKER-1."""
+    from urllib.parse import urlsplit, urlunsplit
+
     if not 0 <= k < REDIS_DBS_PER_WORKER:
         raise ValueError(f"a test process has Redis databases 0..{REDIS_DBS_PER_WORKER - 1}, not {k}")
-    base, _, first = REDIS_URL.rpartition("/")
+    parts = urlsplit(REDIS_URL)
+    first = parts.path.strip("/")
+    if not first.isdigit():
+        raise pytest.UsageError(f"AUTOPACK_TEST_REDIS_URL must name a database (redis://host:port/15), not {REDIS_URL!r}")
     index = int(first) - WORKER_INDEX * REDIS_DBS_PER_WORKER - k
-    if index < 0:
-        raise RuntimeError(f"too many test processes for the Redis databases below {REDIS_URL} (process {WORKER_INDEX})")
-    return f"{base}/{index}"
+    if index < 1:
+        raise pytest.UsageError(f"test process {WORKER_INDEX} would use Redis database {index}: the tests take "
+                                f"{REDIS_DBS_PER_WORKER} databases per process counting down from {first} and never 0; "
+                                "run fewer processes (-n) or start from a higher database")
+    return urlunsplit(parts._replace(path=f"/{index}"))
 
 
 @pytest.fixture(scope="session")
