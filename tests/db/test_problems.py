@@ -41,3 +41,44 @@ def test_a_database_that_cannot_be_reached(tmp_path: Path) -> None:
     assert database_problem(_error("sqlite:////nonexistent/dir/x.sqlite", "SELECT 1")) == "unavailable"
     refused = _error(f"postgresql+psycopg://127.0.0.1:{free_port()}/test?connect_timeout=2", "SELECT 1")
     assert database_problem(refused) == "unavailable"
+
+
+def test_a_sqlite_database_that_cannot_take_a_write_now(tmp_path: Path) -> None:
+    """Full, read-only, or its connection closed under the statement: the machine's state, which a
+    later try may not meet (the step is left to its lease), not the statement's fault."""
+    path = tmp_path / "s.sqlite"
+    url = f"sqlite:///{path}"
+    _error(url, "SELEC 1")  # creates the file and its table
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("CREATE TABLE big (b BLOB)")
+            pages = conn.exec_driver_sql("PRAGMA page_count").scalar()
+            conn.exec_driver_sql(f"PRAGMA max_page_count = {pages}")  # the file may not grow: full
+            try:
+                conn.exec_driver_sql("INSERT INTO big VALUES (zeroblob(100000))")
+            except DBAPIError as exc:
+                full: DBAPIError = exc
+            else:
+                raise AssertionError("a database that may not grow took a row")
+    finally:
+        engine.dispose()
+    assert "full" in str(full.orig), full
+    assert database_problem(full) == "unavailable"
+    readonly = _error(f"sqlite:///file:{path}?mode=ro&uri=true", "INSERT INTO t (id) VALUES (5)")
+    assert "readonly" in str(readonly.orig), readonly
+    assert database_problem(readonly) == "unavailable"
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            conn.connection.dbapi_connection.close()  # type: ignore[union-attr]
+            try:
+                conn.execute(text("SELECT 1"))
+            except DBAPIError as exc:
+                closed: DBAPIError = exc
+            else:
+                raise AssertionError("a closed connection answered")
+    finally:
+        engine.dispose()
+    assert closed.connection_invalidated, closed
+    assert database_problem(closed) == "unavailable"
