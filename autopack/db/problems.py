@@ -21,8 +21,8 @@ _SQLITE_AWAY_MESSAGES = ("unable to open database", "database is locked", "datab
 
 def database_problem(exc: BaseException) -> Problem | None:
     """``"schema"`` for a missing table or column, ``"unavailable"`` for a connection that failed,
-    closed or timed out (or SQLite's database being locked, unopenable, full or read-only); ``None`` for anything
-    else (a bug, not the database's state)."""
+    closed or timed out (or SQLite's database being locked, unopenable, full or read-only);
+    ``None`` for anything else (a bug, not the database's state)."""
     if not isinstance(exc, DBAPIError):
         return None
     if getattr(exc.orig, "sqlstate", None) in _PG_SCHEMA_STATES:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import Connection, create_engine, text
 from sqlalchemy.exc import DBAPIError
 
 from autopack.db.problems import database_problem
@@ -43,42 +44,43 @@ def test_a_database_that_cannot_be_reached(tmp_path: Path) -> None:
     assert database_problem(refused) == "unavailable"
 
 
+def _error_after(url: str, prepare: Callable[[Connection], None], sql: str) -> DBAPIError:
+    """The error ``sql`` raises on a connection that ``prepare`` has set up."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            prepare(conn)
+            try:
+                conn.exec_driver_sql(sql)
+            except DBAPIError as exc:
+                return exc
+    finally:
+        engine.dispose()
+    raise AssertionError(f"{sql} did not fail")
+
+
+def _fill(conn: Connection) -> None:
+    conn.exec_driver_sql("CREATE TABLE big (b BLOB)")
+    pages = conn.exec_driver_sql("PRAGMA page_count").scalar()
+    conn.exec_driver_sql(f"PRAGMA max_page_count = {pages}")  # the file may not grow: full
+
+
+def _close(conn: Connection) -> None:
+    conn.connection.dbapi_connection.close()  # type: ignore[union-attr]
+
+
 def test_a_sqlite_database_that_cannot_take_a_write_now(tmp_path: Path) -> None:
     """Full, read-only, or its connection closed under the statement: the machine's state, which a
     later try may not meet (the step is left to its lease), not the statement's fault."""
     path = tmp_path / "s.sqlite"
     url = f"sqlite:///{path}"
     _error(url, "SELEC 1")  # creates the file and its table
-    engine = create_engine(url)
-    try:
-        with engine.connect() as conn:
-            conn.exec_driver_sql("CREATE TABLE big (b BLOB)")
-            pages = conn.exec_driver_sql("PRAGMA page_count").scalar()
-            conn.exec_driver_sql(f"PRAGMA max_page_count = {pages}")  # the file may not grow: full
-            try:
-                conn.exec_driver_sql("INSERT INTO big VALUES (zeroblob(100000))")
-            except DBAPIError as exc:
-                full: DBAPIError = exc
-            else:
-                raise AssertionError("a database that may not grow took a row")
-    finally:
-        engine.dispose()
+    full = _error_after(url, _fill, "INSERT INTO big VALUES (zeroblob(100000))")
     assert "full" in str(full.orig), full
     assert database_problem(full) == "unavailable"
     readonly = _error(f"sqlite:///file:{path}?mode=ro&uri=true", "INSERT INTO t (id) VALUES (5)")
     assert "readonly" in str(readonly.orig), readonly
     assert database_problem(readonly) == "unavailable"
-    engine = create_engine(url)
-    try:
-        with engine.connect() as conn:
-            conn.connection.dbapi_connection.close()  # type: ignore[union-attr]
-            try:
-                conn.execute(text("SELECT 1"))
-            except DBAPIError as exc:
-                closed: DBAPIError = exc
-            else:
-                raise AssertionError("a closed connection answered")
-    finally:
-        engine.dispose()
+    closed = _error_after(url, _close, "SELECT 1")
     assert closed.connection_invalidated, closed
     assert database_problem(closed) == "unavailable"
