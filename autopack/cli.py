@@ -466,18 +466,47 @@ def cmd_budgets(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_flaky(args: argparse.Namespace, settings: Settings) -> int:
+    """List a project's known-flaky tests, or age the records by hand (what beat does every hour)."""
+    from autopack.config import load_config
+    from autopack.db.session import session_scope
+    from autopack.engine.flakiness import age_records, project_flaky_tests
+    from autopack.errors import NotFound
+
+    if args.action == "age":
+        report = age_records(settings.db_url, load_config(settings.config_dir).strategy.flakiness)
+        _out(json.dumps(report.as_dict()) if args.json else
+             f"cleared {len(report.cleared)} record(s), forgot {len(report.forgotten)}, kept {report.kept}")
+        return 0
+    with session_scope(settings.db_url) as s:
+        try:
+            projects = _projects(s, args.project)
+        except NotFound as exc:
+            _err(str(exc))
+            return 2
+        listing = {p.name: project_flaky_tests(s, p, args.state) for p in projects}
+    if args.json:
+        _out(json.dumps(listing if not args.project else {"project": args.project, "tests": listing[args.project]}, indent=2))
+        return 0
+    for name, tests in listing.items():
+        _out(f"{name}: {len(tests)} known-flaky test record(s)")
+        for t in tests:
+            _out(f"  [{t['state']}] {t['test']}: flaky {t['flaky_count']}x in {len(t['runs'])} run(s) since it was last cleared, "
+                 f"{t['passes_since_flaky']} first-try pass(es) since; last flaky {t['last_flaky_at']}")
+            if t["reason"]:
+                _out(f"     {t['reason']}")
+    return 0
+
+
 def cmd_rules(args: argparse.Namespace, settings: Settings) -> int:
     """List, export or analyze learned rules (reads the database of this state folder)."""
-    from sqlalchemy import select
-
-    from autopack.db.models import Project
     from autopack.db.session import session_scope
     from autopack.engine import learning
     from autopack.errors import NotFound
 
     with session_scope(settings.db_url) as s:
         try:
-            projects = [learning_project(s, args.project)] if args.project else list(s.scalars(select(Project).order_by(Project.name)))
+            projects = _projects(s, args.project)
         except NotFound as exc:
             _err(str(exc))
             return 2
@@ -518,6 +547,15 @@ def cmd_rules(args: argparse.Namespace, settings: Settings) -> int:
             _out(f"     {r['text']}")
             _out(f"     from runs {', '.join(r['provenance'].get('runs', []))} (hints {r['provenance'].get('hints')})")
     return 0
+
+
+def _projects(session: Any, name: str | None) -> list[Any]:
+    """The project called ``name`` (``NotFound`` if there is none), or all projects by name."""
+    from sqlalchemy import select
+
+    from autopack.db.models import Project
+
+    return [learning_project(session, name)] if name else list(session.scalars(select(Project).order_by(Project.name)))
 
 
 def learning_project(session: Any, name: str) -> Any:
@@ -651,6 +689,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="completed phases a category needs for a suggestion (default 5)")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_budgets)
+
+    sp = sub.add_parser("flaky", help="known-flaky tests per project (quarantined, suspected, cleared); age: what beat does hourly")
+    sp.add_argument("action", nargs="?", choices=["list", "age"], default="list")
+    sp.add_argument("--project")
+    sp.add_argument("--state", choices=["quarantined", "suspected", "cleared"])
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_flaky)
 
     sp = sub.add_parser("rules", help="list learned rules with provenance and effect; analyze; export")
     sp.add_argument("action", nargs="?", choices=["list", "analyze", "export"], default="list")

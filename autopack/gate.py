@@ -9,7 +9,9 @@ A change passes when the run was not killed, no test that passed at T0 now fails
 errors, is skipped or is gone (failures that already existed do not block), every
 acceptance entry matches at least one test and all its tests pass, and no
 deliverable is missing. A test that failed but passed on its re-run is *flaky*: it
-is reported and does not block.
+is reported and does not block. A *quarantined* test (known flaky in the project, see
+``autopack.flakiness``) may be re-run more (``extra_reruns``): passing on any of them
+makes it flaky too, reported apart as ``known_flaky``.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ class GateInput:
     acceptance: tuple[str, ...]
     missing_deliverables: tuple[str, ...]
     killed: str | None
+    quarantined: frozenset[str] = frozenset()
+    extra_reruns: tuple[dict[str, str], ...] = ()  # later re-runs, which count for quarantined tests only
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,7 @@ class GateVerdict:
     passed: bool
     regressions: tuple[str, ...]
     flaky: tuple[str, ...]
+    known_flaky: tuple[str, ...]  # the flaky tests that were quarantined
     acceptance_failed: tuple[str, ...]  # test ids matched by an acceptance entry that did not pass
     acceptance_missing: tuple[str, ...]  # acceptance entries that matched no test
     missing_deliverables: tuple[str, ...]
@@ -57,6 +62,13 @@ def tests_to_rerun(baseline: Mapping[str, str], candidate: Mapping[str, str]) ->
     Vanished and skipped tests are not re-run; the outcome would be the same.
     """
     return [t for t in newly_failing(baseline, candidate) if candidate.get(t) in FAILING]
+
+
+def quarantined_to_rerun(quarantined: Iterable[str], rerun_ids: Iterable[str], reruns: Iterable[Mapping[str, str]]) -> list[str]:
+    """The quarantined tests among ``rerun_ids`` that passed in none of ``reruns`` so far: the ones
+    worth another re-run (up to the project's ``quarantine_reruns``)."""
+    q, runs = set(quarantined), list(reruns)
+    return [t for t in rerun_ids if t in q and not any(r.get(t) == PASSED for r in runs)]
 
 
 # Its name starts with "test": keep pytest from collecting it where it is imported.
@@ -93,7 +105,9 @@ def evaluate(inp: GateInput) -> GateVerdict:
     newly = newly_failing(inp.baseline, inp.candidate)
     rerunnable = set(tests_to_rerun(inp.baseline, inp.candidate))
     rerun = inp.rerun or {}
-    flaky = tuple(t for t in newly if t in rerunnable and rerun.get(t) == PASSED)
+    flaky = tuple(t for t in newly if t in rerunnable and (rerun.get(t) == PASSED or (
+        t in inp.quarantined and any(r.get(t) == PASSED for r in inp.extra_reruns))))
+    known_flaky = tuple(t for t in flaky if t in inp.quarantined)
     regressions = tuple(t for t in newly if t not in flaky)
 
     effective = dict(inp.candidate)
@@ -114,6 +128,8 @@ def evaluate(inp: GateInput) -> GateVerdict:
         reason = f"passed: {ok}/{total} tests passed, no regressions"
         if flaky:
             reason += f", {len(flaky)} flaky (passed on re-run: {_names(flaky)})"
+            if known_flaky:
+                reason += f", {len(known_flaky)} of them quarantined"
         if old:
             reason += f", {old} failing test(s) not passing at baseline"
     else:
@@ -133,6 +149,7 @@ def evaluate(inp: GateInput) -> GateVerdict:
         passed=passed,
         regressions=regressions,
         flaky=flaky,
+        known_flaky=known_flaky,
         acceptance_failed=tuple(failed),
         acceptance_missing=tuple(missing),
         missing_deliverables=tuple(inp.missing_deliverables),

@@ -68,6 +68,8 @@ class Settings(BaseSettings):
     # Cleanup (beat): a finished run's worktree is removed once the run has been over this long.
     worktree_retention_s: float = 3600.0
     cleanup_interval_s: float = 600.0
+    # Flakiness (beat): known-flaky test records are aged (cleared, forgotten) this often.
+    flakiness_interval_s: float = 3600.0
 
     @field_validator("api_token", mode="before")
     @classmethod

@@ -9,6 +9,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from autopack.errors import ConfigError, PlanError
+from autopack.flakiness import FlakinessConfig
 from autopack.plan import Plan
 
 
@@ -99,6 +100,7 @@ class StrategyConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     learning: LearningConfig = Field(default_factory=LearningConfig)
+    flakiness: FlakinessConfig = Field(default_factory=FlakinessConfig)
 
     defaults: dict[str, Any] = Field(default_factory=dict)
     high_risk_categories: list[str] = Field(default_factory=list)

@@ -50,6 +50,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             **{name: {"queue": queue} for name, queue in ROUTES.values()},
             "autopack.maintenance.reconcile": {"queue": "maintenance"},
             "autopack.maintenance.cleanup": {"queue": "maintenance"},
+            "autopack.maintenance.flakiness": {"queue": "maintenance"},
             "autopack.agents.ping": {"queue": "agents"},
             "autopack.events.dispatch": {"queue": "events"},
         },

@@ -1,10 +1,12 @@
-"""Queue ``maintenance``: beat-scheduled upkeep — the reconciler, and the cleanup of finished runs' worktrees."""
+"""Queue ``maintenance``: beat-scheduled upkeep — the reconciler, the cleanup of finished runs'
+worktrees, and the ageing of known-flaky test records."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from autopack.engine.cleanup import remove_finished_worktrees
+from autopack.engine.flakiness import age_records
 from autopack.settings import get_settings
 from tasks.app import app
 from tasks.runtime import reconcile_and_enqueue, services
@@ -23,6 +25,13 @@ def cleanup() -> dict[str, Any]:
     return remove_finished_worktrees(settings.db_url, settings.worktrees_dir, settings.worktree_retention_s).as_dict()
 
 
+@app.task(name="autopack.maintenance.flakiness")
+def flakiness() -> dict[str, Any]:
+    """Clear the known-flaky records that flaked no more for a while; forget long-cleared ones."""
+    svc = services()
+    return age_records(svc.db_url, svc.config.strategy.flakiness).as_dict()
+
+
 app.conf.beat_schedule = {
     "reconcile": {
         "task": "autopack.maintenance.reconcile",
@@ -33,5 +42,10 @@ app.conf.beat_schedule = {
         "task": "autopack.maintenance.cleanup",
         "schedule": get_settings().cleanup_interval_s,
         "options": {"queue": "maintenance", "expires": get_settings().cleanup_interval_s},
+    },
+    "flakiness": {
+        "task": "autopack.maintenance.flakiness",
+        "schedule": get_settings().flakiness_interval_s,
+        "options": {"queue": "maintenance", "expires": get_settings().flakiness_interval_s},
     },
 }

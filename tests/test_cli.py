@@ -191,6 +191,30 @@ def test_cleanup_removes_finished_runs_worktrees_by_hand(state: Settings, demo_r
     assert "not a number of seconds" in capsys.readouterr().err
 
 
+def test_flaky_lists_known_flaky_tests_and_ages_them_by_hand(state: Settings, demo_repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from autopack.db.models import FlakyTest, Project
+
+    register(state, demo_repo)
+    long_ago, now = now_utc() - timedelta(days=31), now_utc()
+    with session_scope(state.db_url) as s:
+        pid = s.scalar(select(Project.id))
+        for test_id, when in (("tests/t.py::old", long_ago), ("tests/t.py::new", now)):
+            s.add(FlakyTest(project_id=pid, test_id=test_id, state="quarantined", state_reason="flaky in 2 runs", flaky_count=3,
+                            runs=["r1", "r2"], passes_since_flaky=4, first_seen_at=when, last_flaky_at=when, state_changed_at=when))
+    capsys.readouterr()
+    assert main(["flaky"]) == 0
+    out = capsys.readouterr().out
+    assert "demo: 2 known-flaky test record(s)" in out
+    assert "[quarantined] tests/t.py::new: flaky 3x in 2 run(s) since it was last cleared, 4 first-try pass(es) since" in out
+    assert main(["flaky", "age", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"cleared": ["demo: tests/t.py::old"], "forgotten": [], "kept": 2}
+    assert main(["flaky", "--project", "demo", "--state", "cleared", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [(t["test"], t["state"], t["reason"]) for t in listed["tests"]] == [("tests/t.py::old", "cleared", "not flaky for 30 days")]
+    assert main(["flaky", "--project", "nope"]) == 2
+    assert "nope" in capsys.readouterr().err
+
+
 def _serve(state: Settings, port: int = 0):  # type: ignore[no-untyped-def]
     server = make_server("127.0.0.1", port, create_app(state, enqueue=lambda steps: None, broker_check=lambda: None), threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)

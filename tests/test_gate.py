@@ -11,6 +11,7 @@ from autopack.gate import (
     acceptance_matches,
     evaluate,
     newly_failing,
+    quarantined_to_rerun,
     tests_to_rerun,
 )
 
@@ -169,3 +170,40 @@ def test_every_problem_in_one_line() -> None:
 def test_empty_everything_passes() -> None:
     verdict = evaluate(_gate({}, {}))
     assert verdict.passed and verdict.reason == "passed: 0/0 tests passed, no regressions"
+
+
+U = "tests/test_a.py::test_y"
+
+
+def test_a_quarantined_test_passing_on_a_later_rerun_is_known_flaky() -> None:
+    base, cand = {T: "passed", U: "passed"}, {T: "failed", U: "failed"}
+    first, later = {T: "failed", U: "failed"}, {T: "passed", U: "passed"}
+    verdict = evaluate(GateInput(base, cand, first, (), (), None, quarantined=frozenset({T}), extra_reruns=(later,)))
+    # Later re-runs count for the quarantined test only: U failed its one re-run and is a regression.
+    assert verdict.flaky == (T,) and verdict.known_flaky == (T,) and verdict.regressions == (U,)
+    assert not verdict.passed
+    ok = evaluate(GateInput({T: "passed"}, {T: "failed"}, first, (), (), None, quarantined=frozenset({T}), extra_reruns=(first, later)))
+    assert ok.passed and ok.flaky == ok.known_flaky == (T,)
+    assert "1 flaky (passed on re-run: tests/test_a.py::test_x), 1 of them quarantined" in ok.reason
+
+
+def test_a_quarantined_test_failing_every_rerun_is_still_a_regression() -> None:
+    failing = {T: "failed"}
+    verdict = evaluate(GateInput({T: "passed"}, failing, failing, (), (), None, quarantined=frozenset({T}), extra_reruns=(failing, failing)))
+    assert not verdict.passed and verdict.regressions == (T,) and verdict.known_flaky == ()
+
+
+def test_a_test_flaky_on_its_first_rerun_is_known_flaky_when_quarantined() -> None:
+    verdict = evaluate(GateInput({T: "passed", U: "passed"}, {T: "failed", U: "error"}, {T: "passed", U: "passed"}, (), (), None,
+                                 quarantined=frozenset({U})))
+    assert verdict.passed and verdict.flaky == (T, U) and verdict.known_flaky == (U,)
+
+
+def test_quarantined_to_rerun_picks_quarantined_tests_no_rerun_passed() -> None:
+    rerun_ids = [T, U, "tests/test_b.py::test_z"]
+    q = {T, U}
+    assert quarantined_to_rerun(q, rerun_ids, [{T: "failed", U: "passed"}]) == [T]
+    assert quarantined_to_rerun(q, rerun_ids, [{T: "failed", U: "failed"}, {T: "passed"}]) == [U]
+    assert quarantined_to_rerun(q, rerun_ids, [{T: "error"}]) == [T, U]  # a test missing from a re-run's report did not pass
+    assert quarantined_to_rerun(set(), rerun_ids, [{}]) == []
+    assert quarantined_to_rerun(q, [], [{}]) == []

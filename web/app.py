@@ -338,6 +338,17 @@ def create_app(
         with session_scope(db) as s:
             return jsonify({"project": name, "rules": rules_of(s, runsvc.get_project(s, name))})
 
+    @app.get("/projects/<name>/flaky-tests")
+    def project_flaky(name: str):  # type: ignore[no-untyped-def]
+        from autopack.engine.flakiness import project_flaky_tests
+        from autopack.flakiness import STATES
+
+        state = request.args.get("state")
+        if state is not None and state not in STATES:
+            raise PlanError("state", f"must be one of {', '.join(STATES)}")
+        with session_scope(db) as s:
+            return jsonify({"project": name, "tests": project_flaky_tests(s, runsvc.get_project(s, name), state)})
+
     @app.get("/projects/<name>/rules/export")
     def export_rules(name: str):  # type: ignore[no-untyped-def]
         from autopack.engine.learning import export_json

@@ -148,6 +148,13 @@ def build_openapi() -> dict[str, Any]:
                               "properties": {"status": {"enum": ["active", "disabled"]}, "text": {"type": "string"}, "scope": {"type": "string"}}}}}},
                           "responses": {"200": {"description": "the rule"}, "404": ERR["404"], "422": ERR["422"]}},
             },
+            "/projects/{name}/flaky-tests": {
+                "get": {"summary": "The project's known-flaky tests: quarantined (more re-runs, strict CI does not block on "
+                                   "them), suspected and cleared, with the runs they flaked in",
+                        "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},
+                                       {"name": "state", "in": "query", "schema": {"enum": ["suspected", "quarantined", "cleared"]}}],
+                        "responses": {"200": {"description": "tests"}, "404": ERR["404"], "422": ERR["422"]}},
+            },
             "/projects/{name}/rules/export": {
                 "get": {"summary": "project_learned_rules.json",
                         "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],

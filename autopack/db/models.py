@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, overload
 
 from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -12,6 +12,16 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+@overload
+def as_utc(value: datetime) -> datetime: ...
+@overload
+def as_utc(value: None) -> None: ...
+def as_utc(value: datetime | None) -> datetime | None:
+    """A timestamp read back from a column: SQLite returns it naive, and every one Autopack
+    writes is UTC (PostgreSQL returns it aware already)."""
+    return value if value is None or value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
 def new_run_id() -> str:
@@ -356,3 +366,23 @@ class IssueOccurrence(Base):
     attempt_id: Mapped[int] = mapped_column(Integer)
     open: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class FlakyTest(Base):
+    """A test of a project that passed on its re-run in some gate: its record as known-flaky
+    (``autopack.flakiness``): suspected, quarantined or cleared, with the runs it flaked in."""
+
+    __tablename__ = "flaky_tests"
+    __table_args__ = (UniqueConstraint("project_id", "test_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
+    test_id: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(12))  # suspected | quarantined | cleared
+    state_reason: Mapped[str] = mapped_column(Text, default="")
+    flaky_count: Mapped[int] = mapped_column(Integer, default=0)
+    runs: Mapped[list[Any]] = mapped_column(JSON)  # run ids it flaked in since it was last cleared
+    passes_since_flaky: Mapped[int] = mapped_column(Integer, default=0)
+    first_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_flaky_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    state_changed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

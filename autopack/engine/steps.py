@@ -33,6 +33,7 @@ from autopack.edits.govern import EditPolicy, default_protected
 from autopack.engine.faults import crash_point
 from autopack.engine import issues
 from autopack.engine.external import AWAITING
+from autopack.engine.flakiness import quarantined_tests
 from autopack.engine.doctor import classify_attempt, consult, history, no_attempts_left
 from autopack.engine.routing import choose_model, fallback_chain, routing_record
 from autopack.engine.leases import CURRENT_STEP, StepContext, record_clock
@@ -653,8 +654,10 @@ def probe(services: Services, attempt_id: int, ctx: StepContext) -> list[Step]:
             return []
         repo, sha, strategy, spec = Path(run.project.repo_path), a.candidate_commit, dict(run.strategy), dict(ph.spec)
         baseline = (run.baseline or {}).get("outcomes", {})
-        ci_profile, audit_mode = ph.budget["ci_profile"], ph.budget["audit"]
+        ci_profile, audit_mode, project_id = ph.budget["ci_profile"], ph.budget["audit"], run.project_id
     limits = _limits(strategy)
+    quarantined: frozenset[str] = frozenset()
+    extra: list[dict[str, str]] = []
     try:
         result = _run_tests(services, repo, sha, _test_argv(services, strategy), limits)
         rerun_ids = gatelib.tests_to_rerun(baseline, result["outcomes"])
@@ -663,6 +666,13 @@ def probe(services: Services, attempt_id: int, ctx: StepContext) -> list[Step]:
             rr = _run_tests(services, repo, sha, _test_argv(services, strategy, rerun_ids), limits)
             rerun = rr["outcomes"]
             result["rerun"] = {"tests": rerun_ids, "outcomes": rerun}
+            quarantined = _quarantined(services, project_id)
+            for _ in range(services.config.strategy.flakiness.quarantine_reruns):
+                again = gatelib.quarantined_to_rerun(quarantined, rerun_ids, [rerun, *extra])
+                if not again:
+                    break
+                extra.append(_run_tests(services, repo, sha, _test_argv(services, strategy, again), limits)["outcomes"])
+                result["rerun"].setdefault("extra", []).append({"tests": again, "outcomes": extra[-1]})
     except SandboxUnavailable as exc:
         _fail_run_now(services, ctx, a.run_id, RunState.DONE_FAILED_SETUP, str(exc))
         return []
@@ -676,15 +686,20 @@ def probe(services: Services, attempt_id: int, ctx: StepContext) -> list[Step]:
             acceptance=tuple(spec.get("acceptance_tests", [])),
             missing_deliverables=missing,
             killed=result["killed"],
+            quarantined=quarantined,
+            extra_reruns=tuple(extra),
         )
     )
-    passed = verdict.passed and not (ci_profile == "strict" and verdict.flaky)
-    reason = verdict.reason if passed == verdict.passed else f"strict CI: flaky tests block ({', '.join(verdict.flaky)})"
+    # Strict CI blocks on a flaky test unless the project already knew it as flaky (quarantined).
+    blocking_flaky = [t for t in verdict.flaky if t not in verdict.known_flaky]
+    passed = verdict.passed and not (ci_profile == "strict" and blocking_flaky)
+    reason = verdict.reason if passed == verdict.passed else f"strict CI: flaky tests block ({', '.join(blocking_flaky)})"
     gate = {
         "passed": passed,
         "reason": reason,
         "regressions": list(verdict.regressions),
         "flaky": list(verdict.flaky),
+        "known_flaky": list(verdict.known_flaky),
         "acceptance_failed": list(verdict.acceptance_failed),
         "acceptance_missing": list(verdict.acceptance_missing),
         "missing_deliverables": list(verdict.missing_deliverables),
@@ -709,6 +724,12 @@ def probe(services: Services, attempt_id: int, ctx: StepContext) -> list[Step]:
             a.failure = reason + ("\n\nTest output (tail):\n" + result["output_tail"][-2500:] if result["output_tail"] else "")
         emit(s, a.run_id, "attempt.tested", phase_key=a.phase.key, attempt_id=a.id, passed=passed, summary=result["summary"], reason=reason)
         return ctx.finish(s, [("audit" if passed and audit_mode != "off" else "decide", attempt_id)])
+
+
+def _quarantined(services: Services, project_id: int) -> frozenset[str]:
+    """The project's quarantined tests (read only when a test needed a re-run)."""
+    with session_scope(services.db_url) as s:
+        return quarantined_tests(s, project_id)
 
 
 def audit(services: Services, attempt_id: int, ctx: StepContext) -> list[Step]:

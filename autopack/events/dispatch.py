@@ -87,8 +87,24 @@ def _refresh_rules(session: Session, services: Any, event: dict[str, Any]) -> No
         emit(session, run.id, "rule.retired", rule_id=rule_id, reason=reason)
 
 
+def _record_flakiness(session: Session, services: Any, event: dict[str, Any]) -> None:
+    """On run end: fold what the run's gates saw into its project's known-flaky tests; a test
+    quarantined, cleared or suspected again is told by a ``flaky.<state>`` event of the run."""
+    from autopack.engine.flakiness import record_run
+    from autopack.flakiness import FlakinessConfig
+
+    run = session.get(Run, event["run_id"])
+    if run is None:
+        return
+    config = getattr(services, "config", None)
+    cfg = config.strategy.flakiness if config is not None else FlakinessConfig()
+    for test_id, state, reason in record_run(session, run, cfg):
+        emit(session, run.id, f"flaky.{state}", test=test_id, reason=reason)
+
+
 HANDLERS: list[Handler] = [
     Handler("rules", frozenset({"run.finished"}), _refresh_rules),
+    Handler("flakiness", frozenset({"run.finished", "run.cancelled"}), _record_flakiness),
     Handler("postmortem", frozenset({"run.finished", "run.cancelled"}), _write_postmortem, _narrative),
 ]
 

@@ -12,7 +12,7 @@ from sqlalchemy import create_engine, inspect
 from autopack.db.migrate import downgrade, upgrade
 from autopack.db.models import Base
 
-TABLES = {"projects", "runs", "tiers", "phases", "attempts", "model_calls", "events", "steps", "event_deliveries", "postmortems", "hints", "rules", "project_spend", "issues", "issue_occurrences"}
+TABLES = {"projects", "runs", "tiers", "phases", "attempts", "model_calls", "events", "steps", "event_deliveries", "postmortems", "hints", "rules", "project_spend", "issues", "issue_occurrences", "flaky_tests"}
 
 
 def _check(url: str) -> None:

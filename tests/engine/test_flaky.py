@@ -72,3 +72,88 @@ def test_flaky_test_blocks_strict_ci(local_settings, flaky_repo: Path) -> None:
         assert attempt["gate"]["ci_profile"] == "strict" and not attempt["gate"]["passed"]
         assert attempt["gate"]["flaky"] == ["tests/test_order.py::test_order_sensitive"]
         assert "strict CI" in attempt["gate"]["reason"]
+
+
+ORDER_ID = "tests/test_order.py::test_order_sensitive"
+
+
+def test_a_test_flaky_in_two_runs_is_quarantined_and_no_longer_blocks_strict_ci(local_settings, flaky_repo: Path) -> None:
+    from autopack.events.dispatch import dispatch_pending
+
+    services, _ = make_services(local_settings, _respond)
+    register(local_settings, flaky_repo)
+    for _ in range(2):  # two normal-CI runs in which it flakes (each folded in when it ends)
+        run_id = submit(services, _plan("feature"))
+        drive(services, ("start_run", run_id))
+        assert view(services, run_id)["state"] == "DONE_SUCCESS"
+        dispatch_pending(services, run_id)
+    strict = submit(services, _plan("schema_contract_change"))
+    drive(services, ("start_run", strict))
+    v = view(services, strict)
+    assert v["state"] == "DONE_SUCCESS", v["failure_reason"]
+    [attempt] = phase(v, "extra")["attempt_details"]
+    gate = attempt["gate"]
+    assert gate["ci_profile"] == "strict" and gate["passed"]
+    assert gate["flaky"] == gate["known_flaky"] == [ORDER_ID]
+    assert "1 of them quarantined" in gate["reason"]
+
+
+# Passes at its 1st, 4th and later runs, fails at its 2nd and 3rd: with the baseline first, the
+# candidate's run and its first re-run fail, and only a second re-run passes.
+COUNTED_TEST = '''from pathlib import Path
+
+COUNTER = Path({counter!r})
+
+
+def test_counted():
+    n = int(COUNTER.read_text()) if COUNTER.exists() else 0
+    COUNTER.write_text(str(n + 1))
+    assert n not in (1, 2)
+'''
+COUNTED_ID = "tests/test_counted.py::test_counted"
+
+
+@pytest.mark.parametrize("quarantined", [True, False])
+def test_a_quarantined_test_gets_more_reruns_before_its_failure_is_a_regression(
+        local_settings, demo_repo: Path, tmp_path: Path, quarantined: bool) -> None:
+    """Without the sandbox (its copies are thrown away) so the test can count its runs in a file."""
+    import dataclasses
+
+    from autopack.db.models import FlakyTest, Project
+    from autopack.db.session import session_scope
+    from autopack.engine.leases import now_utc
+    from autopack.sandbox.runner import UnsandboxedRunner
+
+    counter = tmp_path / "runs-of-test_counted"
+    (demo_repo / "tests" / "test_counted.py").write_text(COUNTED_TEST.format(counter=str(counter)))
+    env = {**GIT_ENV, "PATH": "/usr/bin:/bin"}
+    subprocess.run(["git", "add", "-A"], cwd=demo_repo, env=env, check=True)
+    subprocess.run(["git", "commit", "-qm", "a test that counts its runs"], cwd=demo_repo, env=env, check=True)
+    services, _ = make_services(local_settings, _respond)
+    services = dataclasses.replace(services, sandbox=UnsandboxedRunner())
+    register(local_settings, demo_repo)
+    if quarantined:
+        with session_scope(local_settings.db_url) as s:
+            project = s.query(Project).one()
+            now = now_utc()
+            s.add(FlakyTest(project_id=project.id, test_id=COUNTED_ID, state="quarantined", state_reason="flaky in 2 runs",
+                            flaky_count=2, runs=["a", "b"], passes_since_flaky=0, first_seen_at=now, last_flaky_at=now, state_changed_at=now))
+    run_id = submit(services, _plan("feature"))
+    drive(services, ("start_run", run_id))
+    v = view(services, run_id)
+    assert v["state"] == "DONE_SUCCESS", v["failure_reason"]
+    first = phase(v, "extra")["attempt_details"][0]
+    with session_scope(local_settings.db_url) as s:
+        from autopack.db.models import Attempt
+
+        result = s.query(Attempt).filter_by(run_id=run_id, number=1).one().test_result
+    if quarantined:  # baseline, candidate, re-run, one more re-run (passes): done at the first attempt
+        assert counter.read_text() == "4"
+        assert len(phase(v, "extra")["attempt_details"]) == 1
+        assert first["gate"]["passed"] and first["gate"]["known_flaky"] == [COUNTED_ID] and first["gate"]["regressions"] == []
+        assert result["rerun"]["outcomes"][COUNTED_ID] == "failed"
+        assert result["rerun"]["extra"] == [{"tests": [COUNTED_ID], "outcomes": {COUNTED_ID: "passed"}}]
+    else:  # one re-run only: a regression; the second attempt's run passes
+        assert not first["gate"]["passed"] and first["gate"]["regressions"] == [COUNTED_ID] and first["gate"]["known_flaky"] == []
+        assert "extra" not in result["rerun"]
+        assert len(phase(v, "extra")["attempt_details"]) == 2

@@ -216,6 +216,32 @@ def test_postmortem_endpoint(api, local_settings: Settings) -> None:  # type: ig
     assert client.get(f"/runs/{run_id}/postmortem?format=json").get_json()["facts"]["state"] == "CANCELLED"
 
 
+def test_flaky_tests_api_lists_a_projects_records_by_state(api, local_settings: Settings) -> None:  # type: ignore[no-untyped-def]
+    from autopack.db.models import FlakyTest
+    from autopack.engine.leases import now_utc
+
+    client, _ = api
+    now = now_utc()
+    with session_scope(local_settings.db_url) as s:
+        project = s.scalar(select(Project).where(Project.name == "demo"))
+        for test_id, state in (("tests/t.py::b", "suspected"), ("tests/t.py::c", "cleared"), ("tests/t.py::a", "quarantined")):
+            s.add(FlakyTest(project_id=project.id, test_id=test_id, state=state, state_reason="why", flaky_count=2, runs=["r1", "r2"],
+                            passes_since_flaky=1, first_seen_at=now, last_flaky_at=now, state_changed_at=now))
+    body = client.get("/projects/demo/flaky-tests").get_json()
+    assert body["project"] == "demo"
+    assert [(t["test"], t["state"]) for t in body["tests"]] == [
+        ("tests/t.py::a", "quarantined"), ("tests/t.py::b", "suspected"), ("tests/t.py::c", "cleared")]
+    first = body["tests"][0]
+    assert (first["flaky_count"], first["runs"], first["passes_since_flaky"], first["reason"]) == (2, ["r1", "r2"], 1, "why")
+    assert first["last_flaky_at"] == now.isoformat()
+    only = client.get("/projects/demo/flaky-tests?state=quarantined").get_json()["tests"]
+    assert [t["test"] for t in only] == ["tests/t.py::a"]
+    bad = client.get("/projects/demo/flaky-tests?state=flaky")
+    assert bad.status_code == 422 and bad.get_json()["field"] == "state"
+    assert client.get("/projects/nope/flaky-tests").status_code == 404
+    assert "/projects/{name}/flaky-tests" in client.get("/openapi.json").get_json()["paths"]
+
+
 def test_rules_api_lists_edits_and_exports(api, local_settings: Settings) -> None:  # type: ignore[no-untyped-def]
     from autopack.db.models import Rule
 
