@@ -17,7 +17,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from autopack.db.models import Project, Run
+from autopack.db.models import Project, Run, as_utc
 from autopack.db.session import session_scope
 from autopack.errors import GitError
 from autopack.states import RUN_TERMINAL
@@ -57,7 +57,7 @@ def remove_finished_worktrees(db_url: str, worktrees_dir: Path, older_than_s: fl
     terminal = {s.value for s in RUN_TERMINAL}
     for run_id in sorted(known):
         r = known[run_id]
-        finished = r.finished_at if r.finished_at is None or r.finished_at.tzinfo else r.finished_at.replace(tzinfo=timezone.utc)
+        finished = as_utc(r.finished_at)
         if r.state not in terminal or finished is None or finished > cutoff:
             report.kept += 1
             continue

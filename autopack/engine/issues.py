@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from autopack.db.models import Attempt, Issue, IssueOccurrence, Project, Run, utcnow
+from autopack.db.models import Attempt, Issue, IssueOccurrence, Project, Run, as_utc, utcnow
 from autopack.normalize import normalize_error
 
 
@@ -83,8 +83,7 @@ def open_major_in_tier(session: Session, run_id: str, tier_key: str) -> int:
 
 
 def _age_days(dt: datetime, now: datetime) -> float:
-    dt = dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
-    return round((now - dt).total_seconds() / 86400, 3)
+    return round((now - as_utc(dt)).total_seconds() / 86400, 3)
 
 
 def _issue_view(i: Issue, now: datetime) -> dict[str, Any]:

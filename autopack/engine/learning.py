@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from autopack import rules as rl
-from autopack.db.models import Hint, ModelCall, Phase, Project, Rule, Run, utcnow
+from autopack.db.models import Hint, ModelCall, Phase, Project, Rule, Run, as_utc, utcnow
 from autopack.engine.store import emit
 from autopack.strategy import LearningConfig
 
@@ -128,10 +128,7 @@ def retire_rules(session: Session, cfg: LearningConfig, now: datetime | None = N
     for rule in session.scalars(q):
         effect = rule_effect(session, rule)
         rule.effect = effect
-        created = rule.created_at if rule.created_at.tzinfo else rule.created_at.replace(tzinfo=timezone.utc)
-        last = rule.last_matched_at
-        if last is not None and last.tzinfo is None:
-            last = last.replace(tzinfo=timezone.utc)
+        created, last = as_utc(rule.created_at), as_utc(rule.last_matched_at)
         reason = rl.retire_reason(effect, last, created, now, stale_after=timedelta(days=cfg.stale_after_days), min_carried=cfg.min_carried)
         if reason:
             rule.status, rule.status_reason = "retired", reason

@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
-from autopack.db.models import StepRow
+from autopack.db.models import StepRow, as_utc
 from autopack.db.session import session_scope
 from autopack.errors import AutopackError
 
@@ -63,7 +63,7 @@ def db_now(session: Session) -> datetime:
     if isinstance(clock, datetime):
         return clock
     value = session.scalar(select(clock))
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    return as_utc(value)
 
 
 def add_steps(session: Session, run_id: str, steps: list[Step]) -> list[StepRow]:

@@ -20,7 +20,7 @@ from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from autopack.db.models import BudgetReservation, Phase, ProjectSpend, Run, StepRow
+from autopack.db.models import BudgetReservation, Phase, ProjectSpend, Run, StepRow, as_utc
 from autopack.engine.leases import db_now, lease_clock
 from autopack.errors import BudgetExceeded
 from autopack.states import RUN_TERMINAL
@@ -37,7 +37,7 @@ def estimate_tokens(text: str) -> int:
 
 def utc_day(when: datetime) -> str:
     """The UTC date of ``when``: the key of a project's daily spend."""
-    return (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).astimezone(timezone.utc).strftime("%Y-%m-%d")
+    return as_utc(when).astimezone(timezone.utc).strftime("%Y-%m-%d")
 
 
 @dataclass(frozen=True)
@@ -201,7 +201,7 @@ def charge_orphans(session: Session, now: datetime | None = None) -> int:
         if r.step_id is None:
             orphan = run_state in terminal
         else:
-            expired = expires is not None and (expires if expires.tzinfo else expires.replace(tzinfo=timezone.utc)) < now
+            expired = expires is not None and as_utc(expires) < now
             orphan = run_state in terminal or done_at is not None or fence != r.fence or expired
         if orphan and _close(session, r.id, "charged"):
             _move(session, r.run_id, r.project_id, r.day, r.tokens, r.cost, r.tokens, r.cost)

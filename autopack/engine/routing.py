@@ -6,14 +6,14 @@ from __future__ import annotations
 import dataclasses
 
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from autopack.config import ModelsConfig
-from autopack.db.models import ModelCall
+from autopack.db.models import ModelCall, as_utc
 from autopack.engine.leases import db_now
 from autopack.governance.quotas import PERIODS, QuotaWindow, UsageTotals
 from autopack.governance.routing import ProviderState, RouteDecision, candidates, route
@@ -21,10 +21,6 @@ from autopack.strategy import RoutingConfig
 
 # How an outage is recorded on a model call (``ModelCall.error`` starts with the exception's name).
 OUTAGE_PREFIX = "ProviderUnavailable"
-
-
-def _aware(dt: datetime) -> datetime:
-    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
 
 
 def provider_state(session: Session, models: ModelsConfig, provider: str, now: datetime, cooldown_s: float) -> ProviderState:
@@ -56,7 +52,7 @@ def provider_state(session: Session, models: ModelsConfig, provider: str, now: d
     if cooldown_s > 0:
         last_at, last_error = row[2 * len(periods)], row[2 * len(periods) + 1]
         if last_at is not None and (last_error or "").startswith(OUTAGE_PREFIX):
-            down_until = _aware(last_at) + timedelta(seconds=cooldown_s)
+            down_until = as_utc(last_at) + timedelta(seconds=cooldown_s)
             reason = last_error[len(OUTAGE_PREFIX) + 2:][:200]
     return ProviderState(down_until=down_until, down_reason=reason, usage=usage, windows=windows)
 

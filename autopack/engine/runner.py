@@ -8,12 +8,12 @@ import os
 import socket
 import threading
 from dataclasses import dataclass, field
-from datetime import timedelta, timezone
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import and_, or_, select, update
 
-from autopack.db.models import Attempt, Phase, Run, StepRow
+from autopack.db.models import Attempt, Phase, Run, StepRow, as_utc
 from autopack.db.problems import database_problem
 from autopack.db.session import session_scope
 from autopack.engine.faults import crash_point
@@ -176,7 +176,7 @@ def reconcile(services: Services, max_runtime_s: float | None = None) -> Reconci
             try:
                 with s.begin_nested():
                     limit = max_runtime_s if max_runtime_s is not None else float(run.strategy.get("run", {}).get("max_runtime_s", 6 * 3600))
-                    created = run.created_at if run.created_at.tzinfo else run.created_at.replace(tzinfo=timezone.utc)
+                    created = as_utc(run.created_at)
                     if now - created > timedelta(seconds=limit):
                         _end_run(s, run, RunState.DONE_FAILED_TIMEOUT, f"run exceeded its maximum runtime of {limit:.0f}s")
                         report.timed_out.append(run.id)
