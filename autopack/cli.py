@@ -474,6 +474,9 @@ def cmd_flaky(args: argparse.Namespace, settings: Settings) -> int:
     from autopack.errors import NotFound
 
     if args.action == "age":
+        if args.project or args.state:
+            _err("flaky age ages every project's records; it takes no --project or --state")
+            return 2
         report = age_records(settings.db_url, load_config(settings.config_dir).strategy.flakiness)
         _out(json.dumps(report.as_dict()) if args.json else
              f"cleared {len(report.cleared)} record(s), forgot {len(report.forgotten)}, kept {report.kept}")
@@ -491,8 +494,8 @@ def cmd_flaky(args: argparse.Namespace, settings: Settings) -> int:
     for name, tests in listing.items():
         _out(f"{name}: {len(tests)} known-flaky test record(s)")
         for t in tests:
-            _out(f"  [{t['state']}] {t['test']}: flaky {t['flaky_count']}x in {len(t['runs'])} run(s) since it was last cleared, "
-                 f"{t['passes_since_flaky']} first-try pass(es) since; last flaky {t['last_flaky_at']}")
+            _out(f"  [{t['state']}] {t['test']}: flaky {t['flaky_count']}x in all, in {len(t['runs'])} run(s) since it was "
+                 f"last cleared; {t['passes_since_flaky']} first-try pass(es) since its last flake on {t['last_flaky_at']}")
             if t["reason"]:
                 _out(f"     {t['reason']}")
     return 0

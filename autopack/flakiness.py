@@ -3,8 +3,9 @@
 The gate re-runs a newly failing test once; passing on the re-run makes it *flaky* in that attempt.
 One flake says little; a test that flaked in ``quarantine_after_runs`` different runs of a project
 is **quarantined**: later gates re-run it more (``quarantine_reruns``) before they call its failure a
-regression, and strict CI does not block on it (its flakiness predates the phase). A quarantined test
-that fails every re-run still blocks: quarantine never hides a failure that reproduces.
+regression. A quarantined test that fails every re-run still blocks: quarantine never hides a
+failure that reproduces. Strict CI ignores quarantine (it blocks on any flaky test): the evidence
+comes from candidates, so it cannot tell a test that flakes anyway from one a change made flaky.
 
 A record is **cleared** when its test passed at the first try ``clear_after_passes`` times since its
 last flake, or flaked no more for ``clear_after_days``; a cleared record is forgotten

@@ -205,7 +205,9 @@ def test_flaky_lists_known_flaky_tests_and_ages_them_by_hand(state: Settings, de
     assert main(["flaky"]) == 0
     out = capsys.readouterr().out
     assert "demo: 2 known-flaky test record(s)" in out
-    assert "[quarantined] tests/t.py::new: flaky 3x in 2 run(s) since it was last cleared, 4 first-try pass(es) since" in out
+    assert "[quarantined] tests/t.py::new: flaky 3x in all, in 2 run(s) since it was last cleared; 4 first-try pass(es) since" in out
+    assert main(["flaky", "age", "--project", "demo"]) == 2
+    assert "takes no --project or --state" in capsys.readouterr().err
     assert main(["flaky", "age", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == {"cleared": ["demo: tests/t.py::old"], "forgotten": [], "kept": 2}
     assert main(["flaky", "--project", "demo", "--state", "cleared", "--json"]) == 0

@@ -149,8 +149,8 @@ def build_openapi() -> dict[str, Any]:
                           "responses": {"200": {"description": "the rule"}, "404": ERR["404"], "422": ERR["422"]}},
             },
             "/projects/{name}/flaky-tests": {
-                "get": {"summary": "The project's known-flaky tests: quarantined (more re-runs, strict CI does not block on "
-                                   "them), suspected and cleared, with the runs they flaked in",
+                "get": {"summary": "The project's known-flaky tests: quarantined (more re-runs before a failure is a "
+                                   "regression), suspected and cleared, with the runs they flaked in",
                         "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},
                                        {"name": "state", "in": "query", "schema": {"enum": ["suspected", "quarantined", "cleared"]}}],
                         "responses": {"200": {"description": "tests"}, "404": ERR["404"], "422": ERR["422"]}},

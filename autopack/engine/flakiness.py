@@ -36,14 +36,17 @@ def _store(row: FlakyTest, rec: fl.FlakyRecord) -> None:
 
 
 def _lock_project(session: Session, project_id: int) -> None:
-    session.execute(select(Project.id).where(Project.id == project_id).with_for_update())
+    # FOR NO KEY UPDATE: it serializes the writers of the records, and unlike FOR UPDATE it does not
+    # make inserts that reference the project (runs, issues, spend) wait on their foreign-key check.
+    session.execute(select(Project.id).where(Project.id == project_id).with_for_update(key_share=True))
 
 
 def record_run(session: Session, run: Run, cfg: fl.FlakinessConfig, now: datetime | None = None) -> list[tuple[str, str, str]]:
     """Fold what the gates of ``run`` saw into its project's records, in the caller's transaction;
-    return the state changes as (test id, new state, reason)."""
+    return the state changes as (test id, new state, reason). The flakes are dated when the run
+    ended (not when this fold runs, which may be later if the events queue is backed up)."""
     _lock_project(session, run.project_id)
-    now = now or db_now(session)
+    now = now or as_utc(run.finished_at) or db_now(session)
     gates = session.execute(
         select(Attempt.test_result, Attempt.gate).where(Attempt.run_id == run.id, Attempt.gate.is_not(None)).order_by(Attempt.id)
     ).all()

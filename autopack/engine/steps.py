@@ -644,7 +644,10 @@ def _budget_stop(services: Services, ctx: StepContext, phase_id: int, attempt_id
 
 
 def probe(services: Services, attempt_id: int, ctx: StepContext) -> list[Step]:
-    """The test gate: the candidate's tests in the sandbox against the T0 baseline, flaky re-run once."""
+    """The test gate: the candidate's tests in the sandbox against the T0 baseline. A newly failing
+    test is re-run once; a quarantined one (known flaky in the project) up to ``quarantine_reruns``
+    more times while it keeps failing, as long as the ci queue's time limit leaves room for a run."""
+    started = time.monotonic()
     with session_scope(services.db_url) as s:
         a = s.get(Attempt, attempt_id)
         if a is None or a.test_result is not None or a.candidate_commit is None:
@@ -669,10 +672,14 @@ def probe(services: Services, attempt_id: int, ctx: StepContext) -> list[Step]:
             quarantined = _quarantined(services, project_id)
             for _ in range(services.config.strategy.flakiness.quarantine_reruns):
                 again = gatelib.quarantined_to_rerun(quarantined, rerun_ids, [rerun, *extra])
-                if not again:
+                if not again or rr["killed"]:  # a re-run that hung or crashed: no more of them
                     break
-                extra.append(_run_tests(services, repo, sha, _test_argv(services, strategy, again), limits)["outcomes"])
-                result["rerun"].setdefault("extra", []).append({"tests": again, "outcomes": extra[-1]})
+                if time.monotonic() - started + limits.timeout_s > services.settings.ci_time_limit - CI_LIMIT_MARGIN_S:
+                    result["rerun"]["extra_skipped"] = "no room left under the ci queue's time limit"
+                    break
+                rr = _run_tests(services, repo, sha, _test_argv(services, strategy, again), limits)
+                extra.append(rr["outcomes"])
+                result["rerun"].setdefault("extra", []).append({"tests": again, "outcomes": rr["outcomes"], "killed": rr["killed"]})
     except SandboxUnavailable as exc:
         _fail_run_now(services, ctx, a.run_id, RunState.DONE_FAILED_SETUP, str(exc))
         return []
@@ -690,10 +697,10 @@ def probe(services: Services, attempt_id: int, ctx: StepContext) -> list[Step]:
             extra_reruns=tuple(extra),
         )
     )
-    # Strict CI blocks on a flaky test unless the project already knew it as flaky (quarantined).
-    blocking_flaky = [t for t in verdict.flaky if t not in verdict.known_flaky]
-    passed = verdict.passed and not (ci_profile == "strict" and blocking_flaky)
-    reason = verdict.reason if passed == verdict.passed else f"strict CI: flaky tests block ({', '.join(blocking_flaky)})"
+    # Strict CI blocks on every flaky test, quarantined ones too: a project's record cannot tell a
+    # test that flakes anyway from one this candidate made flaky (a high-risk change may do that).
+    passed = verdict.passed and not (ci_profile == "strict" and verdict.flaky)
+    reason = verdict.reason if passed == verdict.passed else f"strict CI: flaky tests block ({', '.join(verdict.flaky)})"
     gate = {
         "passed": passed,
         "reason": reason,
@@ -724,6 +731,11 @@ def probe(services: Services, attempt_id: int, ctx: StepContext) -> list[Step]:
             a.failure = reason + ("\n\nTest output (tail):\n" + result["output_tail"][-2500:] if result["output_tail"] else "")
         emit(s, a.run_id, "attempt.tested", phase_key=a.phase.key, attempt_id=a.id, passed=passed, summary=result["summary"], reason=reason)
         return ctx.finish(s, [("audit" if passed and audit_mode != "off" else "decide", attempt_id)])
+
+
+# Extra re-runs of quarantined tests stop where one more full test run could reach the ci queue's
+# hard time limit (its soft limit is 30 s below it).
+CI_LIMIT_MARGIN_S = 60
 
 
 def _quarantined(services: Services, project_id: int) -> frozenset[str]:

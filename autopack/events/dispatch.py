@@ -155,12 +155,7 @@ def dispatch_pending(services: Any, run_id: str | None = None, *, handlers: list
             break
         for h in subscribed:
             try:
-                if h.prepare is not None:
-                    with session_scope(services.db_url) as s:
-                        done = s.scalar(select(EventDelivery.id).where(EventDelivery.event_id == ev["id"], EventDelivery.handler == h.name))
-                    prepared = h.prepare(services, ev) if done is None else None
-                else:
-                    prepared = None
+                prepared = h.prepare(services, ev) if h.prepare is not None and not _delivered(services.db_url, ev["id"], h.name) else None
                 with session_scope(services.db_url) as s:
                     done = s.scalar(select(EventDelivery.id).where(EventDelivery.event_id == ev["id"], EventDelivery.handler == h.name))
                     if done is not None:
@@ -170,8 +165,10 @@ def dispatch_pending(services: Any, run_id: str | None = None, *, handlers: list
                     s.flush()
                     h.fn(s, services, {**ev, "prepared": prepared})
                 report.deliveries += 1
-            except IntegrityError:  # another dispatcher delivered it first
-                report.skipped.append(f"{ev['id']}:{h.name}")
+            except IntegrityError:
+                if not _delivered(services.db_url, ev["id"], h.name):
+                    raise  # the handler's own write failed: the event stays undispatched, for a retry
+                report.skipped.append(f"{ev['id']}:{h.name}")  # another dispatcher delivered it first
             crash_point("mid_fanout")
         if mirror is not None:
             if mirror.append(ev) is not None:
@@ -184,6 +181,11 @@ def dispatch_pending(services: Any, run_id: str | None = None, *, handlers: list
         with session_scope(services.db_url) as s:
             s.execute(update(Event).where(Event.id.in_(done_ids)).values(dispatched=True).execution_options(synchronize_session=False))
     return report
+
+
+def _delivered(db_url: str, event_id: int, handler: str) -> bool:
+    with session_scope(db_url) as s:
+        return s.scalar(select(EventDelivery.id).where(EventDelivery.event_id == event_id, EventDelivery.handler == handler)) is not None
 
 
 def runs_with_undispatched(db_url: str, older_than_s: float = 5.0) -> list[str]:

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import select
 
 from autopack.db.migrate import upgrade
-from autopack.db.models import Attempt, Event, FlakyTest, Phase, Project, Run
+from autopack.db.models import Attempt, Event, FlakyTest, Phase, Project, Run, as_utc
 from autopack.db.session import session_scope
 from autopack.engine.flakiness import age_records, project_flaky_tests, quarantined_tests, record_run
 from autopack.engine.store import emit
@@ -24,6 +24,7 @@ from tests.engine.harness import demo_plan, make_services, register, submit
 
 T = "tests/test_core.py::test_add"
 U = "tests/test_core.py::test_sub"
+ENDED = datetime(2026, 11, 2, 8, 30, tzinfo=timezone.utc)  # when the runs below ended
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -49,7 +50,7 @@ def _finished_run(settings: Settings, services: Any, gates: list[tuple[dict[str,
                           test_result={"outcomes": outcomes}, gate={"passed": True, "flaky": flaky}))
         run = s.get(Run, run_id)
         assert run is not None
-        run.state = "DONE_SUCCESS"
+        run.state, run.finished_at = "DONE_SUCCESS", ENDED
         emit(s, run_id, "run.finished", state="DONE_SUCCESS", reason=None)
     return run_id
 
@@ -67,6 +68,8 @@ def test_a_test_flaky_in_two_runs_is_quarantined_when_the_second_ends(settings: 
     rows = _rows(settings)
     assert set(rows) == {T}  # a first-try pass of an unrecorded test records nothing
     assert (rows[T].state, rows[T].flaky_count, rows[T].runs) == ("suspected", 2, [first])
+    # Dated when the run ended, not when the dispatcher got to it.
+    assert as_utc(rows[T].last_flaky_at) == as_utc(rows[T].first_seen_at) == ENDED
     assert dispatch_pending(services, first).events == 0 and _rows(settings)[T].flaky_count == 2
 
     second = _finished_run(settings, services, [({T: "failed"}, [T])])

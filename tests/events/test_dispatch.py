@@ -103,3 +103,30 @@ def test_a_steps_worker_dispatches_up_to_the_first_handled_event_and_leaves_the_
     with session_scope(local_settings.db_url) as s:
         cancel_event = s.scalar(select(Event.id).where(Event.run_id == cancelled, Event.type == "run.cancelled"))
     assert _effects(local_settings.db_url) == [(cancel_event, "first"), (cancel_event, "second")]
+
+
+def test_a_handler_whose_own_write_breaks_a_unique_key_leaves_its_event_for_a_retry(local_settings: Settings) -> None:
+    """An IntegrityError from the handler is not 'another dispatcher delivered it first': the
+    dispatch fails, nothing of the handler stays, the event is not marked, and a retry delivers it."""
+    import pytest
+    from sqlalchemy.exc import IntegrityError
+
+    cancelled, _running = _two_runs(local_settings)
+    services = SimpleNamespace(db_url=local_settings.db_url)
+    writes = {"n": 2}
+
+    def write(session, _services, event):  # type: ignore[no-untyped-def]
+        for _ in range(writes["n"]):  # the second time breaks (event_id, handler)'s unique key
+            session.add(EventDelivery(event_id=event["id"], handler="dup-effect"))
+            session.flush()
+
+    handler = Handler("dup", frozenset({"run.cancelled"}), write)
+    with pytest.raises(IntegrityError):
+        dispatch_pending(services, cancelled, handlers=[handler])
+    with session_scope(local_settings.db_url) as s:
+        assert s.scalars(select(EventDelivery)).all() == []
+        assert s.scalar(select(Event.dispatched).where(Event.run_id == cancelled, Event.type == "run.cancelled")) is False
+    writes["n"] = 1
+    assert dispatch_pending(services, cancelled, handlers=[handler]).deliveries == 1
+    with session_scope(local_settings.db_url) as s:
+        assert sorted(s.scalars(select(EventDelivery.handler))) == ["dup", "dup-effect"]
