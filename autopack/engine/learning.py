@@ -10,16 +10,23 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from autopack import rules as rl
-from autopack.db.models import Hint, ModelCall, Phase, Project, Rule, Run, as_utc, utcnow
+from autopack.db.models import Attempt, Hint, ModelCall, Phase, Project, Rule, Run, as_utc, utcnow
 from autopack.engine.store import emit
 from autopack.strategy import LearningConfig
 
 
+def teaches(attempt: Attempt) -> bool:
+    """Whether a failed attempt holds a lesson for the attempts after it. One that strict CI blocked
+    only for a flaky test does not: the next attempt passed by luck, not by its change."""
+    return bool(attempt.failure_key) and not (attempt.gate or {}).get("blocked_as_flaky")
+
+
 def record_hint(session: Session, phase: Phase, lesson: str | None = None) -> Hint | None:
-    """When an attempt of ``phase`` failed and a later one was accepted: the hint (once per phase)."""
+    """When an attempt of ``phase`` failed (and :func:`teaches`) and a later one was accepted: the
+    hint (once per phase)."""
     attempts = sorted(phase.attempts, key=lambda a: a.number)
     accepted = next((a for a in attempts if a.decision == "complete"), None)
-    failed = [a for a in attempts if a.failure_key and accepted is not None and a.number < accepted.number]
+    failed = [a for a in attempts if teaches(a) and accepted is not None and a.number < accepted.number]
     if accepted is None or not failed:
         return None
     existing = session.scalar(select(Hint).where(Hint.run_id == phase.run_id, Hint.phase_key == phase.key))

@@ -37,7 +37,7 @@ from autopack.engine.flakiness import quarantined_tests
 from autopack.engine.doctor import classify_attempt, consult, history, no_attempts_left
 from autopack.engine.routing import choose_model, fallback_chain, routing_record
 from autopack.engine.leases import CURRENT_STEP, StepContext, record_clock
-from autopack.engine.learning import auditor_guidance, promote, prompt_guidance, record_hint
+from autopack.engine.learning import auditor_guidance, promote, prompt_guidance, record_hint, teaches
 from autopack.engine.ledger import estimate_tokens, reserve, settle
 from autopack.engine.services import Services
 from autopack.engine.store import emit, transition
@@ -711,6 +711,8 @@ def probe(services: Services, attempt_id: int, ctx: StepContext) -> list[Step]:
         "acceptance_missing": list(verdict.acceptance_missing),
         "missing_deliverables": list(verdict.missing_deliverables),
         "ci_profile": ci_profile,
+        # Only flakiness failed it (strict CI): nothing a later attempt's change fixes, so no lesson.
+        "blocked_as_flaky": verdict.passed and not passed,
     }
     with session_scope(services.db_url) as s:
         ctx.guard(s)
@@ -1116,13 +1118,13 @@ def _replan(services: Services, ph: Phase, current: Attempt, why: str) -> tuple[
 def _wants_lesson(services: Services, ph: Phase, accepted: Attempt) -> bool:
     """Whether a lesson model is configured and ``accepted`` fixed earlier failures of its phase."""
     return bool(services.config.strategy.learning.lesson_model) and any(
-        x.failure_key for x in ph.attempts if x.id != accepted.id)
+        teaches(x) for x in ph.attempts if x.id != accepted.id)
 
 
 def _model_lesson(services: Services, ph: Phase, accepted: Attempt, repo: Path) -> str | None:
     """The lesson of a fixed failure, written by the configured cheap model (None if it fails:
     the deterministic lesson is used instead)."""
-    failed = [x for x in ph.attempts if x.failure_key and x.number < accepted.number]
+    failed = [x for x in ph.attempts if teaches(x) and x.number < accepted.number]
     if not failed or accepted.parent_commit is None or accepted.candidate_commit is None:
         return None
     model = services.config.strategy.learning.lesson_model

@@ -115,9 +115,16 @@ COUNTER = Path({counter!r})
 def test_counted():
     n = int(COUNTER.read_text()) if COUNTER.exists() else 0
     COUNTER.write_text(str(n + 1))
-    assert n not in (1, 2)
+    assert n not in {fails}
 '''
 COUNTED_ID = "tests/test_counted.py::test_counted"
+
+
+def _add_counted_test(repo: Path, counter: Path, fails: tuple[int, ...]) -> None:
+    (repo / "tests" / "test_counted.py").write_text(COUNTED_TEST.format(counter=str(counter), fails=repr(fails)))
+    env = {**GIT_ENV, "PATH": "/usr/bin:/bin"}
+    subprocess.run(["git", "add", "-A"], cwd=repo, env=env, check=True)
+    subprocess.run(["git", "commit", "-qm", "a test that counts its runs"], cwd=repo, env=env, check=True)
 
 
 @pytest.mark.parametrize("case", ["quarantined", "not quarantined", "quarantined, no time left"])
@@ -134,10 +141,7 @@ def test_a_quarantined_test_gets_more_reruns_before_its_failure_is_a_regression(
     from autopack.sandbox.runner import UnsandboxedRunner
 
     counter = tmp_path / "runs-of-test_counted"
-    (demo_repo / "tests" / "test_counted.py").write_text(COUNTED_TEST.format(counter=str(counter)))
-    env = {**GIT_ENV, "PATH": "/usr/bin:/bin"}
-    subprocess.run(["git", "add", "-A"], cwd=demo_repo, env=env, check=True)
-    subprocess.run(["git", "commit", "-qm", "a test that counts its runs"], cwd=demo_repo, env=env, check=True)
+    _add_counted_test(demo_repo, counter, fails=(1, 2))
     quarantined = case.startswith("quarantined")
     settings = local_settings.model_copy(update={"ci_time_limit": 300}) if "no time" in case else local_settings
     services, _ = make_services(settings, _respond)
@@ -169,3 +173,29 @@ def test_a_quarantined_test_gets_more_reruns_before_its_failure_is_a_regression(
         assert "extra" not in result["rerun"]
         assert len(phase(v, "extra")["attempt_details"]) == 2
         assert result["rerun"].get("extra_skipped") == ("no room left under the ci queue's time limit" if quarantined else None)
+
+
+def test_an_attempt_strict_ci_blocked_only_for_a_flake_leaves_no_lesson(local_settings, demo_repo: Path, tmp_path: Path) -> None:
+    """The test fails once (the first attempt's run) and passes its re-run: strict CI blocks that
+    attempt, the second passes. Nothing was fixed, so no hint (nor a rule, later) may say it was."""
+    import dataclasses
+
+    from autopack.db.models import Event, Hint
+    from autopack.db.session import session_scope
+    from autopack.sandbox.runner import UnsandboxedRunner
+
+    _add_counted_test(demo_repo, tmp_path / "runs-of-test_counted", fails=(1,))
+    services, _ = make_services(local_settings, _respond)
+    services = dataclasses.replace(services, sandbox=UnsandboxedRunner())
+    register(local_settings, demo_repo)
+    run_id = submit(services, _plan("schema_contract_change"))
+    drive(services, ("start_run", run_id))
+    v = view(services, run_id)
+    assert v["state"] == "DONE_SUCCESS", v["failure_reason"]
+    first, second = phase(v, "extra")["attempt_details"]
+    assert first["gate"]["blocked_as_flaky"] and first["gate"]["flaky"] == [COUNTED_ID] and not first["gate"]["passed"]
+    assert first["failure_class"] == "test_failure" and second["decision"] == "complete"
+    assert second["gate"]["blocked_as_flaky"] is False
+    with session_scope(local_settings.db_url) as s:
+        assert s.query(Hint).count() == 0
+        assert s.query(Event).filter_by(run_id=run_id, type="hint.recorded").count() == 0
