@@ -11,14 +11,17 @@ without listing it)::
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import shutil
 import stat
+import subprocess
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path, PurePosixPath
 
 MAX_COLLECT_BYTES = 16 * 1024 * 1024
+log = logging.getLogger("autopack.sandbox")
 
 
 def check_collect_paths(paths: Iterable[str]) -> list[str]:
@@ -83,11 +86,17 @@ def take_workspace(src: Path, base: Path, owner: tuple[int, int] | None) -> Path
 
 
 def _chown_tree(dest: Path, owner: tuple[int, int]) -> None:
+    """Give the tree to ``owner``, without following links and without recursion (``os.walk``
+    recurses on Python 3.11, and a candidate may hold folders nested deeper than its stack)."""
     uid, gid = owner
     os.lchown(dest, uid, gid)
-    for root, dirs, files in os.walk(dest):
-        for name in dirs + files:
-            os.lchown(os.path.join(root, name), uid, gid)
+    stack = [str(dest)]
+    while stack:
+        with os.scandir(stack.pop()) as entries:
+            for entry in entries:
+                os.lchown(entry.path, uid, gid)
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
 
 
 def make_stage_dirs(base: Path, count: int) -> list[Path]:
@@ -157,4 +166,12 @@ def remove_run_dir(base: Path) -> None:
         except OSError:
             pass
 
-    shutil.rmtree(base, onerror=fix_and_retry)
+    try:
+        shutil.rmtree(base, onerror=fix_and_retry)
+    except RecursionError:
+        # Folders nested deeper than Python's stack (shutil.rmtree recurses on 3.11), made by the
+        # code under test: coreutils walk any depth.
+        subprocess.run(["chmod", "-R", "u+rwx", "--", str(base)], capture_output=True, check=False)
+        subprocess.run(["rm", "-rf", "--one-file-system", "--", str(base)], capture_output=True, check=False)
+    if os.path.lexists(base):
+        log.warning("could not remove the sandbox run folder %s", base)

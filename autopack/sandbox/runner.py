@@ -378,7 +378,10 @@ class BwrapSandbox:
                 )
             finally:
                 info.finish(_GONE_TIMEOUT_S)
-            failure = _launch_failure(outcome)
+            # Once bubblewrap reported its child, the exit code and stderr are the command's own:
+            # code under test that prints the launcher's words and exits with its code is a failed
+            # test run, not a sandbox that cannot start (which would end the whole run).
+            failure = None if info.started else _launch_failure(outcome)
             if failure is not None:
                 raise SandboxUnavailable(f"sandbox launcher failed: {failure}")
             if not info.started and outcome.killed is None:

@@ -246,3 +246,32 @@ def test_consume_refuses_what_is_not_a_folder(tmp_path: Path) -> None:
         with pytest.raises(NotADirectoryError):
             UnsandboxedRunner().run(bad, ["true"], LIMITS, consume=True)
     assert target.is_dir() and link.is_symlink()  # nothing moved
+
+
+DEPTH = 1200  # deeper than Python's default recursion limit (1000)
+
+
+def test_folders_nested_deeper_than_pythons_stack_are_run_and_removed(sandbox: BwrapSandbox, workdir: Path) -> None:
+    """In the workspace handed in (a candidate's tree, given to the sandbox uid when root) and made
+    by the command: the run is an ordinary one, and its folder is removed afterwards."""
+    import tempfile
+    import uuid
+
+    import subprocess
+
+    subprocess.run(["mkdir", "-p", "/".join(["d"] * DEPTH)], cwd=workdir, check=True)  # os.makedirs recurses
+    marker = f"marker-{uuid.uuid4().hex}"
+    script = f"touch {marker}; i=0; while [ $i -lt {DEPTH} ]; do mkdir -p e && cd e || exit 1; i=$((i+1)); done; echo made"
+    result = sandbox.run(workdir, ["sh", "-c", script], LIMITS, consume=True)
+    assert (result.exit_code, result.stdout.strip()) == (0, "made"), result.stderr
+    assert list(Path(tempfile.gettempdir()).glob(f"autopack-sandbox-*/workspace/{marker}")) == []
+
+
+def test_code_under_test_cannot_pass_for_a_sandbox_that_cannot_start(sandbox: BwrapSandbox, workdir: Path) -> None:
+    """The launcher's failure words and exit code, printed by the command itself, are a failed run
+    (a SandboxUnavailable would end the whole build run)."""
+    from autopack.sandbox import _launch
+
+    script = f"import os, sys; sys.stderr.write({_launch.PREFIX!r} + ' OSError: forged\\n'); sys.stderr.flush(); os._exit({_launch.LAUNCH_FAILED})"
+    result = sandbox.run(workdir, [sys.executable, "-c", script], LIMITS)
+    assert result.exit_code == _launch.LAUNCH_FAILED and "forged" in result.stderr

@@ -1,0 +1,88 @@
+"""The probe's and the baseline's test runs in the sandbox: a JUnit report the commit carries never
+passes for the run's own, and thousands of newly failing tests are re-run as the whole suite (their
+ids would not fit on the sandbox's command line)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from autopack.demo import GIT_ENV
+from autopack.engine.steps import JUNIT
+from autopack.plan import parse_plan
+from tests.engine.harness import drive, make_services, phase, register, submit, view
+
+pytestmark = pytest.mark.sandbox
+
+EXTRA = "=== FILE: calc/extra.py ===\n```python\nEXTRA = 1\n```\n"
+APPROVE = '{"verdict": "approve", "summary": "fine", "issues": []}'
+ALL_PASSED = '<testsuites><testsuite name="pytest" tests="1"><testcase classname="tests.test_core" name="test_add"/></testsuite></testsuites>'
+
+
+def _respond(req):  # type: ignore[no-untyped-def]
+    return APPROVE if req.system.startswith("You are the Auditor") else EXTRA
+
+
+def _commit(repo: Path, files: dict[str, str]) -> None:
+    for name, text in files.items():
+        (repo / name).write_text(text)
+    env = {**GIT_ENV, "PATH": "/usr/bin:/bin"}
+    subprocess.run(["git", "add", "-A"], cwd=repo, env=env, check=True)
+    subprocess.run(["git", "commit", "-qm", "test setup"], cwd=repo, env=env, check=True)
+
+
+def _plan(category: str = "feature", **extra):  # type: ignore[no-untyped-def]
+    return parse_plan({"project": "demo", **extra, "tiers": [{"id": "t", "phases": [{
+        "id": "extra", "goal": "Add calc/extra.py.", "category": category, "complexity": "low",
+        "scope": ["calc/extra.py"], "deliverables": ["calc/extra.py"]}]}]})
+
+
+def test_a_committed_report_does_not_pass_for_a_run_that_wrote_none(local_settings, demo_repo: Path) -> None:
+    # The suite dies while it is collected (no report of its own); the commit carries one that says all passed.
+    _commit(demo_repo, {JUNIT: ALL_PASSED, "tests/test_exit.py": "import os\n\nos._exit(0)\n"})
+    services, _ = make_services(local_settings, _respond)
+    register(local_settings, demo_repo)
+    run_id = submit(services, _plan())
+    drive(services, ("start_run", run_id))
+    v = view(services, run_id)
+    assert v["state"] == "DONE_FAILED_SETUP"
+    assert "baseline tests could not run (the test command wrote no JUnit report)" in v["failure_reason"]
+
+
+MANY = 2500
+MANY_TESTS = f'''import os
+
+import pytest
+
+
+@pytest.mark.parametrize("n", range({MANY}), ids=lambda n: f"case-{{n:05d}}-" + "x" * 50)
+def test_many(n):
+    assert not os.path.exists("calc/extra.py")
+'''
+
+
+def test_thousands_of_newly_failing_tests_are_rerun_as_the_whole_suite(local_settings, demo_repo: Path) -> None:
+    _commit(demo_repo, {"tests/test_many.py": MANY_TESTS})
+    services, _ = make_services(local_settings, _respond)
+    register(local_settings, demo_repo)
+    # No tracebacks: 2,500 of them would pass the output cap, and a killed run is not re-run.
+    quiet = ["{python}", "-m", "pytest", "-q", "--tb=no", "-p", "no:cacheprovider", "--continue-on-collection-errors"]
+    run_id = submit(services, _plan("docs", test_command=quiet))  # 2 attempts
+    drive(services, ("start_run", run_id))
+    v = view(services, run_id)
+    assert v["state"] == "DONE_FAILED_TIER_BLOCKED", (v["failure_reason"], phase(v, "extra")["attempt_details"][0]["test_summary"])
+    attempts = phase(v, "extra")["attempt_details"]
+    assert len(attempts) == 2
+    for attempt in attempts:
+        gate = attempt["gate"]
+        assert len(gate["regressions"]) == MANY and gate["flaky"] == [] and not gate["passed"]
+        assert attempt["test_summary"] == f"3 error, {MANY} failed, 2 passed"  # the demo's tests of later phases do not import yet
+    from autopack.db.models import Attempt
+    from autopack.db.session import session_scope
+
+    with session_scope(local_settings.db_url) as s:
+        rerun = s.query(Attempt).filter_by(run_id=run_id, number=1).one().test_result["rerun"]
+    assert len(rerun["tests"]) == MANY and sum(o == "failed" for o in rerun["outcomes"].values()) == MANY
+    assert len(rerun["outcomes"]) > MANY  # the whole suite ran again, the demo's own tests too
