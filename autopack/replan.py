@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from autopack.answers import parse_answer
 from autopack.normalize import similarity
@@ -71,6 +71,13 @@ class Replanned(BaseModel):
 
     goal: str = Field(min_length=1)
     approach: str = ""
+
+    @field_validator("goal", "approach")
+    @classmethod
+    def _strip(cls, value: str, info: ValidationInfo) -> str:
+        if info.field_name == "goal" and not value.strip():
+            raise ValueError("the goal is blank")  # it heads the phase's commit message
+        return value.strip()
 
 
 class ReplanError(ValueError):

@@ -49,7 +49,7 @@ def _compile(pattern: str, ignore_case: bool) -> re.Pattern[str]:
                 out.append(re.escape(ch))
                 i += 1
             else:
-                body = pat[i + 1 : end]
+                body = pat[i + 1 : end].replace("\\", "\\\\").replace("[", "\\[")  # "[[]" is a literal "["
                 if body.startswith("!"):
                     body = "^" + body[1:]
                 out.append(f"[{body}]")

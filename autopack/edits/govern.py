@@ -50,6 +50,9 @@ _TEST_CONFIG = (
     "**/noxfile.py",
     "**/.coveragerc",
     "**/pyproject.toml",
+    "**/.pytest.ini",
+    "**/pytest.toml",
+    "**/.pytest.toml",
 )
 _CI = (
     ".github/**",
@@ -74,6 +77,10 @@ _LOCKS = (
 _REPO = (".gitmodules", "**/.gitattributes")
 
 _DRIVE_RE = re.compile(r"^[A-Za-z]:")
+# Longer names and paths than file systems take (NAME_MAX, and well under PATH_MAX): refused as
+# edits, not left to fail as an OSError in the worktree.
+MAX_NAME_BYTES = 255
+MAX_PATH_BYTES = 1024
 
 
 @dataclass(frozen=True)
@@ -98,8 +105,14 @@ class EditPolicy:
 
 def default_protected(gating_tests: Sequence[str]) -> tuple[str, ...]:
     """The gating test files plus test configuration, CI, lock files and repo mechanics."""
-    gating = tuple(normalize_path(t) or t for t in gating_tests)
+    gating = tuple(_literal_glob(normalize_path(t) or t) for t in gating_tests)
     return gating + _TEST_CONFIG + _CI + _LOCKS + _REPO
+
+
+def _literal_glob(path: str) -> str:
+    """A glob that matches ``path`` only: its ``*``, ``?`` and ``[`` made literal (a gating test
+    file may be called ``tests/test_calc[int].py``)."""
+    return re.sub(r"([*?\[])", r"[\1]", path)
 
 
 def _is_git_dir(component: str) -> bool:
@@ -121,7 +134,11 @@ def path_problem(path: str) -> str | None:
         return "backslash in path refused: use forward slashes"
     if any(ord(ch) < 32 for ch in path):
         return "control character in path"
+    if len(path.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES:
+        return f"path longer than {MAX_PATH_BYTES} bytes refused"
     parts = path.split("/")
+    if any(len(p.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES for p in parts):
+        return f"path component longer than {MAX_NAME_BYTES} bytes refused"
     if ".." in parts:
         return "'..' component refused: paths may not leave the repository"
     if any(_is_git_dir(p) for p in parts):

@@ -35,7 +35,8 @@ REPLACE_RE = re.compile(r"^\s*>{5,9} ?REPLACE\s*$")
 FILE_RE = re.compile(r"^\s*={3}\s*FILE:(.*?)={3}\s*$")
 DELETE_RE = re.compile(r"^\s*={3}\s*DELETE:(.*?)={3}\s*$")
 FENCE_RE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})(?P<info>.*)$")
-HUNK_NUMBERS_RE = re.compile(r"^@@\s*-(\d+)(?:,(\d+))?\s+\+(\d+)(?:,(\d+))?\s*@@")
+# At most 9 digits: a line number past that is not one (and int() refuses over 4,300 digits).
+HUNK_NUMBERS_RE = re.compile(r"^@@\s*-(\d{1,9})(?:,(\d{1,9}))?\s+\+(\d{1,9})(?:,(\d{1,9}))?\s*@@")
 GIT_HEADER_RE = re.compile(r"^diff --git (\S+) (\S+)\s*$")
 DEV_NULL = "/dev/null"
 

@@ -55,6 +55,10 @@ _SAFE_CONFIG: tuple[str, ...] = (
     "i18n.commitEncoding=UTF-8",
     "submodule.recurse=false",
     "advice.detachedHead=false",
+    # A target whose config says its file system has no symlinks keeps a symlink's mode (120000)
+    # for whatever plain file stands at its path: a Builder's edit of that file would retarget the
+    # link. Every worktree here is on a file system with symlinks, which the write guard refuses.
+    "core.symlinks=true",
 )
 # Configuration for speed, whatever the target says: files are written by 8 parallel workers when a
 # checkout (``worktree add``, ``checkout``, ``checkout-index``) writes more than git's threshold of

@@ -484,43 +484,62 @@ def write_changes(worktree: Path, changes: Mapping[str, str | None]) -> None:
             if prefix in written_set:
                 raise UnsafePath(path, f"conflicts with the file {prefix!r} written in the same change set")
     for path, parts in parsed.items():
-        _check_write_target(root, path, parts, deleted, changes[path] is None)
+        with _refused_on_os_error(path):
+            _check_write_target(root, path, parts, deleted, changes[path] is None)
 
     for path in deleted:
-        target = root / path
-        st = _lstat(target)
-        if st is not None:
-            _check_write_target(root, path, parsed[path], deleted, True)
-            os.unlink(target)
+        with _refused_on_os_error(path):
+            target = root / path
+            st = _lstat(target)
+            if st is not None:
+                _check_write_target(root, path, parsed[path], deleted, True)
+                os.unlink(target)
 
     for path in written:
-        content = changes[path]
-        assert content is not None
-        _check_write_target(root, path, parsed[path], deleted, False)
-        target = root / path
-        parent = target.parent
-        # Create missing parents one level at a time, never following a symlink.
-        current = root
-        for part in parsed[path][:-1]:
-            current = current / part
-            st = _lstat(current)
-            if st is None:
-                os.mkdir(current)
-            elif not stat.S_ISDIR(st.st_mode):  # symlink or file appeared since the check
-                raise UnsafePath(path, f"{current.relative_to(root)} is not a plain directory")
-        real_parent = Path(os.path.realpath(parent))
-        if real_parent != root and root not in real_parent.parents:
-            raise UnsafePath(path, "resolves outside the worktree")
-        data = content.encode("utf-8", "surrogateescape")
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
-        try:
-            fd = os.open(target, flags, 0o644)
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise UnsafePath(path, "is a symlink; refusing to write through it") from exc
-            raise
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+        with _refused_on_os_error(path):
+            _write_one(root, path, parsed[path], changes[path], deleted)
+
+
+@contextlib.contextmanager
+def _refused_on_os_error(path: str) -> Iterator[None]:
+    """An OSError while checking or writing ``path`` (a name too long for the file system, a
+    parent that is not a folder…) refuses the edit instead of failing the step."""
+    try:
+        yield
+    except UnsafePath:
+        raise
+    except OSError as exc:
+        raise UnsafePath(path, f"cannot be written ({exc.strerror or exc})") from exc
+
+
+def _write_one(root: Path, path: str, parts: list[str], content: str | None, deleted: set[str]) -> None:
+    """Write one checked path, creating its parents one level at a time, never through a link."""
+    assert content is not None
+    _check_write_target(root, path, parts, deleted, False)
+    target = root / path
+    parent = target.parent
+    # Create missing parents one level at a time, never following a symlink.
+    current = root
+    for part in parts[:-1]:
+        current = current / part
+        st = _lstat(current)
+        if st is None:
+            os.mkdir(current)
+        elif not stat.S_ISDIR(st.st_mode):  # symlink or file appeared since the check
+            raise UnsafePath(path, f"{current.relative_to(root)} is not a plain directory")
+    real_parent = Path(os.path.realpath(parent))
+    if real_parent != root and root not in real_parent.parents:
+        raise UnsafePath(path, "resolves outside the worktree")
+    data = content.encode("utf-8", "surrogateescape")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(target, flags, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UnsafePath(path, "is a symlink; refusing to write through it") from exc
+        raise
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
 
 
 # -- the deterministic phase commit ------------------------------------------

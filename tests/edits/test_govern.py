@@ -135,6 +135,11 @@ HOSTILE: list[Case] = [
     ),
     Case("nul content", write("src/new.bin", "a\0b\n"), "src/new.bin", "NUL byte"),
     Case("too many files", [WholeFile(f"src/f{k}.py", "x\n") for k in range(51)], "*", "too many files"),
+    Case("name longer than a file system takes", write("src/" + "a" * 300 + ".py"), "src/" + "a" * 300 + ".py", "component longer than 255"),
+    Case("path deeper than a file system takes", write("src/" + "d/" * 600 + "x.py"), "src/" + "d/" * 600 + "x.py", "longer than 1024"),
+    Case("dotted pytest.ini", write("tests/.pytest.ini"), "tests/.pytest.ini", "protected"),
+    Case("pytest.toml", write("pytest.toml"), "pytest.toml", "protected"),
+    Case("dotted pytest.toml", write("src/.pytest.toml"), "src/.pytest.toml", "protected"),
 ]
 
 
@@ -246,6 +251,16 @@ def test_normalize_path() -> None:
     assert normalize_path("src/./a.py") == "src/a.py"
     assert normalize_path("../a.py") is None
     assert normalize_path("/a.py") is None
+
+
+def test_a_gating_test_named_with_glob_characters_is_protected_itself() -> None:
+    gate = "tests/test_calc[int].py"
+    policy = EditPolicy(scope=("tests/**",), protected=default_protected([gate, "tests/test_*?.py"]))
+    with pytest.raises(EditRefused, match="protected"):
+        govern(write(gate, "def test(): pass\n"), {gate: "def test(): assert 1\n"}.get, policy)
+    # Its brackets are not a character class, nor the other entry's * and ? wildcards.
+    for other in ("tests/test_calci.py", "tests/test_calc[int]x.py", "tests/test_ab.py"):
+        assert govern(write(other), {}.get, policy) is not None
 
 
 def test_default_protected_contents() -> None:

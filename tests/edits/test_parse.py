@@ -258,3 +258,12 @@ def test_blank_context_line_kept_while_counts_not_met() -> None:
     [op] = parse_edits(text)
     assert isinstance(op, UnifiedDiff)
     assert op.hunks[0].old_lines == ("a", "", "b")
+
+
+def test_a_hunk_header_with_an_absurd_line_number_is_not_a_crash() -> None:
+    """int() refuses over 4,300 digits: such a header is read as one without numbers, like any
+    header the parser cannot read, never a ValueError out of the parser."""
+    text = "--- a/calc/core.py\n+++ b/calc/core.py\n@@ -" + "9" * 4400 + " +1 @@\n-x\n+y\n"
+    [op] = parse_edits(text)
+    assert isinstance(op, UnifiedDiff) and op.path == "calc/core.py"
+    assert [(line.kind, line.text) for line in op.hunks[0].lines] == [("-", "x"), ("+", "y")]

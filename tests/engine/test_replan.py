@@ -118,3 +118,11 @@ def test_a_fatal_failure_type_is_replanned_at_once(local_settings, demo_repo: Pa
     first = ph["attempt_details"][0]
     assert first["doctor"]["action"] == "replan" and first["doctor"]["source"] == "rules"
     assert len(planned) == 1 and "missing 1 required positional argument" in planned[0]
+
+
+@pytest.mark.parametrize("text", ['{"goal": "   ", "approach": "x"}', '{"goal": "\\n\\t"}'])
+def test_a_blank_goal_from_the_planner_is_refused(text: str) -> None:
+    """The goal heads the phase's commit message (its first line): a blank one is no plan."""
+    with pytest.raises(ReplanError):
+        parse_replan(text)
+    assert parse_replan('{"goal": "  Do it.  ", "approach": " step "}').goal == "Do it."

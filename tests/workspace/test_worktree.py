@@ -418,6 +418,24 @@ def test_write_changes_refuses_directories_and_conflicts(repo: Path, head: str, 
         write_changes(wt, {"new": "x", "new/inner": "y"})
 
 
+def test_write_changes_refuses_a_name_the_file_system_cannot_take(repo: Path, head: str, tmp_path: Path) -> None:
+    wt = ensure_worktree(repo, tmp_path / "wt", head)
+    with pytest.raises(UnsafePath, match="cannot be written"):
+        write_changes(wt, {"src/" + "a" * 300 + ".py": "x = 1\n"})
+    with pytest.raises(UnsafePath, match="cannot be written"):
+        write_changes(wt, {"src/" + "d/" * 2100 + "x.py": "x = 1\n"})
+
+
+def test_a_symlink_is_not_retargeted_when_the_target_says_it_has_no_symlinks(repo: Path, head: str, tmp_path: Path) -> None:
+    """With core.symlinks=false git checks a link out as a plain file and keeps mode 120000 for what
+    stands there: writing that file would retarget the link. Autopack's git always has symlinks."""
+    sh_git(repo, "config", "core.symlinks", "false")
+    wt = ensure_worktree(repo, tmp_path / "wt", head)
+    assert (wt / "guide-link.md").is_symlink()
+    with pytest.raises(UnsafePath, match="symlink"):
+        candidate(wt, head, {"guide-link.md": "../../../../etc/passwd"})
+
+
 def test_write_changes_writes_creates_and_deletes(repo: Path, head: str, tmp_path: Path) -> None:
     wt = ensure_worktree(repo, tmp_path / "wt", head)
     write_changes(wt, {
