@@ -2,7 +2,9 @@
 
 Everything here is pure. Paths are checked before anything is applied
 (:func:`check_paths`); the computed changes are checked after
-(:func:`check_changes`); :func:`govern` runs both around :func:`apply_edits`.
+(:func:`check_changes`, and :func:`check_tree` against the parent commit's
+entries when the policy has them); :func:`govern` runs them around
+:func:`apply_edits`. A refusal goes back to the Builder in a fix round.
 
 Protected-file decisions (:func:`default_protected`):
 
@@ -26,6 +28,8 @@ Protected-file decisions (:func:`default_protected`):
 from __future__ import annotations
 
 import re
+from bisect import bisect_left
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from difflib import SequenceMatcher
 from typing import Callable, Sequence
@@ -101,6 +105,8 @@ class EditPolicy:
     max_files: int = 50
     allow_delete: bool = False
     min_lines_for_mass_check: int = 10
+    # The parent commit's entries ({path: mode}, no folders), for :func:`check_tree`; None: unknown.
+    tree: Mapping[str, str] | None = None
 
 
 def default_protected(gating_tests: Sequence[str]) -> tuple[str, ...]:
@@ -237,6 +243,40 @@ def check_changes(
     return refusals
 
 
+_NOT_A_FILE = {"120000": "a symlink", "160000": "a submodule"}
+
+
+def check_tree(changes: Mapping[str, str | None], tree: Mapping[str, str]) -> list[Refusal]:
+    """Refusals the parent commit decides (otherwise found only when the files are written, after
+    the Builder's fix rounds): writing at a symlink or a submodule, at a folder, under a file, a
+    symlink or a submodule, or a path that another written path needs as a folder."""
+    names = sorted(tree)
+    written = {p for p, content in changes.items() if content is not None}
+    refusals: list[Refusal] = []
+    for path, content in changes.items():
+        parts = path.split("/")
+        reason = None
+        for k in range(1, len(parts)):
+            prefix = "/".join(parts[:k])
+            mode = tree.get(prefix)
+            if mode is not None and not (changes.get(prefix, "") is None and mode not in _NOT_A_FILE):
+                reason = f"its parent {prefix!r} is {_NOT_A_FILE.get(mode, 'a file')} in the tree, not a folder"
+            elif prefix in written:
+                reason = f"conflicts with the file {prefix!r} written in the same change set"
+            if reason:
+                break
+        if reason is None and content is not None:
+            if tree.get(path) in _NOT_A_FILE:
+                reason = f"is {_NOT_A_FILE[tree[path]]} in the tree: edits may only write regular files"
+            else:
+                i = bisect_left(names, path + "/")
+                if i < len(names) and names[i].startswith(path + "/"):
+                    reason = "is a folder in the tree"
+        if reason:
+            refusals.append((path, reason))
+    return refusals
+
+
 def refuse_symlink_targets(
     changes: dict[str, str | None], is_symlink: Callable[[str], bool]
 ) -> list[Refusal]:
@@ -273,6 +313,8 @@ def govern(ops: Sequence[EditOp], read: Reader, policy: EditPolicy) -> dict[str,
         raise EditRefused(refusals)
     changes = apply_edits([_normalized(op) for op in ops], read)
     refusals = check_changes(changes, read, policy)
+    if policy.tree is not None:
+        refusals += check_tree(changes, policy.tree)
     if refusals:
         raise EditRefused(refusals)
     return changes

@@ -183,8 +183,9 @@ def _acceptance_files(spec: dict[str, Any], files: list[str]) -> list[str]:
     return sorted(set(out))
 
 
-def _policy(spec: dict[str, Any], files: list[str]) -> EditPolicy:
-    return EditPolicy(scope=tuple(spec["scope"]), protected=default_protected(_acceptance_files(spec, files)))
+def _policy(spec: dict[str, Any], tree: TreeReader) -> EditPolicy:
+    entries = tree.entries()
+    return EditPolicy(scope=tuple(spec["scope"]), protected=default_protected(_acceptance_files(spec, sorted(entries))), tree=entries)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -505,12 +506,11 @@ def build_phase(services: Services, phase_id: int, ctx: StepContext) -> list[Ste
     assert head is not None
     tree = TreeReader(repo, head)  # the parent's files, each read once for context, edits and governance
     if external:
-        files = sorted(tree.entries())
-        outcome = check_submission(submission, tree.read, _policy(spec, files))
+        outcome = check_submission(submission, tree.read, _policy(spec, tree))
         used = ["external"]
         return _commit_candidate(services, ctx, phase_id, attempt_id, outcome, used, repo, worktree_path, tree, spec,
                                  run_id, number, epoch, index)
-    ctx_, files = _context(services, tree, spec, feedback)
+    ctx_, _files = _context(services, tree, spec, feedback)
     ctx_ = dataclasses.replace(ctx_, rules_text=guidance)
     system, user = render_builder_prompt(services.prompts, ctx_)
     scope = CallScope(run_id, phase_id, attempt_id, "builder", model, int(budget["token_cap"]), tuple(rule_ids), tuple(hint_ids), guidance_tokens)
@@ -523,7 +523,7 @@ def build_phase(services: Services, phase_id: int, ctx: StepContext) -> list[Ste
             user=user,
             call=call,
             read=tree.read,
-            policy=_policy(spec, files),
+            policy=_policy(spec, tree),
             max_tokens=int(budget["builder_max_tokens"]),
             fix_rounds=int(budget["edit_fix_rounds"]),
         )

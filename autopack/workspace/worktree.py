@@ -406,6 +406,10 @@ def keep_ref(repo: Path, ref: str, sha: str, *, stale_lock_s: float | None = Non
 # -- writing changes ----------------------------------------------------------
 
 
+# As governance's limit (edits/govern.py): no edit reaches a write with a longer path.
+MAX_PATH_BYTES = 1024
+
+
 def _split_repo_path(path: str) -> list[str]:
     """Validate a repository-relative path syntactically; return its components."""
     if not isinstance(path, str) or not path:
@@ -416,6 +420,9 @@ def _split_repo_path(path: str) -> list[str]:
         raise UnsafePath(path, "contains a backslash")
     if path.startswith("/") or os.path.isabs(path):
         raise UnsafePath(path, "is absolute")
+    if len(path.encode("utf-8", "surrogateescape")) > MAX_PATH_BYTES:
+        # Before any parent is made: a path too deep for the file system would leave its folders.
+        raise UnsafePath(path, f"is longer than {MAX_PATH_BYTES} bytes")
     parts = path.split("/")
     for part in parts:
         if part in ("", ".", ".."):

@@ -304,3 +304,32 @@ def test_refuse_symlink_targets() -> None:
 def test_diff_hunk_constructed_directly_is_governed() -> None:
     op = UnifiedDiff("src/x.py", (Hunk(1, (HunkLine("+", "a"),)),), new_file=True, mode="100644")
     assert govern([op], FILES.get, POLICY) == {"src/x.py": "a\n"}
+
+
+TREE = {"src/link": "120000", "src/sub": "160000", "src/app.py": "100644", "src/pkg/mod.py": "100644",
+        "src/linkdir": "120000", "src/run.sh": "100755"}
+
+
+@pytest.mark.parametrize(("ops", "path", "reason"), [
+    (write("src/link", "../../etc/passwd"), "src/link", "is a symlink in the tree"),
+    (write("src/linkdir/x.py"), "src/linkdir/x.py", "its parent 'src/linkdir' is a symlink in the tree"),
+    (write("src/sub"), "src/sub", "is a submodule in the tree"),
+    (write("src/sub/x.py"), "src/sub/x.py", "its parent 'src/sub' is a submodule in the tree"),
+    (write("src/app.py/x.py"), "src/app.py/x.py", "its parent 'src/app.py' is a file in the tree, not a folder"),
+    (write("src/pkg"), "src/pkg", "is a folder in the tree"),
+    ([WholeFile("src/n1", "x\n"), WholeFile("src/n1/x.py", "y\n")], "src/n1/x.py", "conflicts with the file 'src/n1'"),
+], ids=["symlink", "under a symlink", "submodule", "under a submodule", "under a file", "folder", "file and folder"])
+def test_what_the_parent_tree_decides_is_refused_before_anything_is_written(ops: list[EditOp], path: str, reason: str) -> None:
+    policy = EditPolicy(scope=("src/**",), tree=TREE)
+    with pytest.raises(EditRefused) as info:
+        govern(ops, {"src/app.py": "a = 1\n", "src/pkg/mod.py": "m = 1\n", "src/run.sh": "echo\n"}.get, policy)
+    [(refused, why)] = info.value.reasons
+    assert refused == path and reason in why
+
+
+def test_ordinary_edits_pass_the_tree_checks() -> None:
+    policy = EditPolicy(scope=("src/**",), tree=TREE, allow_delete=True)
+    changes = govern([WholeFile("src/app.py", "a = 2\n"), WholeFile("src/new/deep/x.py", "x = 1\n"), WholeFile("src/pkg/other.py", "o\n"),
+                      WholeFile("src/run.sh", "echo 2\n"), DeleteFile("src/link")],
+                     {"src/app.py": "a = 1\n", "src/run.sh": "echo\n", "src/link": "target"}.get, policy)
+    assert set(changes) == {"src/app.py", "src/new/deep/x.py", "src/pkg/other.py", "src/run.sh", "src/link"}

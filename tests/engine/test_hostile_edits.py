@@ -51,12 +51,20 @@ CORPUS: list[tuple[str, str, str]] = [
     ("mass-deletion", whole("calc/big.py", "def f0(x):\n    return x\n"), "delet"),
     ("delete-file", "=== DELETE: calc/core.py ===\n", "delet"),
     ("diff-into-git", "```diff\n--- a/.git/config\n+++ b/.git/config\n@@ -1 +1 @@\n-[core]\n+[evil]\n```\n", ".git"),
+    # What the parent tree decides: refused by governance too, so they go back in a fix round.
+    ("existing-symlink", whole("calc/link.md", "../../../etc/passwd\n"), "symlink"),
+    ("through-a-symlink", whole("calc/linkdir/x.py"), "symlink"),
+    ("over-a-folder", whole("calc"), "folder"),
+    ("under-a-file", whole("calc/core.py/x.py"), "not a folder"),
+    ("name-too-long", whole("calc/" + "a" * 300 + ".py"), "longer than 255"),
 ]
 
 
 @pytest.fixture()
 def hostile_repo(demo_repo: Path) -> Path:
     (demo_repo / "calc" / "big.py").write_text(BIG)
+    (demo_repo / "calc" / "link.md").symlink_to("../README.md")
+    (demo_repo / "calc" / "linkdir").symlink_to("../tests")
     env = {**GIT_ENV, "PATH": "/usr/bin:/bin"}
     subprocess.run(["git", "add", "-A"], cwd=demo_repo, env=env, check=True)
     subprocess.run(["git", "commit", "-qm", "big module"], cwd=demo_repo, env=env, check=True)
