@@ -16,13 +16,16 @@ Protected-file decisions (:func:`default_protected`):
   policy.
 * CI definitions (``.github/``, ``.gitlab-ci.yml``, ``.gitlab/``, ``.ci/``,
   ``.circleci/``, ``Jenkinsfile``, ``.travis.yml``, ``azure-pipelines.yml``,
-  ``.buildkite/``) and ``.pre-commit-config.yaml``: they run code outside the
-  sandbox.
-* lock files and pinned requirements (``*.lock``, ``package-lock.json``,
-  ``npm-shrinkwrap.json``, ``pnpm-lock.yaml``, ``requirements*.txt``,
-  ``constraints*.txt``): a model-written pin, hash or ``--index-url`` is a
-  supply-chain risk, and lock files are a tool's job, not a model's.
-* ``.gitmodules`` and ``.gitattributes``: repository mechanics.
+  ``.buildkite/``, ``.gitea/``, ``.forgejo/``, ``bitbucket-pipelines.yml``,
+  ``.drone.yml``, ``.woodpecker.yml``, ``.woodpecker/``) and
+  ``.pre-commit-config.yaml``: they run code outside the sandbox.
+* lock files, pinned requirements and package-manager settings (``*.lock``,
+  ``package-lock.json``, ``npm-shrinkwrap.json``, ``pnpm-lock.yaml``,
+  ``requirements*.txt``, ``requirements/*.txt``, ``requirements*.in``,
+  ``constraints*.txt``, ``go.sum``, ``.npmrc``): a model-written pin, hash,
+  registry or ``--index-url`` is a supply-chain risk, and lock files are a
+  tool's job, not a model's.
+* ``.gitmodules``, ``.gitattributes`` and ``.lfsconfig``: repository mechanics.
 """
 
 from __future__ import annotations
@@ -69,6 +72,12 @@ _CI = (
     "azure-pipelines.yml",
     ".buildkite/**",
     ".pre-commit-config.yaml",
+    ".gitea/**",
+    ".forgejo/**",
+    "bitbucket-pipelines.yml",
+    ".drone.yml",
+    ".woodpecker.yml",
+    ".woodpecker/**",
 )
 _LOCKS = (
     "**/*.lock",
@@ -76,9 +85,13 @@ _LOCKS = (
     "**/npm-shrinkwrap.json",
     "**/pnpm-lock.yaml",
     "**/requirements*.txt",
+    "**/requirements/*.txt",
+    "**/requirements*.in",
     "**/constraints*.txt",
+    "**/go.sum",
+    "**/.npmrc",
 )
-_REPO = (".gitmodules", "**/.gitattributes")
+_REPO = (".gitmodules", "**/.gitattributes", "**/.lfsconfig")
 
 _DRIVE_RE = re.compile(r"^[A-Za-z]:")
 # Longer names and paths than file systems take (NAME_MAX, and well under PATH_MAX): refused as
@@ -121,10 +134,14 @@ def _literal_glob(path: str) -> str:
     return re.sub(r"([*?\[])", r"[\1]", path)
 
 
+# Code points HFS+ (macOS) ignores in names, as git's own check does: ".g\u200cit" is ".git" there.
+_HFS_IGNORED = re.compile("[\u200c-\u200f\u202a-\u202e\u206a-\u206f\ufeff]")
+
+
 def _is_git_dir(component: str) -> bool:
     # ".git" in any case; also forms that Windows/macOS filesystems fold to it
-    # (".git.", ".git ", the 8.3 short name "git~1").
-    folded = component.lower().rstrip(". ")
+    # (".git.", ".git ", the 8.3 short name "git~1", invisible code points).
+    folded = _HFS_IGNORED.sub("", component).lower().rstrip(". ")
     return folded == ".git" or folded == "git~1"
 
 

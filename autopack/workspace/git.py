@@ -59,6 +59,9 @@ _SAFE_CONFIG: tuple[str, ...] = (
     # for whatever plain file stands at its path: a Builder's edit of that file would retarget the
     # link. Every worktree here is on a file system with symlinks, which the write guard refuses.
     "core.symlinks=true",
+    # Refuse paths that macOS or Windows would read as .git (git checks NTFS by default only).
+    "core.protectHFS=true",
+    "core.protectNTFS=true",
 )
 # Configuration for speed, whatever the target says: files are written by 8 parallel workers when a
 # checkout (``worktree add``, ``checkout``, ``checkout-index``) writes more than git's threshold of
