@@ -248,7 +248,10 @@ def bwrap_command(
     # After the tmpfs mounts: a Python installation may live under /tmp (a CI checkout's venv).
     for src, dest in binds:
         cmd += ["--ro-bind", src, dest]
-    cmd += ["--bind", str(workspace), WORKSPACE, "--chdir", WORKSPACE]
+    cmd += ["--bind", str(workspace), WORKSPACE]
+    # The root and /dev are tmpfs mounts of their own, unsized: writable, they would let the code
+    # under test fill the host's memory. Only the workspace, /tmp and /dev/shm (sized) stay writable.
+    cmd += ["--remount-ro", "/", "--remount-ro", "/dev", "--chdir", WORKSPACE]
     if info_fd is not None:
         cmd += ["--info-fd", str(info_fd)]
     return [*cmd, "--", *argv]

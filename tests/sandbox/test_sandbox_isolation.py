@@ -126,6 +126,16 @@ print(json.dumps({
 """
 
 
+def test_only_the_workspace_tmp_and_shm_are_writable(sandbox: BwrapSandbox, workdir: Path, probes) -> None:  # type: ignore[no-untyped-def]
+    """The sandbox's root and /dev are unsized tmpfs mounts (host memory): read-only, like the
+    system; /tmp and /dev/shm are sized by the memory limit."""
+    argv = probes.write(workdir, WRITE)
+    (workdir / "keep.txt").write_text("x")
+    inside = probes.report(sandbox.run(workdir, argv + ["/pwned.txt", "/dev/pwned", "/tmp/ok", "/dev/shm/ok", "/workspace/ok"], LIMITS))
+    assert inside == {"/pwned.txt": "OSError", "/dev/pwned": "OSError", "/tmp/ok": "written", "/dev/shm/ok": "written",
+                      "/workspace/ok": "written"}
+
+
 def test_cannot_read_the_orchestrators_environment(
     sandbox: BwrapSandbox, workdir: Path, monkeypatch: pytest.MonkeyPatch, probes  # type: ignore[no-untyped-def]
 ) -> None:
