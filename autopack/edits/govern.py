@@ -141,7 +141,8 @@ _HFS_IGNORED = re.compile("[\u200c-\u200f\u202a-\u202e\u206a-\u206f\ufeff]")
 def _is_git_dir(component: str) -> bool:
     # ".git" in any case; also forms that Windows/macOS filesystems fold to it
     # (".git.", ".git ", the 8.3 short name "git~1", invisible code points).
-    folded = _HFS_IGNORED.sub("", component).lower().rstrip(". ")
+    # An NTFS stream name after "::" (".git::$INDEX_ALLOCATION") names the folder itself there.
+    folded = _HFS_IGNORED.sub("", component).lower().split("::")[0].rstrip(". ")
     return folded == ".git" or folded == "git~1"
 
 

@@ -643,10 +643,15 @@ def commit_candidate(
         git.run("read-tree", parent_sha, env=index_env)
         if changes:
             paths = "".join(f"{p}\0" for p in changes)
-            git.run(
+            staged = git.run_bytes(
                 "update-index", "--add", "--remove", "--replace", "-z", "--stdin",
                 env=index_env, input=paths,
             )
+            # git skips a path it finds invalid (e.g. an NTFS '.git::$INDEX_ALLOCATION' form) with
+            # this line and exit 0: the commit would silently lack a change the attempt records.
+            ignored = [line[len(b"Ignoring path "):] for line in staged.stderr.splitlines() if line.startswith(b"Ignoring path ")]
+            if ignored:
+                raise UnsafePath(ignored[0].decode("utf-8", "surrogateescape"), "is a path git refuses to record")
         tree = git.run("write-tree", env=index_env).strip()
     sha = git.run(
         "commit-tree", "--no-gpg-sign", tree, "-p", parent_sha, "-F", "-",

@@ -138,6 +138,7 @@ HOSTILE: list[Case] = [
     Case("name longer than a file system takes", write("src/" + "a" * 300 + ".py"), "src/" + "a" * 300 + ".py", "component longer than 255"),
     Case("path deeper than a file system takes", write("src/" + "d/" * 600 + "x.py"), "src/" + "d/" * 600 + "x.py", "longer than 1024"),
     Case("git with an invisible code point", write(".g\u200cit/hooks/post-checkout"), ".g\u200cit/hooks/post-checkout", ".git"),
+    Case("git as an NTFS stream", write("src/.git::$INDEX_ALLOCATION/config"), "src/.git::$INDEX_ALLOCATION/config", ".git"),
     Case("git with a byte-order mark", write("src/\ufeff.git/config"), "src/\ufeff.git/config", ".git"),
     Case("gitea workflow", write(".gitea/workflows/ci.yml"), ".gitea/workflows/ci.yml", "protected"),
     Case("forgejo workflow", write(".forgejo/workflows/ci.yml"), ".forgejo/workflows/ci.yml", "protected"),

@@ -437,6 +437,12 @@ def test_a_symlink_is_not_retargeted_when_the_target_says_it_has_no_symlinks(rep
         candidate(wt, head, {"guide-link.md": "../../../../etc/passwd"})
 
 
+def test_a_path_git_will_not_record_fails_the_commit_instead_of_vanishing(repo: Path, head: str, tmp_path: Path) -> None:
+    wt = ensure_worktree(repo, tmp_path / "wt", head)
+    with pytest.raises(UnsafePath, match="git refuses to record"):
+        candidate(wt, head, {"src/app.py": "def main():\n    return 3\n", "src/.git::$INDEX_ALLOCATION/config": "[core]\n"})
+
+
 def test_write_changes_writes_creates_and_deletes(repo: Path, head: str, tmp_path: Path) -> None:
     wt = ensure_worktree(repo, tmp_path / "wt", head)
     write_changes(wt, {
