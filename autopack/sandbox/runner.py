@@ -36,6 +36,7 @@ from autopack.sandbox._bwrap_info import BwrapInfo
 from autopack.sandbox._process import ProcessOutcome, run_captured
 from autopack.sandbox._workspace import (
     check_collect_paths,
+    clear_collected,
     copy_workspace,
     make_run_dir,
     make_stage_dirs,
@@ -341,6 +342,7 @@ class BwrapSandbox:
         base = make_run_dir()
         try:
             workspace = (take_workspace if consume else copy_workspace)(Path(workdir), base, owner)
+            clear_collected(workspace, collect_paths)
             stage: list[list[str]] = []
             binds = [(p, p) for p in self.python_paths]
             if owner is not None:  # root dropping to a uid: stage what that uid may not reach
@@ -448,6 +450,7 @@ class UnsandboxedRunner:
         base = make_run_dir()
         try:
             workspace = (take_workspace if consume else copy_workspace)(Path(workdir), base, None)
+            clear_collected(workspace, collect_paths)
             home = base / "home"
             home.mkdir()
             bin_dir = os.path.dirname(sys.executable)

@@ -275,3 +275,23 @@ def test_code_under_test_cannot_pass_for_a_sandbox_that_cannot_start(sandbox: Bw
     script = f"import os, sys; sys.stderr.write({_launch.PREFIX!r} + ' OSError: forged\\n'); sys.stderr.flush(); os._exit({_launch.LAUNCH_FAILED})"
     result = sandbox.run(workdir, [sys.executable, "-c", script], LIMITS)
     assert result.exit_code == _launch.LAUNCH_FAILED and "forged" in result.stderr
+
+
+@pytest.mark.parametrize("kind", ["none", "bwrap"])
+def test_a_result_file_the_workdir_already_holds_is_not_read_back(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """A result must be the run's own: a report the commit carries is removed before the command
+    runs, and a symlinked folder on its way is not followed (its host target stays)."""
+    runner = dict(_runners(request))[kind]
+    workdir = tmp_path / "work"
+    (workdir / "out").mkdir(parents=True)
+    (workdir / "out" / "junit.xml").write_text("<testsuites/>")
+    (workdir / "report").mkdir()
+    host = tmp_path / "host"
+    host.mkdir()
+    (host / "junit.xml").write_text("host file")
+    (workdir / "linked").symlink_to(host)
+    collect = ["out/junit.xml", "report", "linked/junit.xml"]
+    result = runner.run(workdir, ["sh", "-c", "ls out report 2>&1; true"], LIMITS, collect=collect)  # type: ignore[attr-defined]
+    assert result.exit_code == 0 and result.files == {}
+    assert "junit.xml" not in result.stdout and "No such file" in result.stdout
+    assert (host / "junit.xml").read_text() == "host file"
