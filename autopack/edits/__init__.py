@@ -8,7 +8,6 @@ from autopack.edits.govern import (
     default_protected,
     govern,
     normalize_path,
-    refuse_symlink_targets,
 )
 from autopack.edits.model import (
     DeleteFile,
@@ -37,5 +36,4 @@ __all__ = [
     "govern",
     "normalize_path",
     "parse_edits",
-    "refuse_symlink_targets",
 ]

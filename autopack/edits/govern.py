@@ -35,7 +35,7 @@ from bisect import bisect_left
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from difflib import SequenceMatcher
-from typing import Callable, Sequence
+from typing import Sequence
 
 from autopack.edits.apply import Reader, apply_edits
 from autopack.edits.glob import first_match
@@ -292,22 +292,6 @@ def check_tree(changes: Mapping[str, str | None], tree: Mapping[str, str]) -> li
                     reason = "is a folder in the tree"
         if reason:
             refusals.append((path, reason))
-    return refusals
-
-
-def refuse_symlink_targets(
-    changes: dict[str, str | None], is_symlink: Callable[[str], bool]
-) -> list[Refusal]:
-    """Refusals for writes through an existing symlink (the file or any parent directory)."""
-    refusals: list[Refusal] = []
-    for path in changes:
-        parts = path.split("/")
-        for k in range(1, len(parts) + 1):
-            prefix = "/".join(parts[:k])
-            if is_symlink(prefix):
-                what = "the file" if k == len(parts) else f"its parent {prefix!r}"
-                refusals.append((path, f"writing through a symlink refused: {what} is a symlink"))
-                break
     return refusals
 
 

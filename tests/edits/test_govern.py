@@ -12,7 +12,6 @@ from autopack.edits.govern import (
     default_protected,
     govern,
     normalize_path,
-    refuse_symlink_targets,
 )
 from autopack.edits.model import (
     DeleteFile,
@@ -303,15 +302,6 @@ def test_default_protected_contents() -> None:
 )
 def test_glob(path: str, pattern: str, expected: bool) -> None:
     assert glob_match(path, pattern) is expected
-
-
-def test_refuse_symlink_targets() -> None:
-    links = {"src/link.py", "vendor"}
-    changes: dict[str, str | None] = {"src/link.py": "x", "vendor/lib/a.py": "y", "src/ok.py": "z"}
-    refusals = dict(refuse_symlink_targets(changes, links.__contains__))
-    assert set(refusals) == {"src/link.py", "vendor/lib/a.py"}
-    assert "the file is a symlink" in refusals["src/link.py"]
-    assert "'vendor'" in refusals["vendor/lib/a.py"]
 
 
 def test_diff_hunk_constructed_directly_is_governed() -> None:
