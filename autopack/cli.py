@@ -471,7 +471,6 @@ def cmd_flaky(args: argparse.Namespace, settings: Settings) -> int:
     from autopack.config import load_config
     from autopack.db.session import session_scope
     from autopack.engine.flakiness import age_records, project_flaky_tests
-    from autopack.errors import NotFound
 
     if args.action == "age":
         if args.project or args.state:
@@ -482,10 +481,8 @@ def cmd_flaky(args: argparse.Namespace, settings: Settings) -> int:
              f"cleared {len(report.cleared)} record(s), forgot {len(report.forgotten)}, kept {report.kept}")
         return 0
     with session_scope(settings.db_url) as s:
-        try:
-            projects = _projects(s, args.project)
-        except NotFound as exc:
-            _err(str(exc))
+        projects = _projects(s, args.project)
+        if projects is None:
             return 2
         listing = {p.name: project_flaky_tests(s, p, args.state) for p in projects}
     if args.json:
@@ -505,13 +502,10 @@ def cmd_rules(args: argparse.Namespace, settings: Settings) -> int:
     """List, export or analyze learned rules (reads the database of this state folder)."""
     from autopack.db.session import session_scope
     from autopack.engine import learning
-    from autopack.errors import NotFound
 
     with session_scope(settings.db_url) as s:
-        try:
-            projects = _projects(s, args.project)
-        except NotFound as exc:
-            _err(str(exc))
+        projects = _projects(s, args.project)
+        if projects is None:
             return 2
         if args.action == "analyze":
             report = learning.analyze(s, projects[0] if args.project else None)
@@ -552,13 +546,19 @@ def cmd_rules(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _projects(session: Any, name: str | None) -> list[Any]:
-    """The project called ``name`` (``NotFound`` if there is none), or all projects by name."""
+def _projects(session: Any, name: str | None) -> list[Any] | None:
+    """The project called ``name``, or all projects by name; None, said on stderr, if there is no
+    such project."""
     from sqlalchemy import select
 
     from autopack.db.models import Project
+    from autopack.errors import NotFound
 
-    return [learning_project(session, name)] if name else list(session.scalars(select(Project).order_by(Project.name)))
+    try:
+        return [learning_project(session, name)] if name else list(session.scalars(select(Project).order_by(Project.name)))
+    except NotFound as exc:
+        _err(str(exc))
+        return None
 
 
 def learning_project(session: Any, name: str) -> Any:

@@ -48,6 +48,17 @@ def make_services(settings: Settings, respond: Respond, config=None) -> tuple[Se
     return services, client
 
 
+def commit_all(repo: Path, message: str, files: dict[str, str] | None = None) -> None:
+    """Write ``files`` (relative path: text) into ``repo`` and commit everything there."""
+    from autopack.demo import GIT_ENV
+
+    for name, text in (files or {}).items():
+        (repo / name).write_text(text)
+    env = {**GIT_ENV, "PATH": "/usr/bin:/bin"}
+    subprocess.run(["git", "add", "-A"], cwd=repo, env=env, check=True)
+    subprocess.run(["git", "commit", "-qm", message], cwd=repo, env=env, check=True)
+
+
 def register(settings: Settings, repo: Path, name: str = "demo") -> None:
     with session_scope(settings.db_url) as s:
         s.add(Project(name=name, repo_path=str(repo), base_branch="main"))

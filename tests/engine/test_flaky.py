@@ -3,14 +3,12 @@ blocking) under normal CI, and still blocking under strict CI (high-risk categor
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from autopack.demo import GIT_ENV
 from autopack.plan import parse_plan
-from tests.engine.harness import drive, make_services, phase, register, submit, view
+from tests.engine.harness import commit_all, drive, make_services, phase, register, submit, view
 
 pytestmark = pytest.mark.sandbox
 
@@ -30,10 +28,7 @@ APPROVE = '{"verdict": "approve", "summary": "fine", "issues": []}'
 
 @pytest.fixture()
 def flaky_repo(demo_repo: Path) -> Path:
-    (demo_repo / "tests" / "test_order.py").write_text(ORDER_TEST)
-    env = {**GIT_ENV, "PATH": "/usr/bin:/bin"}
-    subprocess.run(["git", "add", "-A"], cwd=demo_repo, env=env, check=True)
-    subprocess.run(["git", "commit", "-qm", "order-sensitive test"], cwd=demo_repo, env=env, check=True)
+    commit_all(demo_repo, "order-sensitive test", {"tests/test_order.py": ORDER_TEST})
     return demo_repo
 
 
@@ -121,10 +116,7 @@ COUNTED_ID = "tests/test_counted.py::test_counted"
 
 
 def _add_counted_test(repo: Path, counter: Path, fails: tuple[int, ...]) -> None:
-    (repo / "tests" / "test_counted.py").write_text(COUNTED_TEST.format(counter=str(counter), fails=repr(fails)))
-    env = {**GIT_ENV, "PATH": "/usr/bin:/bin"}
-    subprocess.run(["git", "add", "-A"], cwd=repo, env=env, check=True)
-    subprocess.run(["git", "commit", "-qm", "a test that counts its runs"], cwd=repo, env=env, check=True)
+    commit_all(repo, "a test that counts its runs", {"tests/test_counted.py": COUNTED_TEST.format(counter=str(counter), fails=repr(fails))})
 
 
 @pytest.mark.parametrize("case", ["quarantined", "not quarantined", "quarantined, no time left"])

@@ -3,15 +3,13 @@ that is fed back to the model; the worktree and the branches stay as they were."
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from autopack.demo import GIT_ENV
 from autopack.plan import parse_plan
 from autopack.workspace.git import Git
-from tests.engine.harness import drive, make_services, phase, register, submit, view
+from tests.engine.harness import commit_all, drive, make_services, phase, register, submit, view
 
 pytestmark = pytest.mark.sandbox
 
@@ -65,9 +63,7 @@ def hostile_repo(demo_repo: Path) -> Path:
     (demo_repo / "calc" / "big.py").write_text(BIG)
     (demo_repo / "calc" / "link.md").symlink_to("../README.md")
     (demo_repo / "calc" / "linkdir").symlink_to("../tests")
-    env = {**GIT_ENV, "PATH": "/usr/bin:/bin"}
-    subprocess.run(["git", "add", "-A"], cwd=demo_repo, env=env, check=True)
-    subprocess.run(["git", "commit", "-qm", "big module"], cwd=demo_repo, env=env, check=True)
+    commit_all(demo_repo, "big module")
     return demo_repo
 
 

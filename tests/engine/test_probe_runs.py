@@ -4,15 +4,13 @@ ids would not fit on the sandbox's command line)."""
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from autopack.demo import GIT_ENV
 from autopack.engine.steps import JUNIT
 from autopack.plan import parse_plan
-from tests.engine.harness import drive, make_services, phase, register, submit, view
+from tests.engine.harness import commit_all, drive, make_services, phase, register, submit, view
 
 pytestmark = pytest.mark.sandbox
 
@@ -25,14 +23,6 @@ def _respond(req):  # type: ignore[no-untyped-def]
     return APPROVE if req.system.startswith("You are the Auditor") else EXTRA
 
 
-def _commit(repo: Path, files: dict[str, str]) -> None:
-    for name, text in files.items():
-        (repo / name).write_text(text)
-    env = {**GIT_ENV, "PATH": "/usr/bin:/bin"}
-    subprocess.run(["git", "add", "-A"], cwd=repo, env=env, check=True)
-    subprocess.run(["git", "commit", "-qm", "test setup"], cwd=repo, env=env, check=True)
-
-
 def _plan(category: str = "feature", **extra):  # type: ignore[no-untyped-def]
     return parse_plan({"project": "demo", **extra, "tiers": [{"id": "t", "phases": [{
         "id": "extra", "goal": "Add calc/extra.py.", "category": category, "complexity": "low",
@@ -41,7 +31,7 @@ def _plan(category: str = "feature", **extra):  # type: ignore[no-untyped-def]
 
 def test_a_committed_report_does_not_pass_for_a_run_that_wrote_none(local_settings, demo_repo: Path) -> None:
     # The suite dies while it is collected (no report of its own); the commit carries one that says all passed.
-    _commit(demo_repo, {JUNIT: ALL_PASSED, "tests/test_exit.py": "import os\n\nos._exit(0)\n"})
+    commit_all(demo_repo, "test setup", {JUNIT: ALL_PASSED, "tests/test_exit.py": "import os\n\nos._exit(0)\n"})
     services, _ = make_services(local_settings, _respond)
     register(local_settings, demo_repo)
     run_id = submit(services, _plan())
@@ -64,7 +54,7 @@ def test_many(n):
 
 
 def test_thousands_of_newly_failing_tests_are_rerun_as_the_whole_suite(local_settings, demo_repo: Path) -> None:
-    _commit(demo_repo, {"tests/test_many.py": MANY_TESTS})
+    commit_all(demo_repo, "test setup", {"tests/test_many.py": MANY_TESTS})
     services, _ = make_services(local_settings, _respond)
     register(local_settings, demo_repo)
     # No tracebacks: 2,500 of them would pass the output cap, and a killed run is not re-run.
