@@ -82,11 +82,15 @@ def _check_sandbox(settings: Settings) -> bool:
     from autopack.sandbox.runner import check_bwrap
 
     try:
-        check_bwrap()
+        sandbox = check_bwrap(cgroup=settings.sandbox_cgroup)
     except SandboxUnavailable as exc:
         _err(str(exc))
         _err("or run without a sandbox (no isolation): AUTOPACK_SANDBOX=none")
         return False
+    if sandbox.cgroups is not None:
+        _err(f"sandbox: each run's memory and processes are capped by a {sandbox.cgroups.describe()}")
+    else:
+        _err("sandbox: no cgroup per run (AUTOPACK_SANDBOX_CGROUP); only the per-process limits apply")
     return True
 
 

@@ -34,6 +34,10 @@ class Settings(BaseSettings):
 
     # Sandbox: "bwrap" (default) or "none" (explicit opt-out: no isolation at all).
     sandbox: Literal["bwrap", "none"] = "bwrap"
+    # Where each bubblewrap run gets a cgroup that caps its total memory and processes: "auto" (cgroup
+    # v1 where the worker may make groups), "off", or a cgroup v2 folder delegated to the worker
+    # (autopack/sandbox/cgroups.py).
+    sandbox_cgroup: str = "auto"
     # Models: "live" calls providers; "replay" serves a cassette; "record" calls and records.
     llm_mode: Literal["live", "replay", "record"] = "live"
     cassette: Path | None = None

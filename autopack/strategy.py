@@ -59,6 +59,8 @@ class RunBudget(BaseModel):
     max_phases: int = Field(50, gt=0)
     test_command: list[str] = Field(default_factory=lambda: ["{python}", "-m", "pytest", "-q", "-p", "no:cacheprovider", "--continue-on-collection-errors"])
     test_timeout_s: int = Field(300, gt=0)
+    # A test run's memory in all (its processes and its /tmp), where the sandbox has a cgroup per run.
+    test_memory_mb: int = Field(4096, gt=0)
     max_runtime_s: int = Field(6 * 3600, gt=0)
     # Health budget: past any of these the run ends DONE_FAILED_HEALTH_BUDGET with the counts.
     max_provider_errors: int = Field(6, ge=1)

@@ -15,7 +15,7 @@ from autopack.config import AppConfig, load_config
 from autopack.errors import ConfigError, SandboxUnavailable
 from autopack.llm.base import LLMClient, LLMRequest, LLMResponse
 from autopack.prompts import PromptLibrary
-from autopack.sandbox.runner import BwrapSandbox, Sandbox, UnsandboxedRunner, check_bwrap
+from autopack.sandbox.runner import Sandbox, UnsandboxedRunner, check_bwrap
 from autopack.settings import Settings
 
 ScriptFn = Callable[[LLMRequest], "str | LLMResponse"]
@@ -75,8 +75,7 @@ def load_script(path: Path) -> ScriptFn:
 def make_sandbox(settings: Settings) -> Sandbox:
     if settings.sandbox == "none":
         return UnsandboxedRunner()
-    check_bwrap()
-    return BwrapSandbox()
+    return check_bwrap(cgroup=settings.sandbox_cgroup)
 
 
 def make_client_provider(settings: Settings, config: AppConfig) -> Callable[[str], LLMClient]:

@@ -107,7 +107,9 @@ def _test_argv(services: Services, strategy: dict[str, Any], selection: list[str
 
 def _limits(strategy: dict[str, Any]) -> SandboxLimits:
     timeout = int(strategy["run"]["test_timeout_s"])
-    return SandboxLimits(timeout_s=timeout, cpu_s=timeout)
+    # a run that started before test_memory_mb existed has none in its snapshot
+    memory = int(strategy["run"].get("test_memory_mb", SandboxLimits.total_memory_mb))
+    return SandboxLimits(timeout_s=timeout, cpu_s=timeout, total_memory_mb=memory)
 
 
 def _run_tests(services: Services, repo: Path, commit: str, argv: list[str], limits: SandboxLimits) -> dict[str, Any]:
@@ -133,11 +135,14 @@ def _run_tests(services: Services, repo: Path, commit: str, argv: list[str], lim
     summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "no tests"
     if res.killed:
         summary += f" (killed: {res.killed})"
+    if res.oom_kills and res.killed != "memory":
+        summary += f" ({res.oom_kills} process(es) killed at the run's memory cap)"
     return {
         "outcomes": outcomes,
         "messages": {k: stable_output(v) for k, v in messages.items()},
         "exit_code": res.exit_code,
         "killed": res.killed,
+        "oom_kills": res.oom_kills,
         "duration_s": round(res.duration_s, 3),
         "summary": summary,
         "error": error,

@@ -50,10 +50,11 @@ ENGINE_CLASSES: Mapping[str, FailureClass] = {
 # Classes whose recorded value is decided by the gate and audit facts rather than taken as is.
 _GATE_STAGE = frozenset({"test_failure", "regression", "auditor_rejection", "timeout", "sandbox_resource_limit"})
 
-# ``killed`` values of the sandbox that mean a resource limit: output cap, RLIMIT_CPU (SIGXCPU, then
-# SIGKILL at the hard limit), RLIMIT_FSIZE (SIGXFSZ). Signals sent from outside mean infrastructure;
-# any other signal (SIGSEGV, SIGABRT…) is the code under test crashing: a test failure.
-RESOURCE_KILLS = frozenset({"output", "signal:SIGXCPU", "signal:SIGXFSZ", "signal:SIGKILL"})
+# ``killed`` values of the sandbox that mean a resource limit: output cap, the run's memory cap (its
+# cgroup's), RLIMIT_CPU (SIGXCPU, then SIGKILL at the hard limit), RLIMIT_FSIZE (SIGXFSZ). Signals sent
+# from outside mean infrastructure; any other signal (SIGSEGV, SIGABRT…) is the code under test
+# crashing: a test failure.
+RESOURCE_KILLS = frozenset({"output", "memory", "signal:SIGXCPU", "signal:SIGXFSZ", "signal:SIGKILL"})
 EXTERNAL_KILLS = frozenset({"signal:SIGTERM", "signal:SIGHUP", "signal:SIGINT", "signal:SIGQUIT"})
 
 # Prefix of the engine's message when committing the candidate failed after the edits were accepted.
@@ -65,7 +66,7 @@ class AttemptFacts:
     """What the engine knows about a finished attempt, as plain data.
 
     ``gate`` is the attempt's gate record (or the raw test result): ``passed``, ``killed``
-    ("timeout" | "output" | "signal:<NAME>" | None), ``regressions`` and ``error`` are read.
+    ("timeout" | "output" | "memory" | "signal:<NAME>" | None), ``regressions`` and ``error`` are read.
     ``audit_required`` False (advisory/off audits) means a rejection does not fail the attempt.
     """
 

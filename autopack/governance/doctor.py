@@ -61,7 +61,7 @@ _HINT_LEAD: dict[FailureClass, str] = {
     FailureClass.REGRESSION: "A test that passed before your change now fails. Keep existing behaviour:",
     FailureClass.AUDITOR_REJECTION: "The Auditor rejected the change. Address its objections:",
     FailureClass.TIMEOUT: "The tests ran out of time: look for an endless loop or a blocking call.",
-    FailureClass.SANDBOX_RESOURCE_LIMIT: "The tests hit a resource limit (CPU, output or file size): "
+    FailureClass.SANDBOX_RESOURCE_LIMIT: "The tests hit a resource limit (CPU, memory, output or file size): "
                                          "look for runaway loops, output or allocations.",
 }
 

@@ -4,6 +4,8 @@ Run as its own short-lived process (``python -I -S _launch.py SPEC_JSON``) so th
 code runs between fork and exec in the orchestrator (``preexec_fn`` is unsafe in a
 threaded worker). Standard library only. It:
 
+0. joins the run's cgroup when given one (writes its pid to each ``cgroup.procs``), so
+   everything it starts is in it;
 1. when asked to stage paths (only as root): enters a private mount namespace and
    bind-mounts each source onto a staging directory, so that a path the sandbox uid
    cannot reach on the host (e.g. a Python under ``/root/.pyenv``, ``/root`` being
@@ -59,6 +61,9 @@ def _stage(pairs: list[list[str]]) -> None:
 def launch(spec: dict[str, Any]) -> None:
     """Apply ``spec`` to this process and exec its argv; never returns."""
     parent = os.getppid()
+    for procs in spec.get("cgroup_procs", []):  # first, while still root: all that follows is in it
+        with open(procs, "w") as f:
+            f.write(str(os.getpid()))
     if spec.get("stage"):
         _stage(spec["stage"])
     for name, soft, hard in spec.get("rlimits", []):

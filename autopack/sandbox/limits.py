@@ -14,7 +14,10 @@ class SandboxLimits:
     rlimits; ``max_output_bytes`` caps stdout+stderr together, after which the run is
     killed. ``max_procs`` counts every process of the sandbox's uid, so it is only
     meaningful when the sandbox runs as a dedicated unprivileged uid (the default
-    when the orchestrator is root).
+    when the orchestrator is root). ``total_memory_mb`` caps the whole run (all its
+    processes, and the files in its ``/tmp`` and ``/dev/shm``) where the bubblewrap
+    sandbox has a cgroup per run (``sandbox/cgroups.py``), which also caps the run's
+    processes and threads at ``max_procs`` whatever its uid.
     """
 
     timeout_s: float = 120
@@ -23,8 +26,9 @@ class SandboxLimits:
     file_size_mb: int = 64
     max_procs: int = 128
     max_output_bytes: int = 1_000_000
+    total_memory_mb: int = 4096
 
     def __post_init__(self) -> None:
-        for name in ("timeout_s", "cpu_s", "memory_mb", "file_size_mb", "max_procs", "max_output_bytes"):
+        for name in ("timeout_s", "cpu_s", "memory_mb", "file_size_mb", "max_procs", "max_output_bytes", "total_memory_mb"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"SandboxLimits.{name} must be positive")

@@ -7,6 +7,10 @@ installation(s) in use; nothing else of the host; rlimits; a hard timeout).
 isolation at all**: the code runs as the orchestrator's user with the host's
 network and file system. Use it only when the operator explicitly opts out.
 
+Where the host lets the worker make cgroups (``sandbox/cgroups.py``), each
+bubblewrap run also gets a group of its own that caps the memory and the
+processes of the whole run, which the per-process rlimits do not.
+
 Both copy ``workdir`` into a fresh temp folder, run there, read back the
 ``collect`` files (paths relative to the workspace) and delete the copy, so a
 caller can pass a live checkout: the original is never written. A caller that
@@ -34,6 +38,7 @@ from autopack.errors import SandboxUnavailable
 from autopack.sandbox import _launch
 from autopack.sandbox._bwrap_info import BwrapInfo
 from autopack.sandbox._process import ProcessOutcome, run_captured
+from autopack.sandbox.cgroups import RunCgroup, detect
 from autopack.sandbox._workspace import (
     check_collect_paths,
     clear_collected,
@@ -64,11 +69,14 @@ _GONE_TIMEOUT_S = 10.0
 class SandboxResult:
     exit_code: int | None  # None when the command was killed (see ``killed``)
     timed_out: bool
-    killed: str | None  # "timeout" | "output" | "signal:<NAME>" | None
+    killed: str | None  # "timeout" | "output" | "memory" | "signal:<NAME>" | None
     stdout: str  # tail, capped
     stderr: str  # tail, capped
     duration_s: float
     files: dict[str, str] = field(default_factory=dict)  # collected result files by relative path
+    # Processes the kernel killed at the run's memory cap (its cgroup's; 0 without one). When the
+    # command itself was one of them, ``killed`` is "memory".
+    oom_kills: int = 0
 
 
 class Sandbox(Protocol):
@@ -171,8 +179,10 @@ def _launch_failure(outcome: ProcessOutcome) -> str | None:
     return None
 
 
-def _result(outcome: ProcessOutcome, files: dict[str, str], bwrap_status: bool) -> SandboxResult:
-    """Translate a process outcome. ``bwrap_status``: 128+N means the command died of signal N."""
+def _result(outcome: ProcessOutcome, files: dict[str, str], bwrap_status: bool, oom_kills: int = 0) -> SandboxResult:
+    """Translate a process outcome. ``bwrap_status``: 128+N means the command died of signal N;
+    ``oom_kills``: the kernel killed that many of the run's processes at its memory cap, so a
+    command that died of SIGKILL was one of them."""
     killed = outcome.killed
     exit_code = outcome.returncode
     if killed is not None:
@@ -181,6 +191,8 @@ def _result(outcome: ProcessOutcome, files: dict[str, str], bwrap_status: bool) 
         killed, exit_code = f"signal:{_signal_name(-exit_code)}", None
     elif bwrap_status and exit_code is not None and 128 < exit_code < 128 + signal.NSIG:
         killed, exit_code = f"signal:{_signal_name(exit_code - 128)}", None
+    if killed == "signal:SIGKILL" and oom_kills:
+        killed = "memory"
     return SandboxResult(
         exit_code=exit_code,
         timed_out=outcome.killed == "timeout",
@@ -189,6 +201,7 @@ def _result(outcome: ProcessOutcome, files: dict[str, str], bwrap_status: bool) 
         stderr=_decode(outcome.stderr),
         duration_s=outcome.duration_s,
         files=files,
+        oom_kills=oom_kills,
     )
 
 
@@ -272,6 +285,10 @@ class BwrapSandbox:
     private mount namespace of the launcher. When not root, the current uid is used
     (``max_procs`` then counts all of that user's processes) and ``uid``/``gid``
     must be left unset.
+
+    ``cgroup`` is the ``sandbox_cgroup`` setting (``auto`` | ``off`` | a delegated cgroup v2
+    folder, see ``sandbox/cgroups.py``): where runs get a group of their own that caps their total
+    memory at ``total_memory_mb`` and their processes at ``max_procs``.
     """
 
     def __init__(
@@ -284,6 +301,7 @@ class BwrapSandbox:
         gid: int | None = None,
         disable_userns: bool = True,
         tail_bytes: int = TAIL_BYTES,
+        cgroup: str = "auto",
     ) -> None:
         self.bwrap = bwrap
         paths = default_python_paths() if python_paths is None else [str(p) for p in python_paths]
@@ -299,6 +317,7 @@ class BwrapSandbox:
             self.uid = self.gid = None
         self.disable_userns = disable_userns
         self.tail_bytes = tail_bytes
+        self.cgroups = detect(cgroup)
 
     def _run_ids(self) -> tuple[int, int] | None:
         """(uid, gid) to drop to for one run; None when not root (the current ids are used)."""
@@ -340,6 +359,7 @@ class BwrapSandbox:
         bwrap = self._bwrap_path()
         owner = self._run_ids()
         base = make_run_dir()
+        group: RunCgroup | None = None
         try:
             workspace = (take_workspace if consume else copy_workspace)(Path(workdir), base, owner)
             clear_collected(workspace, collect_paths)
@@ -349,6 +369,8 @@ class BwrapSandbox:
                 dirs = make_stage_dirs(base, len(binds))
                 stage = [[src, str(d)] for (src, _), d in zip(binds, dirs)]
                 binds = [(str(d), dest) for d, (_, dest) in zip(dirs, binds)]
+            if self.cgroups is not None:
+                group = self.cgroups.create(limits.total_memory_mb * _MIB, limits.max_procs)
             info = BwrapInfo()
             try:
                 command = bwrap_command(
@@ -369,6 +391,7 @@ class BwrapSandbox:
                     "stage": stage,
                     "reap": True,
                     "argv": command,
+                    "cgroup_procs": group.procs_files if group is not None else [],
                 }
                 outcome = run_captured(
                     _launcher_argv(spec),
@@ -393,8 +416,10 @@ class BwrapSandbox:
                 said = _decode(outcome.stderr).strip()[-2000:]
                 raise SandboxUnavailable(f"bubblewrap could not start the sandbox: {said}\n{userns_hint()}")
             files = read_back(workspace, collect_paths)
-            return _result(outcome, files, bwrap_status=True)
+            return _result(outcome, files, bwrap_status=True, oom_kills=group.oom_kills() if group is not None else 0)
         finally:
+            if group is not None:
+                group.close()
             remove_run_dir(base)
 
     def probe(self) -> None:
@@ -408,11 +433,14 @@ class BwrapSandbox:
             )
 
 
-def check_bwrap(bwrap: str = "bwrap") -> None:
-    """Raise ``SandboxUnavailable`` (with the command that fixes it) unless the sandbox starts."""
+def check_bwrap(bwrap: str = "bwrap", cgroup: str = "auto") -> BwrapSandbox:
+    """The sandbox, once it started a trivial command; raise ``SandboxUnavailable`` (with the
+    command that fixes it) otherwise. ``cgroup``: the ``sandbox_cgroup`` setting."""
     if shutil.which(bwrap) is None:
         raise SandboxUnavailable(f"{INSTALL_HINT} (looked for {bwrap!r})")
-    BwrapSandbox(bwrap).probe()
+    sandbox = BwrapSandbox(bwrap, cgroup=cgroup)
+    sandbox.probe()
+    return sandbox
 
 
 # --------------------------------------------------------------------------- no sandbox

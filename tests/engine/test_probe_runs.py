@@ -76,3 +76,39 @@ def test_thousands_of_newly_failing_tests_are_rerun_as_the_whole_suite(local_set
         rerun = s.query(Attempt).filter_by(run_id=run_id, number=1).one().test_result["rerun"]
     assert len(rerun["tests"]) == MANY and sum(o == "failed" for o in rerun["outcomes"].values()) == MANY
     assert len(rerun["outcomes"]) > MANY  # the whole suite ran again, the demo's own tests too
+
+
+# Fills the sandbox's /tmp with 40 MB files once the phase's file exists: each under the file size
+# limit and the per-process memory limit, 320 MB in all.
+FILL_TMP = '''import os
+
+
+def test_fill_tmp():
+    if os.path.exists("calc/extra.py"):
+        for i in range(8):
+            with open(f"/tmp/fill{i}", "wb") as f:
+                f.write(bytes(40_000_000))
+'''
+
+
+def test_a_suite_over_the_runs_memory_is_a_resource_limit_not_a_worker_problem(local_settings, demo_repo: Path) -> None:
+    from autopack.config import load_config
+    from autopack.sandbox.cgroups import detect
+
+    if detect("auto") is None:
+        pytest.skip("no cgroup per run on this machine (tests/sandbox/test_cgroups.py says why)")
+    commit_all(demo_repo, "test setup", {"tests/test_fill.py": FILL_TMP})
+    config = load_config(local_settings.config_dir)
+    strategy = config.strategy.model_copy(update={"run": config.strategy.run.model_copy(update={"test_memory_mb": 200})})
+    services, _ = make_services(local_settings, _respond, config=config.model_copy(update={"strategy": strategy}))
+    register(local_settings, demo_repo)
+    run_id = submit(services, _plan("docs"))  # 2 attempts
+    drive(services, ("start_run", run_id))
+    v = view(services, run_id)
+    assert v["state"] == "DONE_FAILED_TIER_BLOCKED", v["failure_reason"]
+    attempts = phase(v, "extra")["attempt_details"]
+    assert len(attempts) == 2
+    for attempt in attempts:
+        assert not attempt["gate"]["passed"] and attempt["failure"].startswith("failed: test run killed (memory)")
+        assert attempt["classification"] == "sandbox_resource_limit"  # the Builder is told so, the run is not retried as infrastructure
+        assert attempt["test_summary"] == "no tests (killed: memory)"

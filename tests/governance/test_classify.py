@@ -36,6 +36,7 @@ def test_build_stage_classes_come_from_the_recorded_class(recorded: str, error: 
 @pytest.mark.parametrize(("killed", "expected"), [
     ("timeout", F.TIMEOUT),
     ("output", F.SANDBOX_RESOURCE_LIMIT),
+    ("memory", F.SANDBOX_RESOURCE_LIMIT),
     ("signal:SIGXCPU", F.SANDBOX_RESOURCE_LIMIT),
     ("signal:SIGXFSZ", F.SANDBOX_RESOURCE_LIMIT),
     ("signal:SIGKILL", F.SANDBOX_RESOURCE_LIMIT),
