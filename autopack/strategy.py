@@ -126,6 +126,9 @@ class CompiledStrategy(BaseModel):
     run: RunBudget
     test_command: list[str]
     phases: list[PhaseStrategy]
+    # The gate reads quarantine_reruns from here, so a run keeps the settings it started with; the
+    # project's records are folded and aged with the live config (they outlive any one run).
+    flakiness: FlakinessConfig = Field(default_factory=FlakinessConfig)
 
     def for_phase(self, phase_id: str) -> PhaseStrategy:
         for p in self.phases:
@@ -184,4 +187,5 @@ def compile_strategy(plan: Plan, cfg: StrategyConfig) -> CompiledStrategy:
         run=cfg.run,
         test_command=list(plan.test_command or cfg.run.test_command),
         phases=phases,
+        flakiness=cfg.flakiness,
     )

@@ -63,6 +63,15 @@ def test_too_many_phases_is_a_plan_error() -> None:
     assert err.value.field == "tiers"
 
 
+def test_the_compiled_strategy_carries_the_flakiness_settings_the_gate_reads() -> None:
+    cfg = StrategyConfig.model_validate({"flakiness": {"quarantine_reruns": 0}})
+    compiled = compile_strategy(_plan(["feature"]), cfg)
+    assert compiled.model_dump(mode="json")["flakiness"]["quarantine_reruns"] == 0
+    # A snapshot stored before it carried them still loads (with the defaults).
+    old = {k: v for k, v in compiled.model_dump(mode="json").items() if k != "flakiness"}
+    assert type(compiled).model_validate(old).flakiness.quarantine_reruns == 2
+
+
 def test_plan_test_command_overrides_the_default() -> None:
     cfg = load_strategy_config(CONFIG / "strategy.yaml")
     plan = _plan(["feature"]).model_copy(update={"test_command": ["make", "test"]})

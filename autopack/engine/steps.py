@@ -681,7 +681,7 @@ def probe(services: Services, attempt_id: int, ctx: StepContext) -> list[Step]:
             rerun = rr["outcomes"]
             result["rerun"] = {"tests": rerun_ids, "outcomes": rerun}
             quarantined = _quarantined(services, project_id)
-            for _ in range(services.config.strategy.flakiness.quarantine_reruns):
+            for _ in range(_quarantine_reruns(services, strategy)):
                 again = gatelib.quarantined_to_rerun(quarantined, rerun_ids, [rerun, *extra])
                 if not again or rr["killed"]:  # a re-run that hung or crashed: no more of them
                     break
@@ -749,6 +749,13 @@ def probe(services: Services, attempt_id: int, ctx: StepContext) -> list[Step]:
 # Extra re-runs of quarantined tests stop where one more full test run could reach the ci queue's
 # hard time limit (its soft limit is 30 s below it).
 CI_LIMIT_MARGIN_S = 60
+
+
+def _quarantine_reruns(services: Services, strategy: dict[str, Any]) -> int:
+    """The extra re-runs a quarantined test gets, from the run's strategy snapshot like the gate's
+    other settings (the live config's for a run snapshotted before the snapshot carried them)."""
+    live = services.config.strategy.flakiness.quarantine_reruns
+    return int((strategy.get("flakiness") or {}).get("quarantine_reruns", live))
 
 
 def _quarantined(services: Services, project_id: int) -> frozenset[str]:

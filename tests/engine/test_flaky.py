@@ -167,6 +167,52 @@ def test_a_quarantined_test_gets_more_reruns_before_its_failure_is_a_regression(
         assert result["rerun"].get("extra_skipped") == ("no room left under the ci queue's time limit" if quarantined else None)
 
 
+@pytest.mark.parametrize(("snapshot", "live"), [(0, 2), (2, 0)])
+def test_the_extra_reruns_of_a_quarantined_test_come_from_the_runs_strategy_snapshot(
+        local_settings, demo_repo: Path, tmp_path: Path, snapshot: int, live: int) -> None:
+    """The run was submitted with ``quarantine_reruns: snapshot``; the config was changed to ``live``
+    before its gate ran. The gate keeps to what the run started with, like its other settings."""
+    import dataclasses
+
+    from autopack.db.models import Attempt, FlakyTest, Project, Run
+    from autopack.db.session import session_scope
+    from autopack.engine.leases import now_utc
+    from autopack.flakiness import FlakinessConfig
+    from autopack.sandbox.runner import UnsandboxedRunner
+
+    counter = tmp_path / "runs-of-test_counted"
+    _add_counted_test(demo_repo, counter, fails=(1, 2))
+    register(local_settings, demo_repo)
+    with session_scope(local_settings.db_url) as s:
+        project = s.query(Project).one()
+        now = now_utc()
+        s.add(FlakyTest(project_id=project.id, test_id=COUNTED_ID, state="quarantined", state_reason="flaky in 2 runs",
+                        flaky_count=2, runs=["a", "b"], passes_since_flaky=0, first_seen_at=now, last_flaky_at=now, state_changed_at=now))
+
+    def with_reruns(services, n: int):  # type: ignore[no-untyped-def]
+        strategy = services.config.strategy.model_copy(update={"flakiness": FlakinessConfig(quarantine_reruns=n)})
+        return dataclasses.replace(services, sandbox=UnsandboxedRunner(),
+                                   config=services.config.model_copy(update={"strategy": strategy}))
+
+    services, _ = make_services(local_settings, _respond)
+    run_id = submit(with_reruns(services, snapshot), _plan("feature"))
+    with session_scope(local_settings.db_url) as s:
+        assert s.get(Run, run_id).strategy["flakiness"]["quarantine_reruns"] == snapshot
+    live_services = with_reruns(services, live)
+    drive(live_services, ("start_run", run_id))
+    v = view(live_services, run_id)
+    assert v["state"] == "DONE_SUCCESS", v["failure_reason"]
+    first = phase(v, "extra")["attempt_details"][0]
+    with session_scope(local_settings.db_url) as s:
+        result = s.query(Attempt).filter_by(run_id=run_id, number=1).one().test_result
+    if snapshot:  # baseline, candidate, re-run, one more re-run (passes)
+        assert first["gate"]["passed"] and first["gate"]["known_flaky"] == [COUNTED_ID]
+        assert result["rerun"]["extra"] == [{"tests": [COUNTED_ID], "outcomes": {COUNTED_ID: "passed"}, "killed": None}]
+    else:  # no extra re-run, whatever the live config says: a regression
+        assert not first["gate"]["passed"] and first["gate"]["regressions"] == [COUNTED_ID]
+        assert "extra" not in result["rerun"] and len(phase(v, "extra")["attempt_details"]) == 2
+
+
 def test_an_attempt_strict_ci_blocked_only_for_a_flake_leaves_no_lesson(local_settings, demo_repo: Path, tmp_path: Path) -> None:
     """The test fails once (the first attempt's run) and passes its re-run: strict CI blocks that
     attempt, the second passes. Nothing was fixed, so no hint (nor a rule, later) may say it was."""
