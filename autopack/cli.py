@@ -471,11 +471,17 @@ def cmd_budgets(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_flaky(args: argparse.Namespace, settings: Settings) -> int:
-    """List a project's known-flaky tests, or age the records by hand (what beat does every hour)."""
+    """List a project's known-flaky tests, age the records by hand (what beat does every hour), or
+    quarantine or clear one test by hand."""
     from autopack.config import load_config
     from autopack.db.session import session_scope
     from autopack.engine.flakiness import age_records, project_flaky_tests
 
+    if args.action in ("quarantine", "clear"):
+        return _flaky_by_hand(args, settings)
+    if args.test_id is not None or args.reason is not None:
+        _err(f"flaky {args.action} takes no test id or --reason (those are for flaky quarantine|clear)")
+        return 2
     if args.action == "age":
         if args.project or args.state:
             _err("flaky age ages every project's records; it takes no --project or --state")
@@ -499,6 +505,34 @@ def cmd_flaky(args: argparse.Namespace, settings: Settings) -> int:
                  f"last cleared; {t['passes_since_flaky']} first-try pass(es) since its last flake on {t['last_flaky_at']}")
             if t["reason"]:
                 _out(f"     {t['reason']}")
+    return 0
+
+
+def _flaky_by_hand(args: argparse.Namespace, settings: Settings) -> int:
+    """``flaky quarantine|clear TEST_ID --project P [--reason TEXT]``: set one test's record by hand."""
+    from autopack.db.session import session_scope
+    from autopack.engine.flakiness import set_record_by_hand
+    from autopack.errors import InvalidRequest, NotFound
+    from autopack.flakiness import CLEARED, QUARANTINED
+
+    if args.test_id is None or not args.project or args.state:
+        _err(f"flaky {args.action} takes a test id and --project (and no --state): "
+             f"autopack flaky {args.action} TEST_ID --project P [--reason TEXT]")
+        return 2
+    state = QUARANTINED if args.action == "quarantine" else CLEARED
+    try:
+        with session_scope(settings.db_url) as s:
+            view = set_record_by_hand(s, learning_project(s, args.project), args.test_id, state, args.reason or "")
+    except NotFound as exc:
+        _err(str(exc))
+        return 2
+    except InvalidRequest as exc:
+        _err(f"{exc.field}: {exc.message}")
+        return 2
+    if args.json:
+        _out(json.dumps({"project": args.project, "test": view}, indent=2))
+        return 0
+    _out(f"{args.project}: {view['test']} is {view['state']} ({view['reason']})")
     return 0
 
 
@@ -697,10 +731,20 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_budgets)
 
-    sp = sub.add_parser("flaky", help="known-flaky tests per project (quarantined, suspected, cleared); age: what beat does hourly")
-    sp.add_argument("action", nargs="?", choices=["list", "age"], default="list")
+    sp = sub.add_parser("flaky", help="known-flaky tests per project (quarantined, suspected, cleared); age: what beat does hourly; "
+                                      "quarantine|clear TEST_ID: set one by hand",
+                        description="list: the known-flaky test records (all projects, or --project). age: clear and forget "
+                                    "records by age, as beat does hourly. quarantine TEST_ID / clear TEST_ID --project P "
+                                    "[--reason TEXT]: set a test's record by hand (quarantining a test without a record makes "
+                                    "one); the reason is recorded as 'by hand: TEXT'. The normal rules still apply afterwards: "
+                                    "a test quarantined by hand is cleared by clear_after_passes first-try passes or "
+                                    "clear_after_days days without a flake, both counted from the hand quarantine, and a "
+                                    "test cleared by hand that flakes again is a suspect.")
+    sp.add_argument("action", nargs="?", choices=["list", "age", "quarantine", "clear"], default="list")
+    sp.add_argument("test_id", nargs="?", metavar="TEST_ID", help="with quarantine or clear: the test (e.g. tests/test_a.py::test_x)")
     sp.add_argument("--project")
     sp.add_argument("--state", choices=["quarantined", "suspected", "cleared"])
+    sp.add_argument("--reason", help="with quarantine or clear: why (recorded as 'by hand: REASON')")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_flaky)
 

@@ -10,6 +10,11 @@ comes from candidates, so it cannot tell a test that flakes anyway from one a ch
 A record is **cleared** when its test passed at the first try ``clear_after_passes`` times since its
 last flake, or flaked no more for ``clear_after_days``; a cleared record is forgotten
 ``forget_after_days`` later. Records change only here; ``engine/flakiness.py`` loads and stores them.
+
+An operator may also quarantine or clear a test **by hand** (:func:`set_by_hand`); the reason then
+says so. The normal rules still apply afterwards: a test quarantined by hand is cleared by enough
+first-try passes or days without a flake (both counted from the hand quarantine), and a test cleared
+by hand that flakes again is a suspect, like any cleared one.
 """
 
 from __future__ import annotations
@@ -21,10 +26,15 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from autopack.errors import InvalidRequest, NotFound
+
 SUSPECTED = "suspected"
 QUARANTINED = "quarantined"
 CLEARED = "cleared"
 STATES = (SUSPECTED, QUARANTINED, CLEARED)
+HAND_STATES = (QUARANTINED, CLEARED)  # the states an operator may set by hand (a suspect comes only from a flake)
+BY_HAND = "by hand"  # how a reason set by hand begins
+REASON_MAX = 500  # characters of an operator's reason
 PASSED = "passed"
 RUNS_KEPT = 20  # the run ids of a record's flakes kept as evidence (at least quarantine_after_runs)
 
@@ -110,14 +120,45 @@ def fold_run(records: Mapping[str, FlakyRecord], run_id: str, attempts: Sequence
 
 
 def age(record: FlakyRecord, now: datetime, cfg: FlakinessConfig) -> FlakyRecord | None:
-    """The record after time passed: cleared if it has not flaked for ``clear_after_days``; ``None``
-    (forget it) once it has been cleared for ``forget_after_days``; else unchanged."""
+    """The record after time passed: cleared if it has not flaked (nor been quarantined by hand) for
+    ``clear_after_days``; ``None`` (forget it) once it has been cleared for ``forget_after_days``;
+    else unchanged."""
     if record.state == CLEARED:
         since = record.state_changed_at or record.last_flaky_at
         return None if since is not None and now - since >= timedelta(days=cfg.forget_after_days) else record
-    last = record.last_flaky_at or record.first_seen_at
+    # From the last flake, or from a later change of state: a quarantine by hand restarts the clock
+    # (an automatic change of state to suspected or quarantined happens at a flake anyway).
+    dates = [d for d in (record.last_flaky_at or record.first_seen_at, record.state_changed_at) if d is not None]
+    last = max(dates) if dates else None
     if last is not None and now - last >= timedelta(days=cfg.clear_after_days):
         return replace(record, state=CLEARED, runs=(), state_changed_at=now,
                        state_reason=f"not flaky for {cfg.clear_after_days} days")
     return record
 
+
+def set_by_hand(record: FlakyRecord | None, test_id: str, state: str, reason: str, now: datetime) -> FlakyRecord:
+    """An operator's quarantine or clearing of ``test_id`` (its ``record``, or ``None`` if it has none).
+
+    The reason is recorded as ``"by hand: <reason>"`` (or just ``"by hand"``). Clearing resets what
+    automatic clearing resets (the runs it flaked in, so it needs ``quarantine_after_runs`` runs anew);
+    there must be a record to clear. Quarantining a test without a record makes one (it never flaked:
+    ``flaky_count`` 0, no runs, every date ``now``, as the table wants one) and restarts the clearing
+    clocks: ``clear_after_passes`` first-try passes and ``clear_after_days`` days count from ``now``.
+    After that the normal rules apply (:func:`fold_run`, :func:`age`)."""
+    if state not in HAND_STATES:
+        raise InvalidRequest("state", f"must be one of {', '.join(HAND_STATES)} (a test becomes a suspect only by flaking)")
+    if not test_id.strip():
+        raise InvalidRequest("test", "must be a test id, e.g. tests/test_a.py::test_x")
+    if record is not None and record.test_id != test_id:
+        raise ValueError(f"the record is of {record.test_id!r}, not of {test_id!r}")
+    reason = " ".join(reason.split())
+    if len(reason) > REASON_MAX:
+        raise InvalidRequest("reason", f"must be at most {REASON_MAX} characters")
+    why = f"{BY_HAND}: {reason}" if reason else BY_HAND
+    if state == CLEARED:
+        if record is None:
+            raise NotFound(f"test {test_id!r} has no known-flaky record to clear")
+        return replace(record, state=CLEARED, runs=(), state_reason=why, state_changed_at=now)
+    if record is None:
+        record = FlakyRecord(test_id=test_id, first_seen_at=now, last_flaky_at=now)
+    return replace(record, state=QUARANTINED, passes_since_flaky=0, state_reason=why, state_changed_at=now)

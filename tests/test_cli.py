@@ -217,6 +217,36 @@ def test_flaky_lists_known_flaky_tests_and_ages_them_by_hand(state: Settings, de
     assert "nope" in capsys.readouterr().err
 
 
+def test_flaky_quarantine_and_clear_by_hand(state: Settings, demo_repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    register(state, demo_repo)
+    test_id = "tests/t.py::test_x[a/b]"
+    capsys.readouterr()
+    assert main(["flaky", "quarantine", test_id, "--project", "demo", "--reason", "flakes on the CI box"]) == 0
+    assert capsys.readouterr().out.strip() == f"demo: {test_id} is quarantined (by hand: flakes on the CI box)"
+    assert main(["flaky", "--project", "demo", "--state", "quarantined", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)["tests"]
+    assert [(t["test"], t["reason"], t["flaky_count"]) for t in listed] == [(test_id, "by hand: flakes on the CI box", 0)]
+    assert main(["flaky", "clear", test_id, "--project", "demo", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["project"] == "demo" and (shown["test"]["test"], shown["test"]["state"], shown["test"]["reason"]) == (test_id, "cleared", "by hand")
+    # Refusals: exit 2 with the reason on stderr, nothing changed.
+    assert main(["flaky", "clear", "tests/t.py::never", "--project", "demo"]) == 2
+    assert "has no known-flaky record to clear in project 'demo'" in capsys.readouterr().err
+    assert main(["flaky", "quarantine", test_id, "--project", "nope"]) == 2
+    assert "'nope' is not registered" in capsys.readouterr().err
+    for argv in (["flaky", "quarantine", test_id], ["flaky", "clear", "--project", "demo"],
+                 ["flaky", "quarantine", test_id, "--project", "demo", "--state", "cleared"]):
+        assert main(argv) == 2, argv
+        assert "takes a test id and --project" in capsys.readouterr().err
+    assert main(["flaky", "quarantine", test_id, "--project", "demo", "--reason", "x" * 501]) == 2
+    assert "reason: must be at most 500 characters" in capsys.readouterr().err
+    for argv in (["flaky", "list", test_id], ["flaky", "age", "--reason", "why"]):
+        assert main(argv) == 2, argv
+        assert "takes no test id or --reason" in capsys.readouterr().err
+    assert main(["flaky", "--project", "demo", "--json"]) == 0
+    assert [(t["test"], t["state"]) for t in json.loads(capsys.readouterr().out)["tests"]] == [(test_id, "cleared")]
+
+
 def _serve(state: Settings, port: int = 0):  # type: ignore[no-untyped-def]
     server = make_server("127.0.0.1", port, create_app(state, enqueue=lambda steps: None, broker_check=lambda: None), threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)

@@ -94,3 +94,61 @@ def test_age_clears_records_without_a_flake_and_forgets_long_cleared_ones() -> N
 def test_config_refuses_bad_values(bad: dict[str, int]) -> None:
     with pytest.raises(ValidationError):
         fl.FlakinessConfig(**bad)
+
+
+def test_quarantining_by_hand_makes_a_record_for_an_unrecorded_test() -> None:
+    rec = fl.set_by_hand(None, T, "quarantined", "  flakes on the CI box \n", NOW)
+    assert rec == fl.FlakyRecord(test_id=T, state="quarantined", flaky_count=0, runs=(), passes_since_flaky=0, first_seen_at=NOW,
+                                 last_flaky_at=NOW, state_changed_at=NOW, state_reason="by hand: flakes on the CI box")
+    assert fl.set_by_hand(None, T, "quarantined", "", NOW).state_reason == "by hand"
+
+
+def test_quarantining_by_hand_keeps_the_evidence_and_restarts_the_clearing_clocks() -> None:
+    cfg = fl.FlakinessConfig(clear_after_passes=3, clear_after_days=30)
+    rec = fl.fold_run({}, "r1", [flaky(T), flaky(passed=(T,)), flaky(passed=(T,))], NOW, cfg).records[T]
+    assert (rec.state, rec.passes_since_flaky) == ("suspected", 2)
+    later = NOW + timedelta(days=29)
+    by_hand = fl.set_by_hand(rec, T, "quarantined", "known bad", later)
+    assert (by_hand.state, by_hand.state_reason, by_hand.state_changed_at) == ("quarantined", "by hand: known bad", later)
+    assert (by_hand.flaky_count, by_hand.runs, by_hand.first_seen_at, by_hand.last_flaky_at) == (1, ("r1",), NOW, NOW)
+    assert by_hand.passes_since_flaky == 0  # one more pass would have cleared it otherwise
+    # The normal rules still apply, counted from the hand quarantine.
+    assert fl.fold_run({T: by_hand}, "r2", [flaky(passed=(T,))], later, cfg).records[T].state == "quarantined"
+    assert fl.fold_run({T: by_hand}, "r2", [flaky(passed=(T,))] * 3, later, cfg).records[T].state == "cleared"
+    assert fl.age(by_hand, NOW + timedelta(days=30), cfg) == by_hand  # 30 days after the flake, 1 after the hand
+    aged = fl.age(by_hand, later + timedelta(days=30), cfg)
+    assert aged is not None and (aged.state, aged.state_reason) == ("cleared", "not flaky for 30 days")
+
+
+def test_clearing_by_hand_resets_what_automatic_clearing_resets() -> None:
+    cfg = fl.FlakinessConfig(quarantine_after_runs=2)
+    records = fl.fold_run({}, "r1", [flaky(T)], NOW, cfg).records
+    rec = fl.fold_run(records, "r2", [flaky(T), flaky(passed=(T,))], NOW, cfg).records[T]
+    assert (rec.state, rec.runs, rec.passes_since_flaky) == ("quarantined", ("r1", "r2"), 1)
+    later = NOW + timedelta(hours=2)
+    cleared = fl.set_by_hand(rec, T, "cleared", "fixed in #123", later)
+    assert cleared == fl.FlakyRecord(test_id=T, state="cleared", flaky_count=2, runs=(), passes_since_flaky=1, first_seen_at=NOW,
+                                     last_flaky_at=NOW, state_changed_at=later, state_reason="by hand: fixed in #123")
+    # Flaking again makes it a suspect that needs quarantine_after_runs runs anew, as after automatic clearing.
+    again = fl.fold_run({T: cleared}, "r3", [flaky(T)], later, cfg)
+    assert (again.records[T].state, again.records[T].runs) == ("suspected", ("r3",))
+    assert fl.age(cleared, later + timedelta(days=cfg.forget_after_days), cfg) is None
+
+
+def test_by_hand_refusals() -> None:
+    from autopack.errors import InvalidRequest, NotFound
+
+    with pytest.raises(NotFound, match="no known-flaky record to clear"):
+        fl.set_by_hand(None, T, "cleared", "", NOW)
+    for state in ("suspected", "flaky", ""):
+        with pytest.raises(InvalidRequest) as bad:
+            fl.set_by_hand(None, T, state, "", NOW)
+        assert bad.value.field == "state"
+    with pytest.raises(InvalidRequest) as bad:
+        fl.set_by_hand(None, T, "quarantined", "x" * (fl.REASON_MAX + 1), NOW)
+    assert bad.value.field == "reason"
+    with pytest.raises(InvalidRequest) as bad:
+        fl.set_by_hand(None, " ", "quarantined", "", NOW)
+    assert bad.value.field == "test"
+    with pytest.raises(ValueError, match="not of"):
+        fl.set_by_hand(fl.FlakyRecord(test_id=U), T, "quarantined", "", NOW)

@@ -134,10 +134,10 @@ def create_app(
             log.warning("could not enqueue steps %s (%s: %s); the reconciler will", [sid for sid, _ in steps],
                         type(exc).__name__, exc)
 
-    def _json_body() -> Any:
+    def _json_body(what: str = "the plan") -> Any:
         raw = request.get_data(cache=False, as_text=True)
         if not raw.strip():
-            raise PlanError("body", "empty body: send the plan as JSON")
+            raise PlanError("body", f"empty body: send {what} as JSON")
         try:
             return json.loads(raw)
         except json.JSONDecodeError as exc:
@@ -348,6 +348,27 @@ def create_app(
             raise PlanError("state", f"must be one of {', '.join(STATES)}")
         with session_scope(db) as s:
             return jsonify({"project": name, "tests": project_flaky_tests(s, runsvc.get_project(s, name), state)})
+
+    @app.put("/projects/<name>/flaky-tests/<path:test_id>")
+    def set_flaky(name: str, test_id: str):  # type: ignore[no-untyped-def]
+        """An operator quarantines or clears a test by hand; the normal rules still apply afterwards."""
+        from autopack.engine.flakiness import set_record_by_hand
+        from autopack.flakiness import HAND_STATES
+
+        usage = f"a JSON object with `state` ({' or '.join(HAND_STATES)}) and, optionally, `reason`"
+        body = _json_body(usage)
+        if not isinstance(body, dict):
+            raise InvalidRequest("body", f"must be {usage}")
+        unknown = sorted(set(body) - {"state", "reason"})
+        if unknown:
+            raise InvalidRequest(unknown[0], "unknown field")
+        if body.get("state") not in HAND_STATES:
+            raise InvalidRequest("state", f"must be one of {', '.join(HAND_STATES)}")
+        reason = body.get("reason", "")
+        if not isinstance(reason, str):
+            raise InvalidRequest("reason", "must be a string")
+        with session_scope(db) as s:
+            return jsonify({"project": name, "test": set_record_by_hand(s, runsvc.get_project(s, name), test_id, body["state"], reason)})
 
     @app.get("/projects/<name>/rules/export")
     def export_rules(name: str):  # type: ignore[no-untyped-def]

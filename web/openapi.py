@@ -155,6 +155,23 @@ def build_openapi() -> dict[str, Any]:
                                        {"name": "state", "in": "query", "schema": {"enum": ["suspected", "quarantined", "cleared"]}}],
                         "responses": {"200": {"description": "tests"}, "404": ERR["404"], "422": ERR["422"]}},
             },
+            "/projects/{name}/flaky-tests/{test_id}": {
+                "put": {"summary": "Quarantine or clear a test by hand (also `autopack flaky quarantine|clear`); the reason is "
+                                   "recorded as 'by hand: <reason>'. Quarantining a test without a record makes one; the normal "
+                                   "rules still apply afterwards (clear_after_passes first-try passes or clear_after_days days, "
+                                   "counted from the hand quarantine, clear it; a cleared test that flakes again is a suspect)",
+                        "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},
+                                       {"name": "test_id", "in": "path", "required": True, "schema": {"type": "string"},
+                                        "description": "the test id as the gate reports it; it may contain slashes "
+                                                       "(tests/test_a.py::test_x)"}],
+                        "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                            "type": "object", "additionalProperties": False, "required": ["state"],
+                            "properties": {"state": {"enum": ["quarantined", "cleared"]},
+                                           "reason": {"type": "string", "maxLength": 500}}}}}},
+                        "responses": {"200": {"description": "the project and the test's record as it is now"},
+                                      "404": _resp("Error", "unknown project, or clearing a test that has no record"),
+                                      "422": ERR["422"]}},
+            },
             "/projects/{name}/rules/export": {
                 "get": {"summary": "project_learned_rules.json",
                         "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],

@@ -1,5 +1,6 @@
 """A project's known-flaky tests in the database: folded in when a run ends (the dispatcher's
 ``flakiness`` handler, once per run), aged by beat's maintenance task (and ``autopack flaky age``),
+set by hand by an operator (``autopack flaky quarantine|clear``, ``PUT /projects/<name>/flaky-tests/<test>``),
 read by the probe step (which tests are quarantined) and listed by the API and the CLI.
 
 Every writer first locks the project's row, so two runs of one project ending together, or a run
@@ -19,6 +20,7 @@ from autopack import flakiness as fl
 from autopack.db.models import Attempt, FlakyTest, Project, Run, as_utc
 from autopack.db.session import session_scope
 from autopack.engine.leases import db_now
+from autopack.errors import NotFound
 
 
 def _record(row: FlakyTest) -> fl.FlakyRecord:
@@ -95,6 +97,26 @@ def age_records(db_url: str, cfg: fl.FlakinessConfig, now: datetime | None = Non
                     _store(row, rec)
                 report.kept += 1
     return report
+
+
+def set_record_by_hand(session: Session, project: Project, test_id: str, state: str, reason: str = "",
+                       now: datetime | None = None) -> dict[str, Any]:
+    """An operator quarantines or clears ``test_id`` in ``project`` (:func:`autopack.flakiness.set_by_hand`),
+    in the caller's transaction; return the record as listed. No event: there is no run to tell.
+    Raises ``NotFound`` to clear a test without a record, ``InvalidRequest`` for a bad state or reason."""
+    _lock_project(session, project.id)
+    now = now or db_now(session)
+    row = session.scalar(select(FlakyTest).where(FlakyTest.project_id == project.id, FlakyTest.test_id == test_id))
+    try:
+        rec = fl.set_by_hand(_record(row) if row is not None else None, test_id, state, reason, now)
+    except NotFound as exc:
+        raise NotFound(f"{exc} in project {project.name!r}") from None
+    if row is None:
+        row = FlakyTest(project_id=project.id, test_id=test_id)
+        session.add(row)
+    _store(row, rec)
+    session.flush()
+    return flaky_view(row)
 
 
 def quarantined_tests(session: Session, project_id: int) -> frozenset[str]:

@@ -1,6 +1,6 @@
 """Known-flaky tests in the database (autopack/engine/flakiness.py): folded in once per run by the
 dispatcher's ``flakiness`` handler when the run ends, on SQLite and PostgreSQL, without losing a fold
-when two runs of a project end together; aged by the maintenance task."""
+when two runs of a project end together; aged by the maintenance task; set by hand by an operator."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ from sqlalchemy import select
 from autopack.db.migrate import upgrade
 from autopack.db.models import Attempt, Event, FlakyTest, Phase, Project, Run, as_utc
 from autopack.db.session import session_scope
-from autopack.engine.flakiness import age_records, project_flaky_tests, quarantined_tests, record_run
+from autopack.engine.flakiness import age_records, project_flaky_tests, quarantined_tests, record_run, set_record_by_hand
 from autopack.engine.store import emit
+from autopack.errors import InvalidRequest, NotFound
 from autopack.events.dispatch import dispatch_pending
 from autopack.flakiness import FlakinessConfig
 from autopack.settings import Settings
@@ -137,3 +138,88 @@ def test_ageing_clears_and_forgets_records_per_project(settings: Settings, demo_
     assert (rows[T].state, rows[T].runs, rows[T].state_reason) == ("cleared", [], "not flaky for 30 days")
     assert rows[U].state == "suspected"
     assert age_records(settings.db_url, FlakinessConfig(), now=now).as_dict() == {"cleared": [], "forgotten": [], "kept": 2}
+
+
+def _project(s: Any) -> Project:
+    return s.scalars(select(Project)).one()
+
+
+def test_an_operator_quarantines_and_clears_a_test_by_hand(settings: Settings, demo_repo: Path) -> None:
+    services, _ = make_services(settings, lambda req: "")
+    register(settings, demo_repo)
+    when = datetime(2026, 11, 3, 9, 0, tzinfo=timezone.utc)
+    with session_scope(settings.db_url) as s:
+        view = set_record_by_hand(s, _project(s), T, "quarantined", "flakes on the CI box", now=when)
+    assert view == {"test": T, "state": "quarantined", "reason": "by hand: flakes on the CI box", "flaky_count": 0, "runs": [],
+                    "passes_since_flaky": 0, "first_seen_at": when.isoformat(), "last_flaky_at": when.isoformat(),
+                    "state_changed_at": when.isoformat()}
+    with session_scope(settings.db_url) as s:
+        assert quarantined_tests(s, _project(s).id) == frozenset({T})
+        assert project_flaky_tests(s, _project(s)) == [view]
+        with pytest.raises(NotFound, match=f"test '{U}' has no known-flaky record to clear in project 'demo'"):
+            set_record_by_hand(s, _project(s), U, "cleared")
+        with pytest.raises(InvalidRequest):
+            set_record_by_hand(s, _project(s), T, "suspected")
+    assert set(_rows(settings)) == {T}
+
+    # A run that flakes it keeps it quarantined, with the evidence; clearing by hand drops the runs.
+    run_id = _finished_run(settings, services, [({T: "failed"}, [T])])
+    dispatch_pending(services, run_id)
+    row = _rows(settings)[T]
+    assert (row.state, row.state_reason, row.flaky_count, row.runs) == ("quarantined", "by hand: flakes on the CI box", 1, [run_id])
+    with session_scope(settings.db_url) as s:
+        events = len(s.scalars(select(Event)).all())
+        view = set_record_by_hand(s, _project(s), T, "cleared", "", now=when + timedelta(days=1))
+    with session_scope(settings.db_url) as s:
+        assert len(s.scalars(select(Event)).all()) == events  # no run to tell, so no event
+    assert (view["state"], view["reason"], view["runs"], view["flaky_count"]) == ("cleared", "by hand", [], 1)
+    assert view["state_changed_at"] == (when + timedelta(days=1)).isoformat()
+    with session_scope(settings.db_url) as s:
+        assert quarantined_tests(s, _project(s).id) == frozenset()
+    # The normal rules still apply: it flakes again, and is a suspect.
+    again = _finished_run(settings, services, [({T: "failed"}, [T])])
+    dispatch_pending(services, again)
+    row = _rows(settings)[T]
+    assert (row.state, row.runs, row.state_reason) == ("suspected", [again], "flaky again after it was cleared")
+
+
+@pytest.mark.postgres
+def test_a_hand_quarantine_and_a_run_ending_together_both_count(pg_url: str, tmp_path: Path, demo_repo: Path) -> None:
+    """Both insert the same new test: the project's row lock makes one wait for the other and update
+    its row (without it, one of them fails on the unique key)."""
+    settings = Settings(state_dir=tmp_path / "state", profile="local", database_url=pg_url)
+    settings.state_path.mkdir(parents=True)
+    upgrade(pg_url)
+    services, _ = make_services(settings, lambda req: "")
+    register(settings, demo_repo)
+    run_id = _finished_run(settings, services, [({T: "failed"}, [T])])
+    barrier = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def fold() -> None:
+        try:
+            with session_scope(pg_url) as s:
+                run = s.get(Run, run_id)
+                assert run is not None
+                barrier.wait(timeout=10)
+                record_run(s, run, FlakinessConfig())
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    def by_hand() -> None:
+        try:
+            with session_scope(pg_url) as s:
+                project = _project(s)
+                barrier.wait(timeout=10)
+                set_record_by_hand(s, project, T, "quarantined", "known")
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=fold), threading.Thread(target=by_hand)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert errors == []
+    row = _rows(settings)[T]
+    assert (row.state, row.flaky_count, row.runs) == ("quarantined", 1, [run_id])

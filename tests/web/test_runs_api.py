@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 from pathlib import Path
 from typing import Any
@@ -240,6 +241,64 @@ def test_flaky_tests_api_lists_a_projects_records_by_state(api, local_settings: 
     assert bad.status_code == 422 and bad.get_json()["field"] == "state"
     assert client.get("/projects/nope/flaky-tests").status_code == 404
     assert "/projects/{name}/flaky-tests" in client.get("/openapi.json").get_json()["paths"]
+
+
+def test_flaky_tests_api_quarantines_and_clears_by_hand(api) -> None:  # type: ignore[no-untyped-def]
+    client, _ = api
+    url = "/projects/demo/flaky-tests/tests/t.py::test_x[a/b]"
+    resp = client.put(url, json={"state": "quarantined", "reason": "flakes on the CI box"})
+    assert resp.status_code == 200, resp.get_json()
+    body = resp.get_json()
+    assert body["project"] == "demo"
+    test = body["test"]
+    assert (test["test"], test["state"], test["reason"], test["flaky_count"], test["runs"]) == (
+        "tests/t.py::test_x[a/b]", "quarantined", "by hand: flakes on the CI box", 0, [])
+    assert client.get("/projects/demo/flaky-tests?state=quarantined").get_json()["tests"] == [test]
+    cleared = client.put(url, json={"state": "cleared"})
+    assert cleared.status_code == 200 and (cleared.get_json()["test"]["state"], cleared.get_json()["test"]["reason"]) == ("cleared", "by hand")
+    assert [t["state"] for t in client.get("/projects/demo/flaky-tests").get_json()["tests"]] == ["cleared"]
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"state": "suspected"}, "state"), ({"state": "flaky"}, "state"), ({}, "state"), ({"state": ["quarantined"]}, "state"),
+    ({"state": "cleared", "reason": 3}, "reason"), ({"state": "cleared", "why": "x"}, "why"), (["quarantined"], "body"),
+    ({"state": "quarantined", "reason": "x" * 501}, "reason"),
+])
+def test_flaky_tests_api_refuses_bad_bodies_naming_the_field(api, body: Any, field: str) -> None:  # type: ignore[no-untyped-def]
+    client, _ = api
+    resp = client.put("/projects/demo/flaky-tests/tests/t.py::test_x", json=body)
+    assert resp.status_code == 422 and resp.get_json()["field"] == field, resp.get_json()
+    assert client.get("/projects/demo/flaky-tests").get_json()["tests"] == []
+
+
+def test_flaky_tests_api_by_hand_errors(api) -> None:  # type: ignore[no-untyped-def]
+    client, _ = api
+    empty = client.put("/projects/demo/flaky-tests/tests/t.py::test_x", data="", content_type="application/json")
+    assert empty.status_code == 422 and "send a JSON object with `state` (quarantined or cleared)" in empty.get_json()["message"]
+    bad_json = client.put("/projects/demo/flaky-tests/tests/t.py::test_x", data="{", content_type="application/json")
+    assert bad_json.status_code == 422 and bad_json.get_json()["field"] == "body"
+    unknown = client.put("/projects/nope/flaky-tests/tests/t.py::test_x", json={"state": "quarantined"})
+    assert unknown.status_code == 404 and "'nope' is not registered" in unknown.get_json()["message"]
+    none = client.put("/projects/demo/flaky-tests/tests/t.py::test_x", json={"state": "cleared"})
+    assert none.status_code == 404
+    assert none.get_json()["message"] == "test 'tests/t.py::test_x' has no known-flaky record to clear in project 'demo'"
+    form = client.put("/projects/demo/flaky-tests/tests/t.py::test_x", data="state=quarantined", content_type="application/x-www-form-urlencoded")
+    assert form.status_code == 415
+    assert client.get("/projects/demo/flaky-tests").get_json()["tests"] == []
+    doc = client.get("/openapi.json").get_json()["paths"]["/projects/{name}/flaky-tests/{test_id}"]["put"]
+    assert {"200", "401", "404", "415", "422", "503"} <= set(doc["responses"])
+
+
+def test_flaky_tests_by_hand_need_the_bearer_token(local_settings: Settings, tmp_path: Path) -> None:
+    from pydantic import SecretStr
+
+    settings = local_settings.model_copy(update={"api_token": SecretStr("a-token")})
+    client, _ = _client(settings, tmp_path)
+    url, body = "/projects/demo/flaky-tests/tests/t.py::test_x", {"state": "quarantined"}
+    assert client.put(url, json=body).status_code == 401
+    assert client.put(url, json=body, headers={"Authorization": "Basic " + base64.b64encode(b"u:a-token").decode()}).status_code == 401
+    assert client.get("/projects/demo/flaky-tests", headers={"Authorization": "Bearer a-token"}).get_json()["tests"] == []
+    assert client.put(url, json=body, headers={"Authorization": "Bearer a-token"}).status_code == 200
 
 
 def test_rules_api_lists_edits_and_exports(api, local_settings: Settings) -> None:  # type: ignore[no-untyped-def]
