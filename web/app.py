@@ -20,7 +20,7 @@ from autopack.engine import runs as runsvc
 from autopack.engine.external import submit_builder_result
 from autopack.engine.leases import add_steps
 from autopack.errors import Conflict, InvalidRequest, NotFound, PlanError
-from autopack.plan import parse_plan
+from autopack.plan import check_rel_glob, parse_plan
 from autopack.settings import Settings, get_settings
 from autopack.states import RunState, is_terminal_run
 from web.auth import OPEN_PATHS, token_matches
@@ -30,6 +30,31 @@ from web.openapi import build_openapi
 
 log = logging.getLogger("autopack.web")
 FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data", "text/plain"})
+# A request body larger than this is refused (413) before it is read: a plan is a few KiB, and an
+# external Builder's edits are capped at 1 MB (engine/external.py) once JSON-escaped.
+MAX_BODY_BYTES = 16 * 1024 * 1024
+MAX_ROW_ID = 2**31 - 1  # the integer ids' column range: a larger id names no row
+
+
+def text_problem(body: Any) -> str | None:
+    """What makes the strings of a parsed JSON body unstorable, or None: a NUL (PostgreSQL's text
+    cannot hold it) or a lone UTF-16 surrogate (``"\\ud800"``, which has no UTF-8 form)."""
+    stack = [body]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str):
+            if "\x00" in item:
+                return "strings must not contain NUL characters"
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return "strings must not contain lone UTF-16 surrogates (\\ud800-\\udfff)"
+    return None
 
 Enqueue = Callable[[list[tuple[int, str]]], None]  # committed (step id, step name) pairs
 BrokerCheck = Callable[[], None]
@@ -70,6 +95,7 @@ def create_app(
     db = settings.db_url
     app = Flask("autopack", static_folder=None)  # the dashboard serves its own files under /ui/static
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.register_blueprint(dashboard_blueprint(db))
 
     @app.before_request
@@ -97,6 +123,16 @@ def create_app(
             resp, status = _error(401, "unauthorized", "this API needs its token: Authorization: Bearer <AUTOPACK_API_TOKEN>")
             resp.headers["WWW-Authenticate"] = 'Basic realm="autopack", charset="UTF-8"'  # a browser asks for it
             return resp, status
+
+    @app.before_request
+    def _no_nul():  # type: ignore[no-untyped-def]
+        # PostgreSQL's text cannot hold NUL: a lookup by such a name or id would fail in the driver.
+        if "\x00" in request.path:
+            return _error(422, "invalid_request", "must not contain NUL characters", "path")
+        for key, value in request.args.items(multi=True):
+            if "\x00" in key or "\x00" in value:
+                return _error(422, "invalid_request", "must not contain NUL characters", key.replace("\x00", ""))
+        return None
 
     @app.errorhandler(NotFound)
     def _404(exc: NotFound):  # type: ignore[no-untyped-def]
@@ -135,13 +171,24 @@ def create_app(
                         type(exc).__name__, exc)
 
     def _json_body(what: str = "the plan") -> Any:
-        raw = request.get_data(cache=False, as_text=True)
+        try:
+            raw = request.get_data(cache=False).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise PlanError("body", f"is not UTF-8 (byte {exc.start})") from None
         if not raw.strip():
             raise PlanError("body", f"empty body: send {what} as JSON")
         try:
-            return json.loads(raw)
+            body = json.loads(raw)
         except json.JSONDecodeError as exc:
             raise PlanError("body", f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+        except RecursionError:
+            raise PlanError("body", "invalid JSON: nested too deeply") from None
+        except ValueError as exc:  # a number of more digits than Python converts
+            raise PlanError("body", f"invalid JSON: {exc}") from None
+        problem = text_problem(body)
+        if problem is not None:
+            raise PlanError("body", problem)
+        return body
 
     def _num_arg(name: str, default: float, low: float, high: float, kind: type = int) -> Any:
         """A query parameter of type ``kind`` (int or float) from ``low`` to ``high``, else a 422 naming it."""
@@ -155,6 +202,19 @@ def create_app(
         if not low <= value <= high:  # also refuses nan
             raise PlanError(name, f"must be between {low} and {high}")
         return value
+
+    def _flag_arg(name: str) -> bool:
+        """A yes/no query parameter (``?dry_run`` alone is yes), else a 422 naming it: a mistyped
+        ``dry_run`` must not start a real, paid run."""
+        raw = request.args.get(name)
+        if raw is None:
+            return False
+        value = raw.strip().lower()
+        if value in ("", "1", "true", "yes", "on"):
+            return True
+        if value in ("0", "false", "no", "off"):
+            return False
+        raise PlanError(name, "must be true or false")
 
     def _idempotency_key() -> str | None:
         key = request.headers.get("Idempotency-Key")
@@ -173,7 +233,7 @@ def create_app(
     def create_run():  # type: ignore[no-untyped-def]
         body = _json_body()
         plan = parse_plan(body)
-        dry = request.args.get("dry_run", "false").lower() in ("1", "true", "yes")
+        dry = _flag_arg("dry_run")
         key = _idempotency_key()
         fingerprint = runsvc.request_fingerprint(body) if key is not None else None
         try:
@@ -245,8 +305,13 @@ def create_app(
     def event_stream(run_id: str):  # type: ignore[no-untyped-def]
         """Server-sent events: the run's events from ``after`` (or Last-Event-ID) on, following a
         live run until it ends."""
-        header = request.headers.get("Last-Event-ID")
-        after = _num_arg("after", int(header) if header and header.isdigit() else 0, 0, 10**9)
+        header = (request.headers.get("Last-Event-ID") or "").strip()
+        resume = 0
+        if header:  # what this stream sent as an event's id: a sequence number
+            if not (header.isascii() and header.isdigit() and int(header) <= 10**9):
+                raise PlanError("Last-Event-ID", "must be an event's sequence number (0 to 1000000000)")
+            resume = int(header)
+        after = _num_arg("after", resume, 0, 10**9)
         poll = _num_arg("poll", 0.5, 0.05, 10.0, float)  # seconds between looks at a live run
         with session_scope(db) as s:
             runsvc.get_run(s, run_id)
@@ -389,7 +454,7 @@ def create_app(
             raise PlanError("body", "send one or more of: status (active|disabled), text, scope")
         with session_scope(db) as s:
             project = runsvc.get_project(s, name)
-            rule = s.get(Rule, rule_id)
+            rule = s.get(Rule, rule_id) if rule_id <= MAX_ROW_ID else None
             if rule is None or rule.project_id != project.id:
                 raise NotFound(f"rule {rule_id} not found in project {name!r}")
             if "status" in body:
@@ -401,9 +466,12 @@ def create_app(
                     raise PlanError("text", "must be a non-empty string")
                 rule.text = body["text"].strip()
             if "scope" in body:
-                if not isinstance(body["scope"], str) or body["scope"].startswith("/") or ".." in body["scope"].split("/"):
+                if not isinstance(body["scope"], str):
                     raise PlanError("scope", "must be a relative path glob")
-                rule.scope_pattern = body["scope"]
+                try:
+                    rule.scope_pattern = check_rel_glob(body["scope"])
+                except ValueError as exc:
+                    raise PlanError("scope", f"must be a relative path glob: {exc}") from None
             s.flush()
             return jsonify(rule_view(s, rule))
 

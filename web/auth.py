@@ -23,7 +23,7 @@ def presented_token(authorization: str | None) -> str | None:
     if scheme.lower() == "basic":
         try:
             decoded = base64.b64decode(value, validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
+        except (binascii.Error, ValueError):  # not base64 (a non-ASCII value raises ValueError), or not UTF-8
             return None
         _user, sep, password = decoded.partition(":")
         return password if sep else None

@@ -41,7 +41,8 @@ def build_openapi() -> dict[str, Any]:
                 "post": {
                     "summary": "Submit a plan; 202 with the run id (200 with the compiled strategy when dry_run=true)",
                     "parameters": [
-                        {"name": "dry_run", "in": "query", "schema": {"type": "boolean", "default": False}},
+                        {"name": "dry_run", "in": "query", "schema": {"type": "boolean", "default": False},
+                         "description": "true, 1, yes, on or empty (`?dry_run`) / false, 0, no, off; anything else is a 422"},
                         {"name": "Idempotency-Key", "in": "header", "schema": {"type": "string", "minLength": 1, "maxLength": 200},
                          "description": "Send the same key when retrying a submission whose answer was lost: the run it "
                                         "created is returned (header Idempotent-Replayed: true) instead of a second run."},
@@ -95,6 +96,8 @@ def build_openapi() -> dict[str, Any]:
                 "get": {
                     "summary": "Server-sent events of the run, following it live until it ends (honours Last-Event-ID)",
                     "parameters": [run_id, {"name": "after", "in": "query", "schema": {"type": "integer", "default": 0}},
+                                   {"name": "Last-Event-ID", "in": "header", "schema": {"type": "integer", "minimum": 0, "maximum": 10**9},
+                                    "description": "the last event's id this stream sent: resume after it (`after` wins)"},
                                    {"name": "poll", "in": "query", "schema": {"type": "number", "minimum": 0.05, "maximum": 10, "default": 0.5},
                                     "description": "seconds between looks at a live run"}],
                     "responses": {"200": {"description": "text/event-stream"}, "404": ERR["404"], "422": ERR["422"]},

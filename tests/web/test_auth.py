@@ -32,7 +32,7 @@ def test_what_a_header_presents() -> None:
     assert presented_token(f"Bearer {TOKEN}") == TOKEN and presented_token(f"bearer  {TOKEN} ") == TOKEN
     assert presented_token(_basic("anyone", TOKEN)) == TOKEN and presented_token(_basic("", "a:b")) == "a:b"
     for bad in (None, "", "Bearer", "Bearer ", "Basic !!!", "Basic " + base64.b64encode(b"no-colon").decode(),
-                "Token x", "Basic " + base64.b64encode(b"\xff:\xfe").decode()):
+                "Token x", "Basic " + base64.b64encode(b"\xff:\xfe").decode(), "Basic éé"):
         assert presented_token(bad) is None, bad
     assert token_matches(f"Bearer {TOKEN}", TOKEN) and not token_matches(f"Bearer {TOKEN}x", TOKEN)
     assert not token_matches(None, TOKEN) and not token_matches("Bearer ", TOKEN)
@@ -126,3 +126,18 @@ def test_a_blank_token_is_unset_and_blanks_around_one_are_not_part_of_it(monkeyp
     assert Settings().token is None
     monkeypatch.setenv("AUTOPACK_API_TOKEN", f"  {TOKEN}\n")
     assert Settings().token == TOKEN
+
+
+
+def test_a_token_that_cannot_go_in_a_header_is_refused_when_the_settings_load(monkeypatch: pytest.MonkeyPatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("AUTOPACK_API_TOKEN", "s€cret")
+    with pytest.raises(ValueError, match="visible ASCII"):
+        Settings()
+    assert main(["status", "r1"]) == 2  # the CLI says so, without a traceback
+    assert "AUTOPACK_API_TOKEN: Value error, AUTOPACK_API_TOKEN must be visible ASCII" in capsys.readouterr().err
+
+
+def test_a_non_ascii_basic_header_is_a_401_not_a_500(local_settings: Settings, tmp_path: Path) -> None:
+    settings = local_settings.model_copy(update={"api_token": SecretStr(TOKEN)})
+    client = create_app(settings, enqueue=lambda steps: None, broker_check=lambda: None).test_client()
+    assert client.get("/runs", headers={"Authorization": "Basic éé"}).status_code == 401

@@ -474,3 +474,91 @@ def test_no_change_is_taken_from_a_form_even_a_bodyless_one(api) -> None:  # typ
         assert resp.status_code == 415, mimetype
     assert client.get(f"/runs/{run_id}").get_json()["state"] == "QUEUED"
     assert client.post(f"/runs/{run_id}/cancel").status_code == 200  # no body, no type
+
+
+@pytest.mark.parametrize(("body", "words"), [
+    ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    ('{"project": ' + "1" * 5000 + "}", "invalid JSON"),
+    ('{"project": "demo\\u0000"}', "NUL"),
+    ('{"project": "\\ud800"}', "surrogate"),
+    ('{"project": "caf\xe9"}'.encode("latin-1"), "not UTF-8"),
+])
+def test_bodies_python_cannot_read_or_the_database_cannot_store_are_422(api, body: Any, words: str) -> None:  # type: ignore[no-untyped-def]
+    client, sent = api
+    resp = client.post("/runs", data=body, content_type="application/json")
+    assert resp.status_code == 422 and resp.get_json()["field"] == "body" and words in resp.get_json()["message"]
+    assert sent == []
+
+
+def test_a_body_over_the_size_limit_is_413_before_it_is_read(api) -> None:  # type: ignore[no-untyped-def]
+    from web.app import MAX_BODY_BYTES
+
+    client, sent = api
+    resp = client.post("/runs", data=b" " * (MAX_BODY_BYTES + 1), content_type="application/json")
+    assert resp.status_code == 413 and resp.get_json()["error"] == "request_entity_too_large"
+    assert sent == []
+
+
+@pytest.mark.parametrize("value, dry", [("", True), ("on", True), ("1", True), ("off", False), ("no", False)])
+def test_dry_run_takes_the_usual_spellings(api, value: str, dry: bool) -> None:  # type: ignore[no-untyped-def]
+    client, sent = api
+    resp = client.post(f"/runs?dry_run={value}", json=PLAN)
+    assert resp.status_code == (200 if dry else 202) and (sent == []) is dry
+
+
+def test_a_mistyped_dry_run_starts_nothing(api, local_settings: Settings) -> None:  # type: ignore[no-untyped-def]
+    client, sent = api
+    resp = client.post("/runs?dry_run=y3s", json=PLAN)
+    assert resp.status_code == 422 and resp.get_json()["field"] == "dry_run"
+    assert sent == []
+    with session_scope(local_settings.db_url) as s:
+        assert s.scalar(select(func.count()).select_from(Run)) == 0
+
+
+def test_a_bad_last_event_id_is_422_and_a_good_one_resumes(api) -> None:  # type: ignore[no-untyped-def]
+    client, _ = api
+    run_id = client.post("/runs", json=PLAN).get_json()["id"]
+    client.post(f"/runs/{run_id}/cancel")
+    for bad in ("²", "3000000000", "-1", "x"):
+        resp = client.get(f"/runs/{run_id}/events/stream", headers={"Last-Event-ID": bad})
+        assert resp.status_code == 422 and resp.get_json()["field"] == "Last-Event-ID", bad
+    stream = client.get(f"/runs/{run_id}/events/stream?poll=0.05", headers={"Last-Event-ID": "1"}).get_data(as_text=True)
+    assert "id: 1\n" not in stream and "id: 2\n" in stream
+
+
+def test_rule_edits_take_only_what_a_plan_scope_takes(api, local_settings: Settings) -> None:  # type: ignore[no-untyped-def]
+    from autopack.db.models import Rule
+
+    client, _ = api
+    with session_scope(local_settings.db_url) as s:
+        project = s.scalar(select(Project).where(Project.name == "demo"))
+        rule = Rule(project_id=project.id, key="k", text="t", scope_pattern="calc/**", category=None, provenance={})
+        s.add(rule)
+        s.flush()
+        rid = rule.id
+    for scope in ("", "  ", ".git/hooks/*", "..\\x", "/etc/*", "a/../b"):
+        resp = client.patch(f"/projects/demo/rules/{rid}", json={"scope": scope})
+        assert resp.status_code == 422 and resp.get_json()["field"] == "scope", scope
+    assert client.patch(f"/projects/demo/rules/{rid}", json={"scope": " calc/*.py "}).get_json()["scope"] == "calc/*.py"
+    assert client.patch("/projects/demo/rules/99999999999999999999", json={"status": "active"}).status_code == 404
+
+
+def _nul_requests(run_id: str) -> list[tuple[str, str, Any]]:
+    return [
+        ("GET", "/runs/a%00b", None), ("POST", "/runs/a%00b/cancel", None), ("GET", "/runs/a%00b/events", None),
+        ("GET", "/runs?project=a%00b", None), ("GET", "/projects/a%00b/rules", None),
+        ("GET", "/reports/costs?project=a%00b", None), ("GET", "/ui?project=a%00b", None),
+        ("POST", "/runs", {**PLAN, "project": "a\x00b"}), ("POST", "/runs", {**PLAN, "base_branch": "m\x00"}),
+        ("POST", f"/runs/{run_id}/phases/stats/builder_result", {"edits": "\x00"}),
+    ]
+
+
+def test_nul_characters_are_422_on_both_databases(api, pg_url: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    upgrade(pg_url)
+    prod, _ = _client(Settings(state_dir=tmp_path / "state", profile="prod", database_url=pg_url), tmp_path)
+    for client in (api[0], prod):
+        run_id = client.post("/runs", json=PLAN).get_json()["id"]
+        for method, url, body in _nul_requests(run_id):
+            resp = client.open(url, method=method, json=body)
+            assert resp.status_code == 422, (method, url, resp.status_code, resp.get_data(as_text=True)[:300])
+        assert client.get(f"/runs/{run_id}").status_code == 200
