@@ -13,6 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from autopack.settings import Settings, get_settings
 
 TERMINAL_PREFIXES = ("DONE_", "CANCELLED")
@@ -146,9 +148,15 @@ def cmd_project_add(args: argparse.Namespace, settings: Settings) -> int:
     from autopack.errors import GitError
     from autopack.workspace.git import Git
 
+    from autopack.plan import ID_RULE, is_identifier
+
+    if not is_identifier(args.name):
+        _err(f"project name {args.name!r} {ID_RULE} (it goes into URLs and plans)")
+        return 2
     path = Path(args.path).resolve()
     if not (path / ".git").exists():
-        _err(f"{path} is not a git repository")
+        bare = path.is_dir() and (path / "HEAD").is_file() and (path / "objects").is_dir()
+        _err(f"{path} is a bare repository: give a clone with a work tree" if bare else f"{path} is not a git repository")
         return 2
     try:
         base = args.base_branch or Git(path).current_branch()
@@ -338,6 +346,9 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     except (OSError, PlanError) as exc:
         _err(str(exc))
         return 2
+    except UnicodeDecodeError as exc:
+        _err(f"{args.plan} is not UTF-8 (byte {exc.start}): save the plan as UTF-8")
+        return 2
     if args.project:
         data["project"] = args.project
     client = _api(args, settings)
@@ -394,6 +405,9 @@ def cmd_submit_edits(args: argparse.Namespace, settings: Settings) -> int:
         edits = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
     except OSError as exc:
         _err(f"cannot read {args.file}: {exc.strerror or exc}")
+        return 2
+    except UnicodeDecodeError as exc:
+        _err(f"{args.file} is not UTF-8 (byte {exc.start}): the edits must be UTF-8 text")
         return 2
     try:
         out = _api(args, settings).builder_result(args.run_id, args.phase, edits, args.by)
@@ -564,7 +578,11 @@ def cmd_rules(args: argparse.Namespace, settings: Settings) -> int:
                 return 2
             text = learning.export_json(s, projects[0])
             if args.out:
-                Path(args.out).write_text(text)
+                try:
+                    Path(args.out).write_text(text)
+                except OSError as exc:
+                    _err(f"cannot write {args.out}: {exc.strerror or exc}")
+                    return 2
                 _out(f"wrote {args.out}")
             else:
                 print(text, end="")
@@ -768,7 +786,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    settings = get_settings()
+    try:
+        settings = get_settings()
+    except ValidationError as exc:  # a bad AUTOPACK_* variable: say which, without a traceback
+        for problem in exc.errors():
+            _err(f"AUTOPACK_{str(problem['loc'][0]).upper()}: {problem['msg']}" if problem["loc"] else problem["msg"])
+        return 2
     try:
         return int(args.func(args, settings) or 0)
     except KeyboardInterrupt:

@@ -52,6 +52,12 @@ def sends_in_clear(base_url: str) -> bool:
         return True
 
 
+def _seg(value: str) -> str:
+    """``value`` as one path segment: a run id or phase name with a space, '/' or '?' in it names
+    that run or phase (which the API then does not know), not another URL."""
+    return urllib.parse.quote(value, safe="")
+
+
 class ApiClient:
     def __init__(self, base_url: str, timeout: float = 30.0, token: str | None = None) -> None:
         self.base = base_url.rstrip("/")
@@ -94,16 +100,16 @@ class ApiClient:
         return self.request("POST", "/runs" + ("?dry_run=true" if dry_run else ""), plan, headers)[1]
 
     def run(self, run_id: str) -> dict[str, Any]:
-        return self.request("GET", f"/runs/{run_id}")[1]
+        return self.request("GET", f"/runs/{_seg(run_id)}")[1]
 
     def events(self, run_id: str, after: int) -> dict[str, Any]:
-        return self.request("GET", f"/runs/{run_id}/events?after={after}")[1]
+        return self.request("GET", f"/runs/{_seg(run_id)}/events?after={after}")[1]
 
     def cancel(self, run_id: str) -> dict[str, Any]:
-        return self.request("POST", f"/runs/{run_id}/cancel")[1]
+        return self.request("POST", f"/runs/{_seg(run_id)}/cancel")[1]
 
     def builder_result(self, run_id: str, phase: str, edits: str, by: str | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {"edits": edits}
         if by is not None:
             body["by"] = by
-        return self.request("POST", f"/runs/{run_id}/phases/{phase}/builder_result", body)[1]
+        return self.request("POST", f"/runs/{_seg(run_id)}/phases/{_seg(phase)}/builder_result", body)[1]

@@ -13,11 +13,30 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from autopack.errors import PlanError
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+ID_RULE = "must be 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit"
+
+
+def is_identifier(value: str) -> bool:
+    """Whether ``value`` may name a project, tier or phase (it goes into URLs and branch names)."""
+    return bool(_ID.match(value))
+
+
+class _PlanLoader(yaml.SafeLoader):
+    """YAML without timestamps: ``name: 2024-06-01`` is the text the author wrote, not a date
+    (which JSON, and the API, cannot carry)."""
+
+
+_PlanLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
 
 Complexity = Literal["low", "medium", "high"]
 
 
-def _check_rel_glob(value: str) -> str:
+def check_rel_glob(value: str) -> str:
+    """``value`` stripped if it is a relative POSIX path glob inside the repository (no ``..``, no
+    ``.git``); raises ``ValueError`` saying what is wrong otherwise."""
     v = value.strip()
     if not v:
         raise ValueError("empty path")
@@ -49,13 +68,13 @@ class Phase(BaseModel):
     @classmethod
     def _id(cls, v: str) -> str:
         if not _ID.match(v):
-            raise ValueError("must be 1-64 letters, digits, '_', '-' or '.'")
+            raise ValueError(ID_RULE)
         return v
 
     @field_validator("scope", "deliverables", "acceptance_tests")
     @classmethod
     def _paths(cls, v: list[str]) -> list[str]:
-        return [_check_rel_glob(p) for p in v]
+        return [check_rel_glob(p) for p in v]
 
 
 class Tier(BaseModel):
@@ -69,7 +88,7 @@ class Tier(BaseModel):
     @classmethod
     def _id(cls, v: str) -> str:
         if not _ID.match(v):
-            raise ValueError("must be 1-64 letters, digits, '_', '-' or '.'")
+            raise ValueError(ID_RULE)
         return v
 
 
@@ -128,7 +147,7 @@ def load_plan_text(text: str) -> dict[str, Any]:
         data = json.loads(text)
     except json.JSONDecodeError:
         try:
-            data = yaml.safe_load(text)
+            data = yaml.load(text, Loader=_PlanLoader)  # noqa: S506 - a SafeLoader without timestamps
         except yaml.YAMLError as exc:
             raise PlanError("plan", f"not valid YAML or JSON: {exc}") from None
     if not isinstance(data, dict):

@@ -80,6 +80,8 @@ class Settings(BaseSettings):
     def _empty_token_is_none(cls, value: object) -> object:
         if isinstance(value, str):  # surrounding blanks (a line of .env) are not part of it
             value = value.strip()
+            if value and not all("!" <= c <= "~" for c in value):
+                raise ValueError("AUTOPACK_API_TOKEN must be visible ASCII characters only (it is sent in an HTTP header)")
         return None if value in ("", None) else value
 
     @property

@@ -50,6 +50,13 @@ def test_project_add_refusals(state: Settings, demo_repo: Path, tmp_path: Path, 
     assert "is not a git repository" in capsys.readouterr().err
     assert main(["project", "add", "x", str(demo_repo), "--base-branch", "nope"]) == 2
     assert "branch 'nope' does not exist" in capsys.readouterr().err
+    for name in ("", "a/b", " sp ", ".x"):  # names no plan or URL could use
+        assert main(["project", "add", name, str(demo_repo)]) == 2
+        assert "must be 1-64 letters" in capsys.readouterr().err
+    bare = tmp_path / "bare.git"
+    subprocess.run(["git", "clone", "-q", "--bare", str(demo_repo), str(bare)], check=True)
+    assert main(["project", "add", "x", str(bare)]) == 2
+    assert "is a bare repository: give a clone with a work tree" in capsys.readouterr().err
 
 
 def test_client_commands_against_a_real_server(state: Settings, demo_repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -95,6 +102,22 @@ def test_client_commands_against_a_real_server(state: Settings, demo_repo: Path,
         bad.write_text("project: demo\ntiers: [{id: t, phases: [{id: p, category: c, scope: [a]}]}]\n")
         assert main(["run", str(bad), "--api", api]) == 2
         assert "field: tiers.0.phases.0.goal" in capsys.readouterr().err
+        # A run id with a space or '?' names that run (which does not exist), not another URL or an outage.
+        assert main(["status", "a b", "--api", api]) == 2
+        assert "HTTP 404" in capsys.readouterr().err
+        assert main(["status", f"{run_id}?junk", "--api", api]) == 2
+        assert "HTTP 404" in capsys.readouterr().err
+        # A YAML date is the text the author wrote; a file that is not UTF-8 is named.
+        dated = demo_repo / "dated.yaml"
+        dated.write_text((ROOT / "examples" / "demo" / "plan.yaml").read_text() + "name: 2024-06-01\n")
+        assert main(["run", str(dated), "--dry-run", "--api", api]) == 0
+        capsys.readouterr()
+        latin = demo_repo / "latin.yaml"
+        latin.write_bytes("project: demo\nname: café\n".encode("latin-1"))
+        assert main(["run", str(latin), "--api", api]) == 2
+        assert "is not UTF-8" in capsys.readouterr().err
+        assert main(["submit-edits", run_id, "stats", str(latin), "--api", api]) == 2
+        assert "is not UTF-8" in capsys.readouterr().err
     finally:
         server.shutdown()
         thread.join()
@@ -463,3 +486,15 @@ def test_wait_times_must_be_seconds(state: Settings, argv: list[str], capsys: py
     with pytest.raises(SystemExit) as exc:  # refused by the parser, before any request
         main(argv)
     assert exc.value.code == 2 and "seconds" in capsys.readouterr().err
+
+
+def test_rules_export_writes_the_file_or_says_why_not(state: Settings, demo_repo: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["project", "add", "demo", str(demo_repo)]) == 0
+    out = tmp_path / "rules.json"
+    assert main(["rules", "export", "--project", "demo", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["rules"] == []
+    capsys.readouterr()
+    for bad in (tmp_path / "missing" / "rules.json", tmp_path):
+        assert main(["rules", "export", "--project", "demo", "--out", str(bad)]) == 2
+        assert f"cannot write {bad}" in capsys.readouterr().err

@@ -68,3 +68,11 @@ def test_non_mapping_and_bad_text() -> None:
         load_plan_text("tiers: [unclosed")
     with pytest.raises(PlanError):
         load_plan_text("- just\n- a list\n")
+
+
+def test_a_yaml_date_is_the_text_the_author_wrote() -> None:
+    from autopack.plan import load_plan_text
+
+    data = load_plan_text("project: demo\nname: 2024-06-01\ntiers: []\nwhen: 2024-06-01 10:00:00\n")
+    assert data["name"] == "2024-06-01" and data["when"] == "2024-06-01 10:00:00"
+    assert load_plan_text("project: demo\nn: 3\nok: true\n") == {"project": "demo", "n": 3, "ok": True}  # the rest as before
