@@ -97,16 +97,21 @@ class SandboxUnavailable(AutopackError):
 
 
 class ProviderError(AutopackError):
-    """A model provider failed in a way retries did not cure."""
+    """A model provider failed in a way retries did not cure.
 
-    def __init__(self, provider: str, message: str, status: int | None = None) -> None:
+    ``maybe_billed``: the request reached the provider and its answer was lost (a read timeout, a
+    dropped connection), so the provider may have generated, and billed, the whole answer. An
+    answer with an error status, or a connection never made, is not billed."""
+
+    def __init__(self, provider: str, message: str, status: int | None = None, *, maybe_billed: bool = False) -> None:
         super().__init__(f"{provider}: {message}" + (f" (HTTP {status})" if status else ""))
         self.provider = provider
         self.status = status
+        self.maybe_billed = maybe_billed
 
 
 class ProviderUnavailable(ProviderError, RetryableError):
-    """Outage, overload (529), rate limit (429) or connection error after the SDK's retries."""
+    """Outage, overload (529), rate limit (429) or connection error after the adapter's retries."""
 
 
 class CassetteMiss(AutopackError):

@@ -2,20 +2,70 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+import email.utils
+import random
+import time
+from collections.abc import Callable, Mapping
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from autopack.llm.base import LLMRequest
 
 if TYPE_CHECKING:
     from autopack.errors import ProviderError
 
-# Statuses the SDKs retry themselves (408 timeout, 409 lock timeout, 429 rate limit, 5xx incl. 529
+# Statuses the adapters retry (408 timeout, 409 lock timeout, 429 rate limit, 5xx incl. 529
 # overloaded). When one of them still ends a call, the provider is unavailable for now: the caller
 # may try again later or fall back to another provider.
 _PASSING_STATUSES = frozenset({408, 409, 429})
 
 REDACTED = "[REDACTED]"
+T = TypeVar("T")
+# The longest wait a retry-after header is honoured for; a longer one (or none) gets the backoff.
+MAX_RETRY_AFTER_S = 60.0
+
+
+def retry_wait(headers: Mapping[str, str], retries_taken: int) -> float:
+    """Seconds to wait before retry ``retries_taken + 1``: what the answer's ``retry-after-ms`` or
+    ``retry-after`` (seconds or an HTTP date) asks for, up to a minute, else an exponential backoff
+    from 0.5 s to 8 s with jitter (the SDKs' own rule)."""
+    asked: float | None = None
+    try:
+        if headers.get("retry-after-ms") is not None:
+            asked = float(headers["retry-after-ms"]) / 1000
+        elif headers.get("retry-after") is not None:
+            raw = headers["retry-after"]
+            try:
+                asked = float(raw)
+            except ValueError:
+                when = email.utils.parsedate_to_datetime(raw)
+                asked = when.timestamp() - time.time()
+    except (TypeError, ValueError, OverflowError):
+        asked = None
+    if asked is not None and 0 < asked <= MAX_RETRY_AFTER_S:
+        return asked
+    return min(0.5 * 2.0**retries_taken, 8.0) * (1 - 0.25 * random.random())  # noqa: S311 - jitter, not security
+
+
+def _http_error_names(exc: BaseException | None) -> set[str]:
+    """The class names of ``exc``'s HTTP library exception classes (the SDKs wrap ``httpx``'s, or
+    ``httpx2``'s in their newer releases: the names are the same)."""
+    if exc is None:
+        return set()
+    return {c.__name__ for c in type(exc).__mro__ if c.__module__.split(".")[0] in ("httpx", "httpx2")}
+
+
+def never_sent(exc: BaseException) -> bool:
+    """Whether an SDK's connection error means the request never reached the provider (no
+    connection could be made), so nothing can have been generated or billed."""
+    return bool(_http_error_names(exc.__cause__) & {"ConnectError", "ConnectTimeout"})
+
+
+def foreign_cause(exc: BaseException) -> BaseException | None:
+    """What the SDK wrapped as a connection error when it was not one: an exception raised into the
+    call from outside (Celery's soft time limit, say), which must not be taken for an outage."""
+    cause = exc.__cause__
+    return cause if cause is not None and "HTTPError" not in _http_error_names(cause) else None
 
 
 def is_passing_status(status: int | None) -> bool:
@@ -84,3 +134,35 @@ def status_error(provider: str, status: int, kind: str | None, api_message: str 
     if retries is not None:  # the SDK stamps each attempt with how many retries preceded it
         message += f" after {retries} retries"
     return ProviderUnavailable(provider, clean(message), status)
+
+
+def send_with_retries(create: Callable[[dict[str, str]], T], *, sdk: ModuleType, provider: str, max_retries: int,
+                      clean: Callable[[str], str], status_error: Callable[[Any], ProviderError]) -> T:
+    """``create(headers)`` (an SDK's create call, its own retries off), retried where that cannot
+    bill twice: answers with a passing status (408/409/429/5xx) and connections never made, up to
+    ``max_retries`` times. An answer lost on the way (a read timeout, a dropped connection, a body
+    that could not be read) is not asked for again: the error says ``maybe_billed``. ``sdk`` is the
+    ``anthropic`` or ``openai`` module (both name their errors alike)."""
+    from autopack.errors import ProviderError, ProviderUnavailable
+
+    for retries in range(max_retries + 1):
+        last = retries == max_retries
+        try:
+            return create({"x-stainless-retry-count": str(retries)})  # what the SDK would stamp, for the server's logs
+        except sdk.APIStatusError as err:
+            if last or not is_passing_status(err.status_code):
+                raise status_error(err) from None
+            time.sleep(retry_wait(err.response.headers, retries))
+        except sdk.APIConnectionError as err:
+            outside = foreign_cause(err)
+            if outside is not None:
+                raise outside from None
+            unsent = never_sent(err)
+            if last or not unsent:
+                what = "timed out" if isinstance(err, sdk.APITimeoutError) else "connection failed"
+                how = f"after {retries} retries" if unsent else "(the request was sent: not retried, it may have been billed)"
+                raise ProviderUnavailable(provider, clean(f"{what} {how}: {err.message}"), maybe_billed=not unsent) from None
+            time.sleep(retry_wait({}, retries))
+        except sdk.APIError as err:  # an answer the SDK could not read: it was generated, maybe billed
+            raise ProviderError(provider, clean(f"unexpected response: {err.message}"), maybe_billed=True) from None
+    raise AssertionError("unreachable")

@@ -1,10 +1,13 @@
 """Anthropic adapter: ``LLMClient`` over the official ``anthropic`` SDK (Messages API).
 
-Retries are the SDK's own: it retries 408/409/429/5xx (529 "overloaded" included) and connection
-errors up to ``max_retries`` times, waiting what the server's ``retry-after-ms`` / ``retry-after``
-header asks for, else an exponential backoff starting at 0.5 s. When it gives up this adapter raises
-``ProviderUnavailable`` (passing faults) or ``ProviderError`` (the request itself is wrong: 400,
-401, 403, 404, 413, ...). Messages never carry the API key, and the SDK's exception is not chained
+Retries are this adapter's own (the SDK's are off): 408/409/429/5xx (529 "overloaded" included),
+and connections that could not be made, up to ``max_retries`` times, waiting what the server's
+``retry-after-ms`` / ``retry-after`` header asks for, else an exponential backoff from 0.5 s. A
+request whose answer was lost (a read timeout, a dropped connection) is **not** retried: the
+provider may have generated and billed it, and only the caller, which reserved the budget for one
+answer, can decide to pay for another; the error says ``maybe_billed``. When it gives up this
+adapter raises ``ProviderUnavailable`` (passing faults) or ``ProviderError`` (the request itself is
+wrong: 400, 401, 403, 404, 413, ...). Messages never carry the API key, and the SDK's exception is not chained
 (it holds the HTTP request, whose headers carry the key).
 
 Sampling parameters: the SDK (2.x) speaks API version 2026-10-21, which removed ``temperature``,
@@ -19,8 +22,9 @@ from typing import Any
 
 import anthropic
 
-from autopack.errors import ConfigError, ProviderError, ProviderUnavailable
+from autopack.errors import ConfigError, ProviderError
 from autopack.llm._common import (
+    send_with_retries,
     redact,
     status_error,
 )
@@ -61,7 +65,7 @@ class AnthropicClient:
         self._client = anthropic.Anthropic(
             api_key=api_key,
             base_url=base_url,
-            max_retries=max_retries,
+            max_retries=0,  # complete() retries what is safe to retry (see the module's docstring)
             timeout=timeout_s,
         )
 
@@ -76,18 +80,7 @@ class AnthropicClient:
         }
         if request.system:
             kwargs["system"] = request.system
-        try:
-            message = self._client.messages.create(**kwargs)
-        except anthropic.APIStatusError as err:
-            raise self._status_error(err) from None
-        except anthropic.APIConnectionError as err:
-            what = "timed out" if isinstance(err, anthropic.APITimeoutError) else "connection failed"
-            raise ProviderUnavailable(
-                self.provider,
-                self._clean(f"{what} after {self._max_retries} retries: {err.message}"),
-            ) from None
-        except anthropic.APIError as err:  # e.g. a response body the SDK could not read
-            raise ProviderError(self.provider, self._clean(f"unexpected response: {err.message}")) from None
+        message = self._send(kwargs)
 
         text = "".join(block.text for block in message.content if getattr(block, "type", None) == "text")
         usage = message.usage
@@ -104,6 +97,11 @@ class AnthropicClient:
             model=message.model or request.model,
             provider=self.provider,
         )
+
+    def _send(self, kwargs: dict[str, Any]) -> Any:
+        return send_with_retries(lambda headers: self._client.messages.create(**kwargs, extra_headers=headers), sdk=anthropic,
+                                 provider=self.provider, max_retries=self._max_retries, clean=self._clean,
+                                 status_error=self._status_error)
 
     # -- errors ---------------------------------------------------------------------------------
 

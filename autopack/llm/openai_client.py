@@ -3,9 +3,11 @@
 The same class serves any OpenAI-compatible endpoint (local servers, GLM, Gemini's compatible API):
 pass its ``base_url`` and a ``provider`` name such as ``"openai_compatible"``.
 
-Retries are the SDK's own (408/409/429/5xx and connection errors, honouring ``retry-after-ms`` /
-``retry-after`` up to two minutes, else exponential backoff from 0.5 s). When it gives up this
-adapter raises ``ProviderUnavailable`` (passing faults) or ``ProviderError`` (the request is wrong).
+Retries are this adapter's own, as in the Anthropic adapter (the SDK's are off): 408/409/429/5xx
+and connections that could not be made, honouring ``retry-after-ms`` / ``retry-after`` up to a
+minute, else exponential backoff from 0.5 s; a request whose answer was lost is not retried (it may
+have been billed) and its error says ``maybe_billed``. When it gives up this adapter raises
+``ProviderUnavailable`` (passing faults) or ``ProviderError`` (the request is wrong).
 Messages never carry the API key and the SDK's exception is not chained (its request holds the key).
 
 The answer length cap is sent as ``max_completion_tokens`` to OpenAI itself (``max_tokens`` is
@@ -20,8 +22,9 @@ from typing import Any, Literal
 
 import openai
 
-from autopack.errors import ConfigError, ProviderError, ProviderUnavailable
+from autopack.errors import ConfigError, ProviderError
 from autopack.llm._common import (
+    send_with_retries,
     estimate_input_tokens,
     estimate_tokens,
     redact,
@@ -65,7 +68,7 @@ class OpenAIClient:
         self._client = openai.OpenAI(
             api_key=api_key,
             base_url=base_url,
-            max_retries=max_retries,
+            max_retries=0,  # complete() retries what is safe to retry (see the module's docstring)
             timeout=timeout_s,
         )
 
@@ -87,18 +90,7 @@ class OpenAIClient:
         }
         if self._send_temperature:
             kwargs["temperature"] = request.temperature
-        try:
-            completion = self._client.chat.completions.create(**kwargs)
-        except openai.APIStatusError as err:
-            raise self._status_error(err) from None
-        except openai.APIConnectionError as err:
-            what = "timed out" if isinstance(err, openai.APITimeoutError) else "connection failed"
-            raise ProviderUnavailable(
-                self.provider,
-                self._clean(f"{what} after {self._max_retries} retries: {err.message}"),
-            ) from None
-        except openai.APIError as err:
-            raise ProviderError(self.provider, self._clean(f"unexpected response: {err.message}")) from None
+        completion = self._send(kwargs)
 
         if not completion.choices:
             raise ProviderError(self.provider, "the answer holds no choices")
@@ -125,6 +117,11 @@ class OpenAIClient:
             model=completion.model or request.model,
             provider=self.provider,
         )
+
+    def _send(self, kwargs: dict[str, Any]) -> Any:
+        return send_with_retries(lambda headers: self._client.chat.completions.create(**kwargs, extra_headers=headers), sdk=openai,
+                                 provider=self.provider, max_retries=self._max_retries, clean=self._clean,
+                                 status_error=self._status_error)
 
     # -- errors ---------------------------------------------------------------------------------
 

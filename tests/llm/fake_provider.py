@@ -43,6 +43,7 @@ class Behaviour:
     # For the error body only: copy the credential the request carried into the message, as
     # some real APIs do with (part of) a rejected key.
     echo_key: bool = False
+    delay_s: float = 0.0  # wait this long before answering (a client with a shorter timeout gives up)
 
 
 _FAST_RETRY = (("retry-after", "0"), ("retry-after-ms", "1"))
@@ -84,6 +85,12 @@ def bad_request(message: str = "max_tokens: must be greater than or equal to 1")
 def unauthorized(echo_key: bool = False) -> Behaviour:
     return Behaviour("error", status=401, error_type="authentication_error",
                      error_message="invalid x-api-key", echo_key=echo_key)
+
+
+def slow(delay_s: float) -> Behaviour:
+    """Answer, but only after ``delay_s``: the provider generates (and bills) what a client that
+    timed out never reads."""
+    return Behaviour("ok", delay_s=delay_s)
 
 
 def disconnect() -> Behaviour:
@@ -188,6 +195,8 @@ class FakeProvider:
             return self._queue.pop(0) if self._queue else ok()
 
     def _answer(self, handler: BaseHTTPRequestHandler, record: RecordedRequest, b: Behaviour) -> None:
+        if b.delay_s:
+            time.sleep(b.delay_s)
         if b.kind == "disconnect":
             handler.close_connection = True
             handler.connection.close()

@@ -16,6 +16,7 @@ from tests.llm.fake_provider import (
     FakeProvider,
     bad_request,
     disconnect,
+    slow,
     ok,
     overloaded,
     rate_limited,
@@ -209,6 +210,62 @@ def test_connection_error_is_unavailable(fake: FakeProvider, make: Factory) -> N
     assert info.value.status is None
     assert "connection" in str(info.value).lower()
     assert KEY not in str(info.value)
+
+
+# -- what may have been billed is not sent again -------------------------------------------------
+
+
+@pytest.mark.parametrize("make", ADAPTERS)
+def test_an_answer_lost_to_a_read_timeout_is_not_asked_for_again(fake: FakeProvider, make: Factory) -> None:
+    fake.queue(slow(1.0), slow(1.0), slow(1.0))
+    client = (AnthropicClient if make is _anthropic else OpenAIClient)(  # type: ignore[operator]
+        KEY, base_url=fake.anthropic_base_url if make is _anthropic else fake.openai_base_url, max_retries=3, timeout_s=0.3)
+    with pytest.raises(ProviderUnavailable) as info:
+        client.complete(_request())
+    assert info.value.maybe_billed and "may have been billed" in str(info.value)
+    assert len(fake.requests) == 1  # the SDK's own retries would have sent it four times, each maybe billed
+
+
+@pytest.mark.parametrize("make", ADAPTERS)
+def test_a_dropped_connection_is_maybe_billed_and_not_retried(fake: FakeProvider, make: Factory) -> None:
+    fake.queue(disconnect(), disconnect())
+    with pytest.raises(ProviderUnavailable) as info:
+        make(fake, max_retries=2).complete(_request())
+    assert info.value.maybe_billed and len(fake.requests) == 1
+
+
+@pytest.mark.parametrize("make", ADAPTERS)
+def test_a_connection_never_made_is_retried_and_not_billed(make: Factory) -> None:
+    from autopack.procs import free_port
+
+    closed = f"http://127.0.0.1:{free_port()}"
+    client = (AnthropicClient(KEY, base_url=closed, max_retries=1, timeout_s=5) if make is _anthropic
+              else OpenAIClient(KEY, base_url=closed + "/v1", max_retries=1, timeout_s=5))
+    with pytest.raises(ProviderUnavailable) as info:
+        client.complete(_request())
+    assert not info.value.maybe_billed and "connection failed after 1 retries" in str(info.value)
+
+
+@pytest.mark.parametrize("make", ADAPTERS)
+def test_an_exception_raised_into_the_call_is_not_taken_for_an_outage(fake: FakeProvider, make: Factory) -> None:
+    import signal
+
+    class SoftLimit(Exception):  # what Celery's soft time limit raises into a running task
+        pass
+
+    def interrupt(_sig: int, _frame: object) -> None:
+        raise SoftLimit("soft time limit")
+
+    fake.queue(slow(2.0))
+    old = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        with pytest.raises(SoftLimit):
+            make(fake, max_retries=3).complete(_request())
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert len(fake.requests) == 1  # not sent again under the same budget
 
 
 # -- adapter-specific request shape ------------------------------------------------------------
