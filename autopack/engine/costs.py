@@ -10,6 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from autopack.db.models import ModelCall, Phase, Project, Run
+from autopack.engine.ledger import utc_day
 
 
 def _add(bucket: dict[str, Any], c: ModelCall) -> None:
@@ -55,7 +56,7 @@ def report(session: Session, project: Project | None, since: datetime | None) ->
     by_run: dict[str, dict[str, Any]] = defaultdict(_new)
     total = _new()
     for c, run, proj in session.execute(q):
-        for bucket in (by_project[proj.name], by_day[c.created_at.date().isoformat()], by_role_model[f"{c.role} · {c.model}"],
+        for bucket in (by_project[proj.name], by_day[utc_day(c.created_at)], by_role_model[f"{c.role} · {c.model}"],
                        by_run[run.id], total):
             _add(bucket, c)
     return {"project": project.name if project else None, "since": since.isoformat() if since else None, "total": total,

@@ -9,21 +9,33 @@ worker re-claimed the step, the step or the run ended), ``charge_orphans`` (run 
 phase. Nobody can tell whether the provider billed a call whose worker vanished, so the budget
 counts it as billed at worst; freeing the room instead would let a paused worker that comes back
 spend past the cap. A settlement that arrives after the charge (the paused worker resumed)
-replaces the worst case by what was reported, once."""
+replaces the worst case by what was reported, once. A call whose answer was lost (a read timeout,
+a dropped connection, the step interrupted mid-call) is charged the same way by its own step
+(``charge``): the provider may have billed it.
+
+A reservation is refused when its step no longer holds the lease (``StaleLease``: a paused worker
+that came back spends nothing more) or its run is over (a cancelled run's step spends nothing
+more); the phase's caps count the calls of the phase still in flight.
+
+Locks are taken in one order everywhere: the reservation, the phase, the run, the project's day
+(a reserve first checks its step's row). Each orphan is charged in a transaction of its own."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from autopack.db.models import BudgetReservation, Phase, ProjectSpend, Run, StepRow, as_utc
-from autopack.engine.leases import db_now, lease_clock
+from autopack.engine.leases import StaleLease, db_now, lease_clock
 from autopack.errors import BudgetExceeded
 from autopack.states import RUN_TERMINAL
+
+log = logging.getLogger(__name__)
 
 # How a refusal by the phase's own caps starts (budget calibration counts the phases stopped there).
 PHASE_TOKEN_CAP = "phase token cap"
@@ -31,8 +43,14 @@ PHASE_COST_CAP = "phase cost cap"
 
 
 def estimate_tokens(text: str) -> int:
-    """A deliberately high estimate of the prompt's token count (about 3 characters per token)."""
-    return len(text) // 3 + 16
+    """A deliberately high estimate of the prompt's token count, the input side of a call's worst
+    case. A token holds at least one byte, so every character but ASCII letters and blanks counts as
+    many tokens as its UTF-8 bytes (a CJK character 3, an emoji 4; digits and punctuation 1), and
+    letters and blanks count a token per 3 (prose and code run about 4 to a token). Only a text of
+    long runs of random letters can come out higher than this."""
+    words = sum(1 for c in text if c.isascii() and (c.isalpha() or c.isspace()))
+    other = len(text.encode("utf-8", errors="surrogatepass")) - words
+    return -(-words // 3) + other + 16
 
 
 def utc_day(when: datetime) -> str:
@@ -60,31 +78,48 @@ def _ensure_day(session: Session, project_id: int, day: str) -> None:
 
 def reserve(session: Session, run_id: str, phase_id: int | None, tokens: int, cost: float, phase_token_cap: int | None,
             *, daily_token_cap: int | None = None, daily_cost_cap: float | None = None,
-            step: tuple[int, int] | None = None) -> Reservation:
+            step: tuple[int, int] | None = None, after_end: bool = False) -> Reservation:
     """Reserve ``tokens`` and ``cost`` on the run (and the project's day when caps are given) after
     checking the phase's caps, or raise ``BudgetExceeded`` and reserve nothing (the caller's
     transaction rolls back). ``step`` is the (step id, fence) making the call, so the reconciler can
-    release what a dead worker left."""
+    release what a dead worker left; a step that no longer holds its lease raises ``StaleLease``, as
+    does a call for a run that is over, unless ``after_end`` (the postmortem's narrative)."""
+    if step is not None:
+        # FOR SHARE: a claim of the step (which moves its fence) waits until this reservation is
+        # committed, and is then counted below by the new holder's calls.
+        fence = session.scalar(select(StepRow.fence).where(StepRow.id == step[0], StepRow.done_at.is_(None)).with_for_update(read=True))
+        if fence != step[1]:
+            raise StaleLease(f"step {step[0]}: fence {step[1]} is stale (now {fence}): no model call for it")
     if phase_id is not None:
         # The phase's caps (its category's token_cap and cost_cap_usd) bound every call made for it:
-        # Builder, auditors, judge, Doctor, planner. One call of a phase runs at a time.
-        ph = session.get(Phase, phase_id)
+        # Builder, auditors, judge, Doctor, planner, counting the calls of the phase still in flight
+        # (a paused worker's, say). The phase's row is locked so two reservations are counted in turn.
+        ph = session.scalar(select(Phase).where(Phase.id == phase_id).with_for_update())
         if ph is not None:
             token_cap = phase_token_cap if phase_token_cap is not None else (ph.budget or {}).get("token_cap")
             cost_cap = (ph.budget or {}).get("cost_cap_usd")
-            if token_cap is not None and ph.tokens_used + tokens > int(token_cap):
-                raise BudgetExceeded("tokens", f"{PHASE_TOKEN_CAP} {token_cap} reached ({ph.tokens_used} used, call needs up to {tokens})")
-            if cost_cap is not None and ph.cost_usd + cost > float(cost_cap) + 1e-12:
-                raise BudgetExceeded("cost", f"{PHASE_COST_CAP} ${float(cost_cap):.2f} reached (${ph.cost_usd:.4f} spent, "
+            open_tokens, open_cost = session.execute(
+                select(func.coalesce(func.sum(BudgetReservation.tokens), 0), func.coalesce(func.sum(BudgetReservation.cost), 0.0))
+                .where(BudgetReservation.phase_id == phase_id, BudgetReservation.state == "open")
+            ).one()
+            in_flight = f", {open_tokens} in calls in flight" if open_tokens else ""
+            if token_cap is not None and ph.tokens_used + int(open_tokens) + tokens > int(token_cap):
+                raise BudgetExceeded("tokens", f"{PHASE_TOKEN_CAP} {token_cap} reached ({ph.tokens_used} used{in_flight}, "
+                                               f"call needs up to {tokens})")
+            if cost_cap is not None and ph.cost_usd + float(open_cost) + cost > float(cost_cap) + 1e-12:
+                raise BudgetExceeded("cost", f"{PHASE_COST_CAP} ${float(cost_cap):.2f} reached (${ph.cost_usd:.4f} spent"
+                                             f"{f', ${float(open_cost):.4f} in calls in flight' if open_cost else ''}, "
                                              f"call needs up to ${cost:.4f})")
     # The day is the database's (on PostgreSQL, read in the same statement): workers whose clocks
     # disagree near midnight must not charge a call to two different days of the project's cap.
     clock = lease_clock(session)
     on_server = not isinstance(clock, datetime)
+    live = [] if after_end else [Run.state.notin_([s.value for s in RUN_TERMINAL])]
     res = session.execute(
         update(Run)
         .where(
             Run.id == run_id,
+            *live,
             Run.tokens_used + Run.tokens_reserved + tokens <= Run.token_cap,
             Run.cost_usd + Run.cost_reserved_usd + cost <= Run.cost_cap_usd,
         )
@@ -96,6 +131,8 @@ def reserve(session: Session, run_id: str, phase_id: int | None, tokens: int, co
         run = session.get(Run, run_id)
         assert run is not None
         session.refresh(run)
+        if not after_end and run.state in {s.value for s in RUN_TERMINAL}:
+            raise StaleLease(f"run {run_id} is over ({run.state}): no model call for it")
         if run.tokens_used + run.tokens_reserved + tokens > run.token_cap:
             raise BudgetExceeded("tokens", f"run token cap {run.token_cap} reached ({run.tokens_used} used, call needs up to {tokens})")
         raise BudgetExceeded("cost", f"run cost cap ${run.cost_cap_usd:.2f} reached (${run.cost_usd:.4f} spent, call needs up to ${cost:.4f})")
@@ -172,22 +209,43 @@ def _add_phase(session: Session, phase_id: int | None, tokens: int, cost: float)
 
 
 def settle(session: Session, r: Reservation, used_tokens: int, used_cost: float) -> None:
-    """Replace a reservation by what the provider reported (zero when the call failed). If the
-    reconciler already charged it at its worst case, the charge is corrected to the reported usage."""
+    """Replace a reservation by what the provider reported (zero when the provider refused the
+    call). If the reconciler already charged it at its worst case, the charge is corrected to the
+    reported usage. A report above the worst case (the prompt estimate was low) is booked as
+    reported: the caps then stop the next call."""
     release_tokens, release_cost, tokens, cost = 0, 0.0, used_tokens, used_cost
     if _close(session, r.id, "settled"):  # still reserved: the room is given back
         release_tokens, release_cost = r.tokens, r.cost
     elif _close(session, r.id, "settled", was="charged"):  # counted at its worst case: corrected
         tokens, cost = used_tokens - r.tokens, used_cost - r.cost
     # (else: released by an older version, which freed the room: the spend is counted)
-    _move(session, r.run_id, r.project_id, r.day, release_tokens, release_cost, tokens, cost)
+    if used_tokens > r.tokens or used_cost > r.cost + 1e-12:
+        log.warning("model call of run %s used %d tokens ($%.4f), over its reserved worst case of %d ($%.4f)",
+                    r.run_id, used_tokens, used_cost, r.tokens, r.cost)
     _add_phase(session, r.phase_id, tokens, cost)
+    _move(session, r.run_id, r.project_id, r.day, release_tokens, release_cost, tokens, cost)
+
+
+def charge(session: Session, r: Reservation) -> bool:
+    """Count an open reservation as spent at its worst case: its call's answer was lost (a read
+    timeout, a dropped connection, the step stopped mid-call), so the provider may have billed it
+    all. Whether this call charged it (False: it was settled or charged already)."""
+    if not _close(session, r.id, "charged"):
+        return False
+    _add_phase(session, r.phase_id, r.tokens, r.cost)
+    _move(session, r.run_id, r.project_id, r.day, r.tokens, r.cost, r.tokens, r.cost)
+    return True
 
 
 def charge_orphans(session: Session, now: datetime | None = None) -> int:
     """Charge the open reservations no step can settle any more at their worst case: their step is
     done, its lease expired, another claim replaced the one that reserved, or the run ended.
-    Returns how many. ``now`` defaults to the clock the leases are judged by."""
+    Returns how many. ``now`` defaults to the clock the leases are judged by.
+
+    Each is charged and committed on its own (the session is committed, also before the first):
+    charging the orphans of several runs of a project in one transaction held one run and the
+    project's day while it waited for the next run, whose worker held that run and waited for the
+    day, and PostgreSQL ended one of them as a deadlock."""
     now = now or db_now(session)
     terminal = [s.value for s in RUN_TERMINAL]
     rows = session.execute(
@@ -196,15 +254,18 @@ def charge_orphans(session: Session, now: datetime | None = None) -> int:
         .outerjoin(StepRow, StepRow.id == BudgetReservation.step_id)
         .where(BudgetReservation.state == "open")
     ).all()
-    charged = 0
+    orphans = []
     for r, fence, done_at, expires, run_state in rows:
         if r.step_id is None:
             orphan = run_state in terminal
         else:
             expired = expires is not None and as_utc(expires) < now
             orphan = run_state in terminal or done_at is not None or fence != r.fence or expired
-        if orphan and _close(session, r.id, "charged"):
-            _move(session, r.run_id, r.project_id, r.day, r.tokens, r.cost, r.tokens, r.cost)
-            _add_phase(session, r.phase_id, r.tokens, r.cost)
-            charged += 1
+        if orphan:
+            orphans.append(Reservation(r.id, r.run_id, r.phase_id, r.project_id, r.day, r.tokens, r.cost))
+    charged = 0
+    for r in orphans:
+        session.commit()
+        charged += charge(session, r)
+    session.commit()
     return charged

@@ -207,7 +207,8 @@ def reconcile(services: Services, max_runtime_s: float | None = None) -> Reconci
         for row in due:
             row.enqueued_at = now
             report.requeued.append((row.id, row.name))
-        # Reservations whose step can no longer settle them (the worker died or froze mid-call): charged at worst.
+        # Reservations whose step can no longer settle them (the worker died or froze mid-call): charged
+        # at worst, each in a transaction of its own (this session's work so far is committed first).
         report.charged_reservations = charge_orphans(s, now)
     from autopack.events.dispatch import runs_with_undispatched
 

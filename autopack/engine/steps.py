@@ -38,7 +38,7 @@ from autopack.engine.doctor import classify_attempt, consult, history, no_attemp
 from autopack.engine.routing import choose_model, fallback_chain, routing_record
 from autopack.engine.leases import CURRENT_STEP, StepContext, record_clock
 from autopack.engine.learning import auditor_guidance, promote, prompt_guidance, record_hint, teaches
-from autopack.engine.ledger import estimate_tokens, reserve, settle
+from autopack.engine.ledger import charge, estimate_tokens, reserve, settle
 from autopack.engine.services import Services
 from autopack.engine.store import emit, transition
 from autopack.errors import BudgetExceeded, ConfigError, GitError, ProviderError, ProviderUnavailable, SandboxUnavailable
@@ -197,6 +197,7 @@ class CallScope:
     rules: tuple[int, ...] = ()
     hints: tuple[int, ...] = ()
     rules_tokens: int = 0
+    after_end: bool = False  # a call made once the run is over (the postmortem's narrative)
 
 
 def make_call(services: Services, scope: CallScope) -> Callable[[str, list[Message], int], LLMResponse]:
@@ -215,21 +216,36 @@ def make_call(services: Services, scope: CallScope) -> Callable[[str, list[Messa
         with session_scope(services.db_url) as s:
             reservation = reserve(s, scope.run_id, scope.phase_id, worst_tokens, worst_cost, scope.phase_token_cap,
                                   daily_token_cap=rb.project_daily_token_cap, daily_cost_cap=rb.project_daily_cost_cap_usd,
-                                  step=CURRENT_STEP.get())
+                                  step=CURRENT_STEP.get(), after_end=scope.after_end)
         prompt = {"system": system, "messages": [m.model_dump() for m in messages]}
         try:
             resp = client.complete(req)
         except Exception as exc:
+            # The provider refused the call (an error status, no connection): nothing was billed.
+            # Otherwise its answer was lost (a read timeout, a dropped connection, the step stopped
+            # mid-call) and it may have been billed in full: counted at its worst case.
+            refused = isinstance(exc, ProviderError) and not exc.maybe_billed
             with session_scope(services.db_url) as s:
-                settle(s, reservation, 0, 0.0)
+                if refused:
+                    settle(s, reservation, 0, 0.0)
+                else:
+                    charge(s, reservation)
                 s.add(
                     ModelCall(
                         run_id=scope.run_id, phase_id=scope.phase_id, attempt_id=scope.attempt_id, role=scope.role,
                         provider=provider, model=scope.model, request_key=_key(req),
-                        prompt=prompt, max_tokens=max_tokens, error=f"{type(exc).__name__}: {exc}",
+                        prompt=prompt, max_tokens=max_tokens,
+                        error=f"{type(exc).__name__}: {exc}" + ("" if refused else " (usage unknown: counted at its worst case)"),
+                        input_tokens=0 if refused else est_in, output_tokens=0 if refused else max_tokens,
+                        cost_usd=0.0 if refused else worst_cost,
                         created_at=record_clock(s),
                     )
                 )
+                if not refused and scope.attempt_id is not None:
+                    a = s.get(Attempt, scope.attempt_id)
+                    if a is not None:
+                        a.tokens_used += worst_tokens
+                        a.cost_usd += worst_cost
             raise
         used = resp.usage.input_tokens + resp.usage.output_tokens
         cost = pricing.cost(scope.model, resp.usage.input_tokens, resp.usage.output_tokens)

@@ -62,7 +62,7 @@ def _narrative(services: Any, event: dict[str, Any]) -> str | None:
         if run is None or s.get(Postmortem, run.id) is not None:
             return None
         facts = postmortem.collect_facts(s, run)
-    call = make_call(services, CallScope(run.id, None, None, "postmortem", model, None))
+    call = make_call(services, CallScope(run.id, None, None, "postmortem", model, None, after_end=True))
     user = services.prompts.render("postmortem", run_id=run.id, facts=json.dumps(facts, indent=1, default=str)[:12000])
     try:
         return " ".join(call(services.prompts.render("postmortem_system"), [Message(role="user", content=user)], 400).text.split()) or None

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import threading
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select, text
 
 from autopack.db.migrate import upgrade
-from autopack.db.models import Project, ProjectSpend, Run
+from autopack.db.models import Project, ProjectSpend, Run, StepRow
 from autopack.db.session import session_scope
 from autopack.engine.ledger import reserve, settle
 from autopack.errors import BudgetExceeded
@@ -197,16 +198,19 @@ def test_the_reconciler_charges_what_a_dead_worker_reserved(backend: str, reques
     upgrade(url)
     run_id = _run(url, token_cap=1000)
     caps = {"daily_token_cap": 10_000, "daily_cost_cap": 10.0}
-    live = _step(url, run_id, fence=1, expires_in_s=60)
-    expired = _step(url, run_id, fence=1, expires_in_s=-1)
-    reclaimed = _step(url, run_id, fence=2, expires_in_s=60)
-    done = _step(url, run_id, fence=1, expires_in_s=None, done=True)
+    live, expired, reclaimed, done = (_step(url, run_id, fence=1, expires_in_s=60) for _ in range(4))
     with session_scope(url) as s:
         held = reserve(s, run_id, None, 100, 0.01, None, step=(live, 1), **caps)
         dead = reserve(s, run_id, None, 200, 0.01, None, step=(expired, 1), **caps)
-        reserve(s, run_id, None, 300, 0.01, None, step=(reclaimed, 1), **caps)  # made under fence 1, step now at 2
+        reserve(s, run_id, None, 300, 0.01, None, step=(reclaimed, 1), **caps)
         reserve(s, run_id, None, 50, 0.01, None, step=(done, 1), **caps)
     assert _reserved(url, run_id) == (650, 0, 650, 0)
+    # Then the workers of three of them are lost: a lease runs out, a step is claimed again (fence 2),
+    # a step is closed (its run ended, say).
+    with session_scope(url) as s:
+        s.get(StepRow, expired).lease_expires_at = datetime.now(timezone.utc) - timedelta(seconds=1)  # type: ignore[union-attr]
+        s.get(StepRow, reclaimed).fence = 2  # type: ignore[union-attr]
+        s.get(StepRow, done).done_at = datetime.now(timezone.utc)  # type: ignore[union-attr]
     with session_scope(url) as s:
         assert charge_orphans(s) == 3
     # Only the live step's reservation is still held; the three orphans count as spent at worst.
@@ -344,3 +348,153 @@ def test_a_settlement_of_a_reservation_an_older_version_released_counts_the_spen
     with session_scope(sqlite_url) as s:
         settle(s, r, 80, 0.008)
     assert _reserved(sqlite_url, run_id) == (0, 80, 0, 80)
+
+
+# --------------------------------------------------------------------------- what a review found
+
+
+def test_the_estimate_bounds_every_character_but_ascii_letters_by_its_bytes() -> None:
+    from autopack.engine.ledger import estimate_tokens
+
+    cjk = "# 计算平均值和中位数，返回浮点数。\n" * 500  # about a token a character, some characters two
+    assert estimate_tokens(cjk) >= 2 * len(cjk)
+    assert estimate_tokens("🙂" * 100) >= 400 and estimate_tokens("0123456789" * 100) >= 1000
+    code = "def average(values):\n    return sum(values) / len(values)\n" * 100
+    assert len(code) / 3 < estimate_tokens(code) < len(code) / 2  # prose and code: about as before
+
+
+def _phase(url: str, run_id: str, budget: dict) -> int:
+    from autopack.db.models import Phase, Tier
+
+    with session_scope(url) as s:
+        tier = Tier(run_id=run_id, key="t", name="t", index=0)
+        s.add(tier)
+        s.flush()
+        ph = Phase(run_id=run_id, tier_id=tier.id, key="ph", index=0, spec={}, budget=budget, max_attempts=3)
+        s.add(ph)
+        s.flush()
+        return ph.id
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_phases_caps_count_its_calls_in_flight(backend: str, request: pytest.FixtureRequest) -> None:
+    """A worker that lost its lease mid-call (paused, partitioned) still has its call open when the
+    step's next holder reserves: both used to pass the phase's cap, which counted only what was spent."""
+    url = request.getfixturevalue("sqlite_url" if backend == "sqlite" else "pg_url")
+    upgrade(url)
+    run_id = _run(url, token_cap=100_000, cost_cap=10.0)
+    phase_id = _phase(url, run_id, {"token_cap": 1000, "cost_cap_usd": 0.10})
+    with session_scope(url) as s:
+        first = reserve(s, run_id, phase_id, 600, 0.06, None)
+    with pytest.raises(BudgetExceeded, match=r"phase token cap 1000 reached \(0 used, 600 in calls in flight"):
+        with session_scope(url) as s:
+            reserve(s, run_id, phase_id, 500, 0.01, None)
+    with pytest.raises(BudgetExceeded, match=r"phase cost cap \$0.10 reached .*in calls in flight"):
+        with session_scope(url) as s:
+            reserve(s, run_id, phase_id, 100, 0.05, None)
+    with session_scope(url) as s:
+        settle(s, first, 300, 0.03)
+        reserve(s, run_id, phase_id, 500, 0.05, None)  # 300 spent + 500: fits now
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_step_that_lost_its_lease_reserves_nothing(backend: str, request: pytest.FixtureRequest) -> None:
+    from autopack.engine.leases import StaleLease
+
+    url = request.getfixturevalue("sqlite_url" if backend == "sqlite" else "pg_url")
+    upgrade(url)
+    run_id = _run(url)
+    reclaimed = _step(url, run_id, fence=2, expires_in_s=60)
+    finished = _step(url, run_id, fence=1, expires_in_s=None, done=True)
+    for step in ((reclaimed, 1), (finished, 1)):
+        with pytest.raises(StaleLease, match="no model call for it"):
+            with session_scope(url) as s:
+                reserve(s, run_id, None, 100, 0.01, None, step=step)
+    assert _row(url, run_id).tokens_reserved == 0
+    with session_scope(url) as s:
+        reserve(s, run_id, None, 100, 0.01, None, step=(reclaimed, 2))  # its current holder may
+
+
+def test_a_run_that_is_over_takes_no_more_calls_but_its_postmortem(sqlite_url: str) -> None:
+    from autopack.engine.leases import StaleLease
+
+    run_id = _run(sqlite_url)
+    with session_scope(sqlite_url) as s:
+        s.get(Run, run_id).state = "CANCELLED"  # type: ignore[union-attr]
+    with pytest.raises(StaleLease, match="is over \\(CANCELLED\\)"):
+        with session_scope(sqlite_url) as s:
+            reserve(s, run_id, None, 100, 0.01, None)
+    with session_scope(sqlite_url) as s:
+        reserve(s, run_id, None, 100, 0.01, None, after_end=True)
+    assert _row(sqlite_url, run_id).tokens_reserved == 100
+
+
+def test_charging_orphans_does_not_deadlock_a_worker_of_another_run(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reconciler charged the orphans of two runs of a project in one transaction: it held run A
+    and the project's day while a worker of run B held run B and waited for the day."""
+    import time
+
+    from autopack.engine import ledger
+
+    upgrade(pg_url)
+    caps = {"daily_token_cap": 10_000_000, "daily_cost_cap": 1000.0}
+    run_a, run_b = _run(pg_url, token_cap=10**6, cost_cap=100.0), _run(pg_url, token_cap=10**6, cost_cap=100.0)
+    for run_id in (run_a, run_b):  # one orphan in each: reserved, then the worker's lease ran out
+        step = _step(pg_url, run_id, fence=1, expires_in_s=60)
+        with session_scope(pg_url) as s:
+            ledger.reserve(s, run_id, None, 100, 0.01, None, step=(step, 1), **caps)
+        with session_scope(pg_url) as s:
+            s.get(StepRow, step).lease_expires_at = datetime.now(timezone.utc) - timedelta(seconds=1)  # type: ignore[union-attr]
+    first_charged = threading.Event()
+    real = ledger._add_phase
+
+    def slow_add_phase(*args: object) -> None:
+        real(*args)  # type: ignore[arg-type]
+        if not first_charged.is_set():  # between the first and the second orphan of the pass
+            first_charged.set()
+            time.sleep(1.0)
+
+    monkeypatch.setattr(ledger, "_add_phase", slow_add_phase)
+    errors: list[BaseException] = []
+
+    def reconciler() -> None:
+        try:
+            with session_scope(pg_url) as s:
+                assert ledger.charge_orphans(s) == 2
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    def worker_of_run_b() -> None:
+        first_charged.wait(10)
+        try:
+            with session_scope(pg_url) as s:
+                ledger.reserve(s, run_b, None, 100, 0.01, None, **caps)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reconciler), threading.Thread(target=worker_of_run_b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert errors == []
+    assert _reserved(pg_url, run_b) == (100, 100, 100, 200)
+
+
+def test_the_cost_reports_days_are_the_budgets_utc_days(pg_url: str) -> None:
+    import psycopg
+
+    from autopack.db.models import ModelCall
+    from autopack.engine.costs import report
+
+    name = pg_url.rsplit("/", 1)[1]
+    with psycopg.connect(pg_url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as conn:
+        conn.execute(f"ALTER DATABASE \"{name}\" SET timezone TO 'America/New_York'")  # a server not on UTC
+    upgrade(pg_url)
+    run_id = _run(pg_url)
+    at = datetime(2026, 3, 10, 2, 0, tzinfo=timezone.utc)  # 21:00 on the 9th in New York
+    with session_scope(pg_url) as s:
+        s.add(ModelCall(run_id=run_id, role="builder", provider="anthropic", model="m", request_key="k", prompt={},
+                        input_tokens=10, output_tokens=10, cost_usd=0.5, created_at=at))
+    with session_scope(pg_url) as s:
+        assert list(report(s, None, None)["by_day"]) == ["2026-03-10"]

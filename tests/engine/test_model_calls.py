@@ -1,0 +1,76 @@
+"""make_call (engine/steps.py): what a model call whose answer was lost costs the budget.
+
+The provider is the local wire-format fake of tests/llm (real HTTP, the real Anthropic adapter): a
+call that timed out reading the answer may have been generated and billed, so it is counted at its
+worst case, and sent once; a call the provider refused is settled at zero."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from autopack.db.models import BudgetReservation, ModelCall, Run
+from autopack.db.session import session_scope
+from autopack.engine.ledger import estimate_tokens
+from autopack.engine.steps import CallScope, make_call
+from autopack.errors import ProviderUnavailable
+from autopack.llm.anthropic_client import AnthropicClient
+from autopack.llm.base import Message
+from tests.engine.harness import make_services, register, stats_model, stats_plan, submit
+from tests.llm.fake_provider import FakeProvider, rate_limited, slow
+
+MODEL = "claude-sonnet-4-5"
+PROMPT = "write the code"
+
+
+@pytest.fixture()
+def fake():  # type: ignore[no-untyped-def]
+    with FakeProvider() as provider:
+        yield provider
+
+
+def _call(local_settings, demo_repo: Path, client: AnthropicClient):  # type: ignore[no-untyped-def]
+    services, _ = make_services(local_settings, stats_model)
+    services.clients = lambda _model: client  # type: ignore[method-assign]
+    register(local_settings, demo_repo)
+    run_id = submit(services, stats_plan("feature"))
+    return services, run_id, make_call(services, CallScope(run_id, None, None, "builder", MODEL, None))
+
+
+def _ledger(services, run_id: str) -> tuple[Run, list[str], list[ModelCall]]:  # type: ignore[no-untyped-def]
+    with session_scope(services.db_url) as s:
+        run = s.get(Run, run_id)
+        states = list(s.scalars(select(BudgetReservation.state).where(BudgetReservation.run_id == run_id)))
+        calls = list(s.scalars(select(ModelCall).where(ModelCall.run_id == run_id)))
+        s.expunge_all()
+        return run, states, calls  # type: ignore[return-value]
+
+
+def test_an_answer_lost_to_a_timeout_is_sent_once_and_counted_at_its_worst_case(local_settings, demo_repo: Path, fake: FakeProvider) -> None:
+    fake.queue(slow(1.0), slow(1.0), slow(1.0), slow(1.0))
+    client = AnthropicClient("sk-test", base_url=fake.anthropic_base_url, max_retries=3, timeout_s=0.3)
+    services, run_id, call = _call(local_settings, demo_repo, client)
+    with pytest.raises(ProviderUnavailable):
+        call("system", [Message(role="user", content=PROMPT)], 4096)
+    assert len(fake.requests) == 1  # the provider generated one answer, not four
+    run, states, calls = _ledger(services, run_id)
+    worst_tokens = estimate_tokens("system" + PROMPT) + 4096
+    worst_cost = services.config.pricing.cost(MODEL, estimate_tokens("system" + PROMPT), 4096)
+    assert states == ["charged"] and (run.tokens_reserved, run.cost_reserved_usd) == (0, 0.0)
+    assert run.tokens_used == worst_tokens and run.cost_usd == pytest.approx(worst_cost)
+    (recorded,) = calls
+    assert recorded.cost_usd == pytest.approx(worst_cost) and "counted at its worst case" in (recorded.error or "")
+
+
+def test_a_call_the_provider_refused_costs_nothing(local_settings, demo_repo: Path, fake: FakeProvider) -> None:
+    fake.queue(rate_limited(), rate_limited())
+    client = AnthropicClient("sk-test", base_url=fake.anthropic_base_url, max_retries=1, timeout_s=5)
+    services, run_id, call = _call(local_settings, demo_repo, client)
+    with pytest.raises(ProviderUnavailable) as info:
+        call("system", [Message(role="user", content=PROMPT)], 4096)
+    assert not info.value.maybe_billed and len(fake.requests) == 2
+    run, states, calls = _ledger(services, run_id)
+    assert states == ["settled"] and (run.tokens_used, run.cost_usd, run.tokens_reserved) == (0, 0.0, 0)
+    assert calls[0].cost_usd == 0.0
