@@ -16,6 +16,18 @@ _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 ID_RULE = "must be 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit"
 
 
+# What git refuses in a branch name (git check-ref-format --branch): a part that starts with '.' or
+# ends with '.lock', '..', '@{', control characters, blanks and ~^:?*[\, '//', and a leading '-'.
+_BAD_BRANCH = re.compile(r"^-|^/|/$|\.$|\.\.|@\{|//|/\.|^\.|\.lock(/|$)|[\x00-\x20\x7f~^:?*\[\\]")
+
+
+def branch_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a git branch, or None."""
+    if not name or name == "@" or _BAD_BRANCH.search(name):
+        return f"{name!r} is not a valid git branch name"
+    return None
+
+
 def is_identifier(value: str) -> bool:
     """Whether ``value`` may name a project, tier or phase (it goes into URLs and branch names)."""
     return bool(_ID.match(value))
@@ -100,6 +112,23 @@ class Plan(BaseModel):
     base_branch: str | None = None
     test_command: list[str] | None = None
     tiers: list[Tier] = Field(min_length=1)
+
+    @field_validator("base_branch")
+    @classmethod
+    def _branch(cls, v: str | None) -> str | None:
+        if v is not None:
+            problem = branch_problem(v)
+            if problem:
+                raise ValueError(problem)
+        return v
+
+    @field_validator("test_command")
+    @classmethod
+    def _command(cls, v: list[str] | None) -> list[str] | None:
+        # An empty list used to mean "the default command" silently, and [""] could only fail at the baseline.
+        if v is not None and (not v or not v[0].strip()):
+            raise ValueError("must name a program and its arguments, e.g. [python, -m, pytest]; leave it out for the default")
+        return v
 
     @model_validator(mode="after")
     def _unique_ids(self) -> "Plan":

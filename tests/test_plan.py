@@ -71,8 +71,25 @@ def test_non_mapping_and_bad_text() -> None:
 
 
 def test_a_yaml_date_is_the_text_the_author_wrote() -> None:
-    from autopack.plan import load_plan_text
-
     data = load_plan_text("project: demo\nname: 2024-06-01\ntiers: []\nwhen: 2024-06-01 10:00:00\n")
     assert data["name"] == "2024-06-01" and data["when"] == "2024-06-01 10:00:00"
     assert load_plan_text("project: demo\nn: 3\nok: true\n") == {"project": "demo", "n": 3, "ok": True}  # the rest as before
+
+
+@pytest.mark.parametrize("branch", ["-x", "a..b", "a b", "main~1", "x.lock", "a//b", "m\x00", ""])
+def test_a_base_branch_git_would_refuse_is_refused(branch: str) -> None:
+    with pytest.raises(PlanError) as err:
+        parse_plan({**_minimal(), "base_branch": branch})
+    assert err.value.field == "base_branch"
+    assert parse_plan({**_minimal(), "base_branch": "release/1.2"}).base_branch == "release/1.2"
+
+
+@pytest.mark.parametrize("command", [[], [""], ["  ", "-q"]])
+def test_a_test_command_must_name_a_program(command: list[str]) -> None:
+    with pytest.raises(PlanError, match="must name a program") as err:
+        parse_plan({**_minimal(), "test_command": command})
+    assert err.value.field == "test_command"
+
+
+def _minimal() -> dict[str, Any]:
+    return {"project": "demo", "tiers": [{"id": "t", "phases": [{"id": "p", "goal": "g", "category": "c", "scope": ["a"]}]}]}

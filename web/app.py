@@ -240,6 +240,7 @@ def create_app(
             with session_scope(db) as s:
                 project = runsvc.get_project(s, plan.project)
                 if dry:
+                    runsvc.check_base_branch(project, plan)
                     strategy = runsvc.compile_for(plan, config)
                     return jsonify({"dry_run": True, "strategy": strategy.model_dump(mode="json")}), 200
                 earlier = runsvc.run_for_key(s, project, key, fingerprint) if key is not None else None

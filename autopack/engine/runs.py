@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
@@ -14,10 +15,11 @@ from autopack.config import AppConfig
 from autopack.db.models import Attempt, BudgetReservation, Event, Phase, Project, Run, Tier
 from autopack.engine.leases import lease_clock
 from autopack.engine.store import emit, transition
-from autopack.errors import Conflict, NotFound, PlanError
+from autopack.errors import Conflict, GitError, NotFound, PlanError
 from autopack.plan import Plan
 from autopack.states import RunState, is_terminal_run
 from autopack.strategy import CompiledStrategy, compile_strategy
+from autopack.workspace.git import Git
 
 
 def get_project(session: Session, name: str) -> Project:
@@ -32,6 +34,23 @@ def get_run(session: Session, run_id: str) -> Run:
     if run is None:
         raise NotFound(f"run {run_id!r} not found")
     return run
+
+
+def check_base_branch(project: Project, plan: Plan) -> None:
+    """Raise ``PlanError`` naming ``base_branch`` when the project's repository, if this process can
+    read it, has no such branch: a typo is refused at submission, not found by the run's first step.
+    (A web process on a machine without the repository leaves it to that step.)"""
+    branch = plan.base_branch or project.base_branch
+    repo = Path(project.repo_path)
+    if not (repo / ".git").exists():
+        return
+    try:
+        found = Git(repo).rev_parse(f"refs/heads/{branch}")
+    except GitError:
+        return
+    if found is None:
+        field = "base_branch" if plan.base_branch else "project"
+        raise PlanError(field, f"the repository of project {project.name!r} has no branch {branch!r}")
 
 
 def compile_for(plan: Plan, config: AppConfig) -> CompiledStrategy:
@@ -63,6 +82,7 @@ def create_run(session: Session, plan: Plan, config: AppConfig, *, idempotency_k
     With ``idempotency_key`` the run records it; a second run with the same key in the project
     fails at flush (unique): the caller looks the first one up with :func:`run_for_key`."""
     project = get_project(session, plan.project)
+    check_base_branch(project, plan)
     strategy = compile_for(plan, config)
     run = Run(
         project_id=project.id,

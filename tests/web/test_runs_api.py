@@ -562,3 +562,13 @@ def test_nul_characters_are_422_on_both_databases(api, pg_url: str, tmp_path: Pa
             resp = client.open(url, method=method, json=body)
             assert resp.status_code == 422, (method, url, resp.status_code, resp.get_data(as_text=True)[:300])
         assert client.get(f"/runs/{run_id}").status_code == 200
+
+
+def test_a_base_branch_the_repository_lacks_is_refused_at_submission(local_settings: Settings, demo_repo: Path) -> None:
+    client, sent = _client(local_settings, demo_repo)
+    for url in ("/runs", "/runs?dry_run=true"):
+        resp = client.post(url, json={**PLAN, "base_branch": "mian"})
+        assert resp.status_code == 422 and resp.get_json()["field"] == "base_branch", url
+        assert "has no branch 'mian'" in resp.get_json()["message"]
+    assert sent == []
+    assert client.post("/runs", json={**PLAN, "base_branch": "main"}).status_code == 202
