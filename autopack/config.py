@@ -119,4 +119,15 @@ def load_config(config_dir: Path) -> AppConfig:
             prov = models.provider_of(m)
             if prov not in models.providers:
                 raise ConfigError(f"model {m!r} names unknown provider {prov!r}")
-    return AppConfig(models=models, pricing=pricing, strategy=load_strategy_config(config_dir / "strategy.yaml"))
+    strategy = load_strategy_config(config_dir / "strategy.yaml")
+    used = {*models.models, *(m for role in models.roles.values() for m in [role.low, role.medium, role.high, *role.fallback,
+                                                                            *(x for chain in role.escalation.values() for x in chain)]),
+            *(m for m in (strategy.run.doctor.model, strategy.run.doctor.strong_model, strategy.learning.lesson_model,
+                          strategy.learning.narrative_model) if m)}
+    unpriced = sorted(used - set(pricing.models))
+    if unpriced:
+        # The default price is only a guess (some models cost more): a budget's worst case is only a
+        # bound for a model whose price the operator stated.
+        raise ConfigError(f"no price in pricing.yaml for {', '.join(unpriced)}: add each under models: "
+                          f"with its input and output USD per million tokens ({{input: 0, output: 0}} for a free local model)")
+    return AppConfig(models=models, pricing=pricing, strategy=strategy)

@@ -105,3 +105,26 @@ def test_load_config_checks_models_and_providers(tmp_path: Path) -> None:
     (tmp_path / "pricing.yaml").unlink()
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path)
+
+
+@pytest.mark.parametrize("where", ["roles", "doctor"])
+def test_every_model_the_config_can_call_needs_a_stated_price(tmp_path: Path, where: str) -> None:
+    """The default price is a guess, not a bound (some models cost more): a model without a price
+    of its own would make a budget's worst case wrong."""
+    for name in ("models.yaml", "pricing.yaml", "strategy.yaml"):
+        (tmp_path / name).write_text((CONFIG / name).read_text())
+    if where == "roles":
+        models = yaml.safe_load((CONFIG / "models.yaml").read_text())
+        models["models"]["claude-opus-5-5"] = {"provider": "anthropic"}
+        models["roles"]["builder"]["high"] = "claude-opus-5-5"
+        (tmp_path / "models.yaml").write_text(yaml.safe_dump(models))
+    else:
+        strategy = yaml.safe_load((CONFIG / "strategy.yaml").read_text())
+        strategy["run"]["doctor"]["strong_model"] = "claude-opus-5-5"
+        (tmp_path / "strategy.yaml").write_text(yaml.safe_dump(strategy))
+    with pytest.raises(ConfigError, match="no price in pricing.yaml for claude-opus-5-5"):
+        load_config(tmp_path)
+    pricing = yaml.safe_load((CONFIG / "pricing.yaml").read_text())
+    pricing["models"]["claude-opus-5-5"] = {"input": 4.0, "output": 20.0}
+    (tmp_path / "pricing.yaml").write_text(yaml.safe_dump(pricing))
+    assert load_config(tmp_path).pricing.price("claude-opus-5-5").output == 20.0
