@@ -341,6 +341,8 @@ def create_app(
 
     @app.get("/runs/<run_id>/postmortem")
     def get_postmortem(run_id: str):  # type: ignore[no-untyped-def]
+        if request.args.get("format", "markdown") not in ("markdown", "json"):
+            raise PlanError("format", "must be markdown or json")
         with session_scope(db) as s:
             run = runsvc.get_run(s, run_id)
             pm = s.get(Postmortem, run_id)

@@ -215,6 +215,9 @@ def test_postmortem_endpoint(api, local_settings: Settings) -> None:  # type: ig
     assert resp.status_code == 200 and resp.mimetype == "text/markdown"
     assert f"# Postmortem of run {run_id}" in resp.get_data(as_text=True)
     assert client.get(f"/runs/{run_id}/postmortem?format=json").get_json()["facts"]["state"] == "CANCELLED"
+    assert client.get(f"/runs/{run_id}/postmortem?format=markdown").mimetype == "text/markdown"
+    bad = client.get(f"/runs/{run_id}/postmortem?format=xml")
+    assert bad.status_code == 422 and bad.get_json()["field"] == "format"
 
 
 def test_flaky_tests_api_lists_a_projects_records_by_state(api, local_settings: Settings) -> None:  # type: ignore[no-untyped-def]
