@@ -110,15 +110,15 @@ def test_an_unsure_doctor_escalates_and_the_strong_one_skips_the_phase(local_set
     data = demo_plan().model_dump()
     data["tiers"] = data["tiers"][:1]  # nothing after parse depends on it
     script = Script({"claude-haiku-4-5": _doctor_json("retry_with_fix", 0.3, "maybe try again"),
-                     "claude-sonnet-5-5": _doctor_json("skip_phase", 0.95, reason="parsing is optional for this release")})
+                     "claude-sonnet-4-6": _doctor_json("skip_phase", 0.95, reason="parsing is optional for this release")})
     v, run_id = _run(local_settings, demo_repo, script, parse_plan(data))
     assert v["state"] == "DONE_SUCCESS", v["failure_reason"]
     ph = phase(v, "parse")
     assert ph["state"] == "SKIPPED" and ph["attempts"] == 2 and ph["commit"] is None
     doc = ph["attempt_details"][1]["doctor"]
     assert doc["action"] == "skip_phase" and doc["source"] == "model" and doc["reason"] == "parsing is optional for this release"
-    assert [c["model"] for c in doc["calls"]] == ["claude-haiku-4-5", "claude-sonnet-5-5"]
-    assert [m for m, _ in script.doctor_prompts] == ["claude-haiku-4-5", "claude-sonnet-5-5"]
+    assert [c["model"] for c in doc["calls"]] == ["claude-haiku-4-5", "claude-sonnet-4-6"]
+    assert [m for m, _ in script.doctor_prompts] == ["claude-haiku-4-5", "claude-sonnet-4-6"]
     assert ph["attempt_details"][1]["decision"] == "skip_phase"
     assert _events(local_settings, run_id, "phase.skipped")[0]["reason"] == "parsing is optional for this release"
 
@@ -164,7 +164,7 @@ def test_the_doctors_call_budget_and_unusable_answers(local_settings, demo_repo:
     config = cfg.model_copy(update={"strategy": strategy})
     data = demo_plan().model_dump()
     data["tiers"] = data["tiers"][:1]
-    script = Script({"claude-haiku-4-5": "I think you should retry.", "claude-sonnet-5-5": "unused"})
+    script = Script({"claude-haiku-4-5": "I think you should retry.", "claude-sonnet-4-6": "unused"})
     v, _ = _run(local_settings, demo_repo, script, parse_plan(data), config)
     assert v["state"] == "DONE_FAILED_TIER_BLOCKED"
     attempts = phase(v, "parse")["attempt_details"]

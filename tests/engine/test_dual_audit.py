@@ -60,7 +60,7 @@ def test_a_disagreement_goes_to_the_judge(local_settings, demo_repo: Path) -> No
     assert v["state"] == "DONE_SUCCESS"
     audit = phase(v, "stats")["attempt_details"][0]["audit"]
     assert not audit["agree"] and audit["approved"] is True
-    assert audit["judge"] == {"model": "claude-sonnet-5-5", "verdict": "approve", "reasoning": "The issue is covered by the tests."}
+    assert audit["judge"] == {"model": "claude-sonnet-4-6", "verdict": "approve", "reasoning": "The issue is covered by the tests."}
     assert [r["verdict"] for r in audit["verdicts"]] == ["approve", "reject"]
     assert len(judged) == 1 and "no input validation" in judged[0] and "gpt-5-mini (openai)" in judged[0]
 

@@ -51,17 +51,17 @@ def test_escalation_and_deescalation_are_used_and_recorded(local_settings, demo_
     drive(services, ("start_run", run_id))
     v = view(services, run_id)
     assert v["state"] == "DONE_SUCCESS"
-    assert calls == [("stats", "claude-haiku-4-5"), ("stats", "claude-sonnet-5-5"), ("parse", "claude-haiku-4-5")]
-    assert [a["model"] for a in phase(v, "stats")["attempt_details"]] == ["claude-haiku-4-5", "claude-sonnet-5-5"]
+    assert calls == [("stats", "claude-haiku-4-5"), ("stats", "claude-sonnet-4-6"), ("parse", "claude-haiku-4-5")]
+    assert [a["model"] for a in phase(v, "stats")["attempt_details"]] == ["claude-haiku-4-5", "claude-sonnet-4-6"]
     from autopack.db.session import session_scope
     from autopack.engine.runs import list_events
 
     with session_scope(local_settings.db_url) as s:
         events = {e["type"]: e for e in list_events(s, run_id)}
     escalated = events["attempt.escalated"]["payload"]
-    assert (escalated["level"], escalated["model"], escalated["from_model"]) == ("medium", "claude-sonnet-5-5", "claude-haiku-4-5")
+    assert (escalated["level"], escalated["model"], escalated["from_model"]) == ("medium", "claude-sonnet-4-6", "claude-haiku-4-5")
     assert events["phase.deescalated"]["phase"] == "parse"
-    assert events["phase.deescalated"]["payload"] == {"model": "claude-haiku-4-5", "previous_model": "claude-sonnet-5-5"}
+    assert events["phase.deescalated"]["payload"] == {"model": "claude-haiku-4-5", "previous_model": "claude-sonnet-4-6"}
 
 
 @pytest.mark.parametrize(("kinds", "n"), [(["a"], 1), (["a", "a"], 2), (["a", "b"], 1), (["b", "a", "a", "a"], 3), (["a", "b", "a"], 1)])
@@ -106,7 +106,7 @@ def test_repeated_failures_of_one_kind_move_along_the_levels_chain(local_setting
     drive(services, ("start_run", run_id))
     v = view(services, run_id)
     assert v["state"] == "DONE_SUCCESS", v["failure_reason"]
-    assert builders == ["claude-sonnet-5-5", "claude-sonnet-5-5", "gpt-5"]
+    assert builders == ["claude-sonnet-4-6", "claude-sonnet-4-6", "gpt-5"]
     third = phase(v, "stats")["attempt_details"][2]
     assert third["routing"]["wanted"] == "gpt-5" and "2 consecutive test_failure failures at high" in third["routing"]["why"]
     assert auditors == ["gpt-5"]  # the high auditor; only the passing attempt is audited

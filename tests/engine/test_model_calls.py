@@ -21,7 +21,7 @@ from autopack.llm.base import Message
 from tests.engine.harness import make_services, register, stats_model, stats_plan, submit
 from tests.llm.fake_provider import FakeProvider, rate_limited, slow
 
-MODEL = "claude-sonnet-5-5"
+MODEL = "claude-sonnet-4-6"
 PROMPT = "write the code"
 
 

@@ -101,7 +101,7 @@ def test_requests_per_day_and_recent_outages(local_settings, demo_repo: Path) ->
         assert provider_state(s, cfg.models, "anthropic", now, 0).down_until is None
         # When every provider of a normal chain is only recently out, the chain is tried again.
         again = choose_model(s, cfg.models, cfg.strategy.run.routing, role="builder", complexity="low", category="feature",
-                             high_risk=False, chain=["claude-haiku-4-5", "claude-sonnet-5-5"])
+                             high_risk=False, chain=["claude-haiku-4-5", "claude-sonnet-4-6"])
         assert again.model == "claude-haiku-4-5"
         high = choose_model(s, cfg.models, cfg.strategy.run.routing, role="builder", complexity="low", category="x",
                             high_risk=True, chain=["claude-haiku-4-5", "gpt-5-mini"])
@@ -156,7 +156,7 @@ def test_a_single_audit_moves_past_a_provider_near_its_quota(local_settings, dem
 
 
 def test_an_auditor_outage_falls_back_and_a_total_one_uses_no_attempt(local_settings, demo_repo: Path) -> None:
-    down = {"gpt-5-mini", "claude-haiku-4-5", "claude-sonnet-5-5"}  # every auditor model, for the first review
+    down = {"gpt-5-mini", "claude-haiku-4-5", "claude-sonnet-4-6"}  # every auditor model, for the first review
 
     def respond(req):  # type: ignore[no-untyped-def]
         if req.system.startswith("You are the Auditor") and req.model in down:
@@ -176,7 +176,7 @@ def test_an_auditor_outage_falls_back_and_a_total_one_uses_no_attempt(local_sett
     assert v["state"] == "DONE_SUCCESS", v["failure_reason"]
     first, second = phase(v, "stats")["attempt_details"]
     # The whole chain was out: the attempt failed as a provider error and used up no attempt.
-    assert first["audit"]["verdict"] == "error" and first["audit"]["fallbacks"] == ["claude-haiku-4-5", "claude-sonnet-5-5"]
+    assert first["audit"]["verdict"] == "error" and first["audit"]["fallbacks"] == ["claude-haiku-4-5", "claude-sonnet-4-6"]
     assert first["failure_class"] == "provider_error" and first["classification"] == "provider_error"
     assert first["doctor"]["burns_attempt"] is False and first["decision"] == "retry"
     # The candidate was built and passed the gate: the next attempt reviews that same candidate again
