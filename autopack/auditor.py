@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from autopack.answers import parse_answer
-from autopack.prompts import PromptLibrary
+from autopack.prompts import LESSONS_NOTE, PromptLibrary
 
 MAX_DIFF_CHARS = 60_000
 
@@ -51,7 +51,7 @@ def render_auditor_prompt(
         deliverables=", ".join(deliverables) or "(none)",
         gate=gate,
         diff=diff or "(empty diff)",
-        rules=f"\n## Project rules the change should respect\n{rules_text}\n" if rules_text else "",
+        rules=f"\n## Project rules the change should respect\n{LESSONS_NOTE}\n{rules_text}\n" if rules_text else "",
     )
     return system, user
 

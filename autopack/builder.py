@@ -13,7 +13,7 @@ from autopack.edits.govern import EditPolicy, govern
 from autopack.edits.parse import parse_edits
 from autopack.errors import EditApplyError, EditParseError, EditRefused
 from autopack.llm.base import LLMResponse, Message
-from autopack.prompts import PromptLibrary
+from autopack.prompts import LESSONS_NOTE, PromptLibrary
 
 MAX_FILE_CHARS = 40_000
 MAX_CONTEXT_CHARS = 160_000
@@ -70,7 +70,7 @@ def render_builder_prompt(lib: PromptLibrary, ctx: PhaseContext) -> tuple[str, s
     if len(tree) > MAX_TREE_ENTRIES:
         tree_text += f"\n… and {len(tree) - MAX_TREE_ENTRIES} more"
     feedback = lib.render("builder_feedback", feedback=ctx.feedback.strip()) if ctx.feedback else ""
-    rules = f"\n## Project rules learned from earlier runs\n{ctx.rules_text}\n" if ctx.rules_text else ""
+    rules = f"\n## Project rules learned from earlier runs\n{LESSONS_NOTE}\n{ctx.rules_text}\n" if ctx.rules_text else ""
     user = lib.render(
         "builder",
         phase_id=ctx.phase_id,

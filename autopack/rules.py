@@ -14,13 +14,31 @@ from autopack.engine.ledger import estimate_tokens
 _WILD = set("*?[")
 
 
+# With no phase of its scope left to compare (every one carries it), a rule whose failure still
+# happens in at least this share of the phases that carried it is not working.
+NO_CONTROL_RETIRE_RATE = 0.5
+QUOTE_CHARS = 160  # of a failure's first line quoted in a lesson
+WHERE_PATHS = 8  # fixed paths named in a lesson
+
+
+def quoted(text: str, limit: int = QUOTE_CHARS) -> str:
+    """``text`` as one quoted line of at most ``limit`` characters with no quote, backtick or
+    control character of its own: output recorded from a test run (which the code under test
+    wrote) goes into later prompts as data, never as text that ends the quote and reads as an
+    instruction."""
+    flat = " ".join("".join(" " if (c in "\"`" or not c.isprintable()) else c for c in text).split())
+    return '"' + (flat[: limit - 1] + "…" if len(flat) > limit else flat) + '"'
+
+
 def lesson_for(failure_class: str, signature: str, paths: Sequence[str]) -> str:
     """A short deterministic lesson from a failure and the paths its fix changed."""
     first = signature.strip().splitlines()[0] if signature.strip() else failure_class
-    where = ", ".join(sorted(paths)) or "the phase's files"
+    fixed = sorted(paths)
+    where = ", ".join(fixed[:WHERE_PATHS]) + (f" and {len(fixed) - WHERE_PATHS} more" if len(fixed) > WHERE_PATHS else "")
+    where = where or "the phase's files"
     if failure_class in ("test_failure", "regression"):
-        return f"Tests failed with `{first[:200]}` until the fix changed {where}: handle that case from the first attempt."
-    return f"Attempts failed with {failure_class} (`{first[:200]}`) until the fix changed {where}: avoid it from the first attempt."
+        return f"Tests failed with the output {quoted(first)} until the fix changed {where}: handle that case from the first attempt."
+    return f"Attempts failed with {failure_class} (output {quoted(first)}) until the fix changed {where}: avoid it from the first attempt."
 
 
 def literal_prefix(pattern: str) -> str:
@@ -32,15 +50,22 @@ def literal_prefix(pattern: str) -> str:
     return pattern
 
 
+def _plain_meets_glob(path: str, prefix: str) -> bool:
+    """Whether a plain scope entry (a file, or a folder and everything in it, as plan scopes mean
+    it) can name a path a glob with literal prefix ``prefix`` names."""
+    folder = path.rstrip("/") + "/"
+    return prefix == "" or path.startswith(prefix) or folder.startswith(prefix) or prefix.startswith(folder)
+
+
 def scopes_overlap(a: str, b: str) -> bool:
     """Whether two scope globs can name a common path (by their literal prefixes)."""
     pa, pb = literal_prefix(a), literal_prefix(b)
     if pa == a and pb == b:  # two plain paths
         return a == b or a.startswith(b.rstrip("/") + "/") or b.startswith(a.rstrip("/") + "/")
     if pa == a:  # a is a plain path, b a glob
-        return a.startswith(pb) or pb == ""
+        return _plain_meets_glob(a, pb)
     if pb == b:
-        return b.startswith(pa) or pa == ""
+        return _plain_meets_glob(b, pa)
     return pa.startswith(pb) or pb.startswith(pa)
 
 
@@ -106,8 +131,12 @@ def retire_reason(effect: dict[str, Any], last_matched_at: datetime | None, crea
     """Why a rule should retire, or None: its key keeps failing when carried, or it has not matched
     any phase for ``stale_after``."""
     carried, other = effect.get("carried_rate"), effect.get("other_rate")
-    if effect.get("carried_phases", 0) >= min_carried and carried is not None and other is not None and carried >= other and carried > 0:
+    enough = effect.get("carried_phases", 0) >= min_carried and carried is not None
+    if enough and other is not None and carried >= other and carried > 0:  # type: ignore[operator]
         return f"its failure still happens when carried ({carried:.0%} of {effect['carried_phases']} phases vs {other:.0%} without)"
+    if enough and other is None and carried >= NO_CONTROL_RETIRE_RATE:  # type: ignore[operator]
+        return (f"its failure still happens in {carried:.0%} of the {effect['carried_phases']} phases that carried it "
+                f"(no phase of its scope went without it to compare)")
     if now - (last_matched_at or created_at) > stale_after:
         return f"matched no phase for {stale_after.days} days"
     return None

@@ -15,10 +15,19 @@ from autopack.engine.store import emit
 from autopack.strategy import LearningConfig
 
 
+# Failures that say nothing about the change: a provider outage, a lost worker, the sandbox or git
+# failing, a budget stop. The next attempt did not pass because it did something differently.
+NOT_LESSONS = frozenset({"provider_error", "infrastructure", "worker_lost", "sandbox_unavailable", "git_error", "budget"})
+
+
 def teaches(attempt: Attempt) -> bool:
     """Whether a failed attempt holds a lesson for the attempts after it. One that strict CI blocked
-    only for a flaky test does not: the next attempt passed by luck, not by its change."""
-    return bool(attempt.failure_key) and not (attempt.gate or {}).get("blocked_as_flaky")
+    only for a flaky test does not (the next attempt passed by luck, not by its change), nor one
+    that failed for a reason outside the change (``NOT_LESSONS``, by its recorded class or by the
+    Doctor's classification)."""
+    if not attempt.failure_key or (attempt.gate or {}).get("blocked_as_flaky"):
+        return False
+    return attempt.failure_class not in NOT_LESSONS and attempt.classification not in NOT_LESSONS
 
 
 def record_hint(session: Session, phase: Phase, lesson: str | None = None) -> Hint | None:
@@ -47,7 +56,12 @@ def record_hint(session: Session, phase: Phase, lesson: str | None = None) -> Hi
 
 
 def promote(session: Session, project_id: int, key: str, cfg: LearningConfig, run_id: str | None = None) -> Rule | None:
-    """A hint key seen in at least ``promotion_threshold`` phases of the project becomes a rule."""
+    """A hint key seen in at least ``promotion_threshold`` phases of the project becomes a rule.
+
+    The project's row is locked first (FOR NO KEY UPDATE, as the flaky-test fold does): two runs of
+    a project promoting one key together both inserted the rule, and one of them failed on the
+    unique key (or, for a new key, each saw only its own hint and neither promoted it)."""
+    session.execute(select(Project.id).where(Project.id == project_id).with_for_update(key_share=True))
     hints = session.scalars(select(Hint).where(Hint.project_id == project_id, Hint.key == key).order_by(Hint.id)).all()
     if len(hints) < cfg.promotion_threshold:
         return None
@@ -55,8 +69,10 @@ def promote(session: Session, project_id: int, key: str, cfg: LearningConfig, ru
                   "phases": [f"{h.run_id}/{h.phase_key}" for h in hints]}
     rule = session.scalar(select(Rule).where(Rule.project_id == project_id, Rule.key == key))
     if rule is not None:
-        rule.provenance = provenance
+        # The phases it was learned from stay as they were: later hints are recurrences.
+        rule.provenance = {**provenance, "learned_from": (rule.provenance or {}).get("learned_from", provenance["phases"])}
         return rule
+    provenance["learned_from"] = list(provenance["phases"])
     categories = {h.category for h in hints}
     rule = Rule(
         project_id=project_id, key=key, text=hints[-1].lesson,
@@ -91,8 +107,9 @@ def prompt_guidance(session: Session, phase: Phase, cfg: LearningConfig) -> tupl
     for h in session.scalars(select(Hint).where(Hint.run_id == run.id).order_by(Hint.id)):
         if h.key in ruled or h.phase_key == phase.key:
             continue
-        same_scope = any(rl.scopes_overlap(a, b) for a in h.scope for b in phase.spec["scope"])
-        if not (same_scope or h.category == phase.spec["category"]):
+        # The same files only: a lesson about calc/ does not belong in a docs/ prompt because both
+        # phases are features (rules need scope and category alike).
+        if not any(rl.scopes_overlap(a, b) for a in h.scope for b in phase.spec["scope"]):
             continue
         line = f"- (hint from phase {h.phase_key} of this run) {h.lesson}"
         if rl.estimate_tokens("\n".join([*lines, line])) > cfg.rules_token_cap:
@@ -108,19 +125,25 @@ def prompt_guidance(session: Session, phase: Phase, cfg: LearningConfig) -> tupl
 
 
 def rule_effect(session: Session, rule: Rule) -> dict[str, Any]:
-    """How often the rule's key occurred in the project's phases that carried it vs those that did not."""
+    """How often the rule's key occurred in the project's phases that carried it from their first
+    Builder call vs the phases of its scope that never carried it.
+
+    The phases the rule was learned from are left out of the comparison: they were chosen for having
+    the failure, so counting them made the rule look helpful whatever it did. A phase that got the
+    rule only on a retry counts on neither side."""
     carried: list[bool] = []
     other: list[bool] = []
+    learned_from = set(rule.provenance.get("learned_from", rule.provenance.get("phases", [])))
     phases = session.scalars(select(Phase).join(Run).where(Run.project_id == rule.project_id)).all()
     for ph in phases:
-        if not ph.attempts:
+        if not ph.attempts or f"{ph.run_id}/{ph.key}" in learned_from:
             continue
-        calls = session.scalars(select(ModelCall.rules).where(ModelCall.phase_id == ph.id, ModelCall.role == "builder")).all()
-        has = any(rule.id in (c or []) for c in calls)
+        calls = session.scalars(select(ModelCall.rules).where(ModelCall.phase_id == ph.id, ModelCall.role == "builder")
+                                .order_by(ModelCall.id)).all()
         occurred = any(a.failure_key == rule.key for a in ph.attempts)
-        if has:
+        if calls and rule.id in (calls[0] or []):
             carried.append(occurred)
-        elif any(rl.scopes_overlap(rule.scope_pattern, s) for s in ph.spec["scope"]):
+        elif not any(rule.id in (c or []) for c in calls) and any(rl.scopes_overlap(rule.scope_pattern, s) for s in ph.spec["scope"]):
             other.append(occurred)
     return rl.measure_effect(carried, other)
 
