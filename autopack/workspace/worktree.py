@@ -229,9 +229,11 @@ def ensure_worktree(repo: Path, path: Path, commit: str, *, reset: bool = True) 
                 )
         git.run("worktree", "prune")
         path.parent.mkdir(parents=True, exist_ok=True)
-        # -f: also take over a registration whose directory was deleted but not pruned.
+        # -f: also take over a registration whose directory was deleted but not pruned; -f twice: even
+        # one still locked, as a `worktree add` killed mid-checkout leaves it ("initializing", which
+        # prune skips): a single -f failed on every later delivery and the run could not go on.
         _require_commit(git, sha, "ensure_worktree")
-        git.run("worktree", "add", "--force", "--detach", "--quiet", str(path), sha)
+        git.run("worktree", "add", "--force", "--force", "--detach", "--quiet", str(path), sha)
     # A fresh worktree is checked out at ``sha`` with no untracked files: nothing to reset.
     return path.resolve()
 
@@ -251,6 +253,10 @@ def remove_worktree(repo: Path, path: Path) -> None:
             git.run("worktree", "remove", "--force", "--force", str(path.resolve()))
         elif path.exists() and _is_stale_worktree_of(repo, path):
             shutil.rmtree(path)
+        elif not path.exists():
+            # A registration left locked by a killed `worktree add` survives prune: remove it by path
+            # (git says so, harmlessly, when there is none).
+            git.run_bytes("worktree", "remove", "--force", "--force", str(path), check=False)
         git.run("worktree", "prune")
 
 
@@ -679,19 +685,39 @@ def changed_paths(repo: Path, old: str, new: str) -> list[str]:
     return sorted({p.decode("utf-8", "surrogateescape") for p in out.split(b"\0") if p})
 
 
+def _outside_checkout(repo: Path, work_tree: Path, index: Path) -> tuple[Git, dict[str, str]]:
+    """Git for ``repo``'s objects and refs run from ``work_tree`` as its work tree, with ``index``
+    as its index: nothing of the user's checkout (its files, its ``.gitattributes``, its index) is
+    read. git reads attributes from the directory it runs in even when told of another work tree,
+    so it runs there, with the repository named by ``GIT_DIR``."""
+    return Git(work_tree), {"GIT_DIR": _git_dir(str(Path(repo).resolve())), "GIT_WORK_TREE": str(work_tree),
+                            "GIT_INDEX_FILE": str(index)}
+
+
+@functools.lru_cache(maxsize=256)
+def _git_dir(repo: str) -> str:
+    """A repository's git folder (one git call per repository and process: it does not move)."""
+    return Git(Path(repo)).run("rev-parse", "--absolute-git-dir").strip()
+
+
 def diff(repo: Path, old: str, new: str, max_bytes: int = 200_000) -> str:
     """Unified diff from ``old`` to ``new`` for auditors, at most ``max_bytes`` long.
 
     No external diff drivers or textconv run; binary files are summarised. A
     longer diff is cut at a line boundary and ends with a ``[diff truncated …]`` note.
+
+    git reads a diff's attributes from the working tree and the index: run in the user's checkout,
+    an uncommitted ``.gitattributes`` there (``*.py -diff``) hid the change from the auditor. It
+    runs against an empty work tree and index instead, so the diff depends on the commits only.
     """
-    git = Git(repo)
     _check_ref_arg(old)
     _check_ref_arg(new)
-    raw = git.run_bytes(
-        "diff", "--no-ext-diff", "--no-textconv", "--no-color", "--find-renames",
-        old, new, "--",
-    ).stdout
+    with tempfile.TemporaryDirectory(prefix="autopack-diff-") as tmp:
+        git, env = _outside_checkout(repo, Path(tmp), Path(tmp) / "index")
+        raw = git.run_bytes(
+            "diff", "--no-ext-diff", "--no-textconv", "--no-color", "--find-renames",
+            old, new, "--", env=env,
+        ).stdout
     if len(raw) <= max_bytes:
         return raw.decode("utf-8", "replace")
     cut = raw.rfind(b"\n", 0, max_bytes)
@@ -707,6 +733,11 @@ def export_tree(repo: Path, commit: str, dest: Path) -> Path:
     Uses a temporary index and ``checkout-index`` (so, unlike ``git archive``,
     ``export-ignore`` attributes do not drop files), keeping executable bits and
     symlinks. ``dest`` must be absent or empty; no ``.git`` is created in it.
+
+    The work tree is ``dest`` itself, not the user's checkout: git applies the attributes it finds
+    in the work tree when it checks files out, so an uncommitted ``.gitattributes`` there
+    (``* text eol=crlf``) changed the files the tests ran on. The commit's own attributes (in the
+    temporary index) apply.
     """
     git = Git(repo)
     sha = _commit_id(git, commit)  # a full id is checked by read-tree below (``^{commit}``)
@@ -717,13 +748,13 @@ def export_tree(repo: Path, commit: str, dest: Path) -> Path:
         raise GitError(f"export_tree: {dest} exists and is not an empty directory")
     dest.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="autopack-export-") as tmp:
-        env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
+        outside, env = _outside_checkout(repo, dest.resolve(), Path(tmp) / "index")
         try:
-            git.run("read-tree", f"{sha}^{{commit}}", env=env)
+            outside.run("read-tree", f"{sha}^{{commit}}", env=env)
         except GitError as exc:
             _require_commit(git, sha, "export_tree", exc)
             raise
-        git.run("checkout-index", "--all", "--force", f"--prefix={dest.resolve()}/", env=env)
+        outside.run("checkout-index", "--all", "--force", f"--prefix={dest.resolve()}/", env=env)
     return dest
 
 

@@ -776,3 +776,45 @@ def test_a_large_tree_is_written_by_parallel_checkout_workers(repo: Path, head: 
     assert (dest / "many" / "f299.txt").read_text() == "299\n"
     workers = [line for line in trace.read_text().splitlines() if '"event":"child_start"' in line and "checkout--worker" in line]
     assert len(workers) > 1, "the export ran sequentially"
+
+
+# --------------------------------------------------------------------------- what a review found
+
+
+def _admin(path: Path) -> Path:
+    return Path(sh_git(path, "rev-parse", "--path-format=absolute", "--git-dir").strip())
+
+
+def test_a_worktree_a_killed_add_left_locked_is_recreated_and_removed(repo: Path, head: str, tmp_path: Path) -> None:
+    """A worker SIGKILLed while `git worktree add` checks files out leaves the registration locked
+    ('initializing') with an index.lock: the reset fails, the folder goes, prune skips a locked entry,
+    and `worktree add --force` refused it on every later delivery."""
+    path = tmp_path / "worktrees" / "run1"
+    ensure_worktree(repo, path, head)
+    admin = _admin(path)
+    (admin / "locked").write_text("initializing")
+    (admin / "index.lock").write_text("")
+    assert ensure_worktree(repo, path, head) == path.resolve()
+    assert sh_git(path, "rev-parse", "HEAD").strip() == head and (path / "src" / "app.py").is_file()
+    # Cleanup of a worktree whose folder is gone and whose registration is locked removes it too.
+    (_admin(path) / "locked").write_text("initializing")
+    shutil.rmtree(path)
+    remove_worktree(repo, path)
+    assert str(path) not in sh_git(repo, "worktree", "list", "--porcelain")
+
+
+def test_the_exported_tree_does_not_depend_on_the_users_uncommitted_files(repo: Path, head: str, tmp_path: Path) -> None:
+    first = export_tree(repo, head, tmp_path / "ex1")
+    (repo / "src" / ".gitattributes").write_text("* text eol=crlf\n")  # the user's own, not committed
+    second = export_tree(repo, head, tmp_path / "ex2")
+    assert (second / "src" / "app.py").read_bytes() == (first / "src" / "app.py").read_bytes() == b"def main():\n    return 1\n"
+
+
+def test_the_auditors_diff_does_not_depend_on_the_users_uncommitted_files(repo: Path, head: str, tmp_path: Path) -> None:
+    path = tmp_path / "wt"
+    ensure_worktree(repo, path, head)
+    sha = commit_candidate(path, head, {"src/app.py": "def main():\n    return 2\n"}, message="m", trailers={}, timestamp=1)
+    before = diff(repo, head, sha)
+    (repo / ".gitattributes").write_text("*.py -diff\n")  # the user's own, not committed
+    sh_git(repo, "add", ".gitattributes")  # even staged in the user's index
+    assert "+    return 2" in before and diff(repo, head, sha) == before
