@@ -13,7 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from autopack.errors import PlanError
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-ID_RULE = "must be 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit"
+ID_RULE = ("must be 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit, without '..' "
+           "and not ending in '.' or '.lock'")
 
 
 # What git refuses in a branch name (git check-ref-format --branch): a part that starts with '.' or
@@ -29,8 +30,9 @@ def branch_problem(name: str) -> str | None:
 
 
 def is_identifier(value: str) -> bool:
-    """Whether ``value`` may name a project, tier or phase (it goes into URLs and branch names)."""
-    return bool(_ID.match(value))
+    """Whether ``value`` may name a project, tier or phase (it goes into URLs and git ref names,
+    which refuse '..' and a part ending in '.' or '.lock')."""
+    return bool(_ID.match(value)) and ".." not in value and not value.endswith((".", ".lock"))
 
 
 class _PlanLoader(yaml.SafeLoader):
@@ -79,8 +81,15 @@ class Phase(BaseModel):
     @field_validator("id")
     @classmethod
     def _id(cls, v: str) -> str:
-        if not _ID.match(v):
+        if not is_identifier(v):
             raise ValueError(ID_RULE)
+        return v
+
+    @field_validator("goal")
+    @classmethod
+    def _goal(cls, v: str) -> str:
+        if not v.strip():  # its first line is the phase commit's subject
+            raise ValueError("must not be blank")
         return v
 
     @field_validator("scope", "deliverables", "acceptance_tests")
@@ -99,7 +108,7 @@ class Tier(BaseModel):
     @field_validator("id")
     @classmethod
     def _id(cls, v: str) -> str:
-        if not _ID.match(v):
+        if not is_identifier(v):
             raise ValueError(ID_RULE)
         return v
 

@@ -93,3 +93,20 @@ def test_a_test_command_must_name_a_program(command: list[str]) -> None:
 
 def _minimal() -> dict[str, Any]:
     return {"project": "demo", "tiers": [{"id": "t", "phases": [{"id": "p", "goal": "g", "category": "c", "scope": ["a"]}]}]}
+
+
+@pytest.mark.parametrize("phase_id", ["stats.lock", "stats.", "v1..2"])
+def test_a_phase_id_git_cannot_put_in_a_ref_is_refused(phase_id: str) -> None:
+    data = _minimal()
+    data["tiers"][0]["phases"][0]["id"] = phase_id  # it goes into refs/autopack/<run>/<phase>/<n>
+    with pytest.raises(PlanError, match="not ending in '.' or '.lock'") as err:
+        parse_plan(data)
+    assert err.value.field == "tiers.0.phases.0.id"
+
+
+def test_a_blank_goal_is_refused() -> None:
+    data = _minimal()
+    data["tiers"][0]["phases"][0]["goal"] = " \n "
+    with pytest.raises(PlanError, match="must not be blank") as err:
+        parse_plan(data)
+    assert err.value.field == "tiers.0.phases.0.goal"

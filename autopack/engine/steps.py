@@ -323,10 +323,15 @@ def start_run(services: Services, run_id: str, ctx: StepContext) -> list[Step]:
         repo = Path(run.project.repo_path)
         base_branch, branch = run.base_branch, run.branch
     try:
-        base = Git(repo).rev_parse(f"refs/heads/{base_branch}")
+        # A delivery of this step that died before recording the base made the run's branch at the
+        # base branch's tip then (nothing else makes autopack/<run id>): that is the base, even if the
+        # base branch has moved since; reading the tip again failed the run on the existing branch.
+        base = Git(repo).rev_parse(f"refs/heads/{branch}")
         if base is None:
-            raise GitError(f"base branch {base_branch!r} does not exist in {repo.name}")
-        wt.create_branch(repo, branch, base)
+            base = Git(repo).rev_parse(f"refs/heads/{base_branch}")
+            if base is None:
+                raise GitError(f"base branch {base_branch!r} does not exist in {repo.name}")
+            wt.create_branch(repo, branch, base)
         wt.ensure_worktree(repo, services.settings.worktrees_dir / run_id, base)
     except (GitError, OSError) as exc:
         _fail_run_now(services, ctx, run_id, RunState.DONE_FAILED_SETUP, f"repository setup failed: {exc}")

@@ -120,3 +120,22 @@ def test_a_stale_lock_on_a_candidates_anchor_costs_no_attempt(local_settings, de
     refs = subprocess.run(["git", "for-each-ref", "--format=%(refname)", f"refs/autopack/{run['id']}/"], cwd=demo_repo,
                           capture_output=True, text=True, check=True).stdout.split()
     assert f"refs/autopack/{run['id']}/{locks[0].parent.name}/1" in refs, refs
+
+
+def test_start_run_redelivered_after_the_user_committed_on_the_base_branch(local_settings, demo_repo: Path) -> None:
+    """The first delivery of start_run made the run's branch at main's tip and died before the
+    database recorded the base; the user then committed on main. The second delivery read main's new
+    tip, found the branch already there, and failed the run (DONE_FAILED_SETUP)."""
+    from tests.engine.harness import commit_all, stats_model, stats_plan
+
+    services, _ = make_services(local_settings, stats_model)
+    register(local_settings, demo_repo)
+    run_id = submit(services, stats_plan("feature"))
+    first_base = subprocess.run(["git", "-C", str(demo_repo), "rev-parse", "refs/heads/main"], capture_output=True, text=True,
+                                check=True).stdout.strip()
+    subprocess.run(["git", "-C", str(demo_repo), "update-ref", f"refs/heads/autopack/{run_id}", first_base], check=True)
+    commit_all(demo_repo, "user work", {"NOTES.md": "mine\n"})
+    drive(services, ("start_run", run_id))
+    v = view(services, run_id)
+    assert v["state"] == "DONE_SUCCESS", v["failure_reason"]
+    assert v["base_commit"] == first_base  # the base the branch was made from, not main's new tip
