@@ -25,7 +25,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from autopack.errors import GitError, UnsafePath
-from autopack.workspace.git import MODE_GITLINK, Git, LogEntry, RefMovedAt
+from autopack.workspace.git import MODE_EXECUTABLE, MODE_FILE, MODE_GITLINK, Git, LogEntry, RefMovedAt
 
 __all__ = [
     "CANDIDATE_REF_PREFIX",
@@ -648,10 +648,18 @@ def commit_candidate(
         index_env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
         git.run("read-tree", parent_sha, env=index_env)
         if changes:
-            paths = "".join(f"{p}\0" for p in changes)
+            # The changes are repository text (what read_blob gave the Builder, edited): they are
+            # stored as written, with no line-ending conversion, working-tree-encoding or clean
+            # filter, which staging the files would apply (core.safecrlf refused every edit of a
+            # CRLF checkout's files, a UTF-16 working-tree-encoding every edit of such a file).
+            blobs = _store_blobs(git, [p for p, content in changes.items() if content is not None])
+            absent = "0" * len(parent_sha)
+            info = "".join(
+                f"{_blob_mode(entries.get(p))} {blobs[p]}\t{p}\0" if p in blobs else f"0 {absent}\t{p}\0" for p in changes
+            )
             staged = git.run_bytes(
-                "update-index", "--add", "--remove", "--replace", "-z", "--stdin",
-                env=index_env, input=paths,
+                "update-index", "--add", "--replace", "-z", "--index-info",
+                env=index_env, input=info,
             )
             # git skips a path it finds invalid (e.g. an NTFS '.git::$INDEX_ALLOCATION' form) with
             # this line and exit 0: the commit would silently lack a change the attempt records.
@@ -671,6 +679,25 @@ def commit_candidate(
     # HEAD is detached (``_reset_clean`` above), so no branch moves.
     git.run("reset", "--quiet", sha)
     return sha
+
+
+def _blob_mode(parent_mode: str | None) -> str:
+    """The mode a written file is committed with: the parent's (an executable stays one), else a
+    plain file's."""
+    return parent_mode if parent_mode in (MODE_FILE, MODE_EXECUTABLE) else MODE_FILE
+
+
+def _store_blobs(git: Git, paths: list[str]) -> dict[str, str]:
+    """Store the worktree files at ``paths`` as blobs, byte for byte (``--no-filters``): {path: id}."""
+    plain = [p for p in paths if "\n" not in p]
+    out = git.run("hash-object", "-w", "--no-filters", "--stdin-paths", input="".join(f"{p}\n" for p in plain)).split() if plain else []
+    blobs = dict(zip(plain, out))
+    for p in paths:  # a name with a newline cannot go on a --stdin-paths line
+        if p not in blobs:
+            blobs[p] = git.run("hash-object", "-w", "--no-filters", "--", p).strip()
+    if len(blobs) != len(paths) or len(out) != len(plain):
+        raise GitError(f"hash-object stored {len(out)} blobs for {len(plain)} paths")
+    return blobs
 
 
 # -- reading ------------------------------------------------------------------

@@ -818,3 +818,62 @@ def test_the_auditors_diff_does_not_depend_on_the_users_uncommitted_files(repo: 
     (repo / ".gitattributes").write_text("*.py -diff\n")  # the user's own, not committed
     sh_git(repo, "add", ".gitattributes")  # even staged in the user's index
     assert "+    return 2" in before and diff(repo, head, sha) == before
+
+
+def _crlf_repo(tmp_path: Path, config: dict[str, str], attributes: str | None) -> tuple[Path, str]:
+    repo = tmp_path / "crlf"
+    repo.mkdir()
+    sh_git(repo, "init", "-q", "-b", "main")
+    for key, value in config.items():
+        sh_git(repo, "config", key, value)
+    if attributes:
+        (repo / ".gitattributes").write_text(attributes)
+    (repo / "app.py").write_bytes(b"x = 1\r\n")
+    (repo / "run.sh").write_bytes(b"echo hi\r\n")
+    os.chmod(repo / "run.sh", 0o755)
+    sh_git(repo, "add", "-A")
+    sh_git(repo, "commit", "-qm", "i")
+    return repo, sh_git(repo, "rev-parse", "HEAD").strip()
+
+
+@pytest.mark.parametrize("config, attributes", [
+    ({"core.autocrlf": "true", "core.safecrlf": "true"}, None),
+    ({"core.safecrlf": "true"}, "*.py text eol=crlf\n*.sh text eol=crlf\n"),
+])
+def test_an_edit_in_a_crlf_checkout_with_safecrlf_is_committed_as_written(tmp_path: Path, config: dict[str, str],
+                                                                         attributes: str | None) -> None:
+    """The Builder edits repository text (LF); staging it as a checkout's file ran git's line-ending
+    conversion, and core.safecrlf refused every edit ('LF would be replaced by CRLF')."""
+    repo, head = _crlf_repo(tmp_path, config, attributes)
+    text = Git(repo).read_blob(head, "app.py")
+    assert text == "x = 1\n"
+    path = tmp_path / "wt"
+    ensure_worktree(repo, path, head)
+    sha = commit_candidate(path, head, {"app.py": text + "y = 2\n", "run.sh": "echo bye\n", "new.py": "z = 3\n"},
+                           message="m", trailers={}, timestamp=1)
+    assert Git(repo).read_blob(sha, "app.py") == "x = 1\ny = 2\n" and Git(repo).read_blob(sha, "new.py") == "z = 3\n"
+    modes = {line.split()[3]: line.split()[0] for line in sh_git(repo, "ls-tree", "-r", sha).splitlines()}
+    assert modes["run.sh"] == "100755" and modes["new.py"] == "100644"  # an executable stays one
+
+
+def test_an_edit_of_a_file_with_a_working_tree_encoding_is_committed_as_written(tmp_path: Path) -> None:
+    repo = tmp_path / "enc"
+    repo.mkdir()
+    sh_git(repo, "init", "-q", "-b", "main")
+    (repo / ".gitattributes").write_text("*.ps1 text working-tree-encoding=UTF-16LE-BOM eol=crlf\n")
+    (repo / "s.ps1").write_bytes("\ufeffWrite-Host hi\r\n".encode("utf-16-le"))
+    sh_git(repo, "add", "-A")
+    sh_git(repo, "commit", "-qm", "i")
+    head = sh_git(repo, "rev-parse", "HEAD").strip()
+    assert Git(repo).read_blob(head, "s.ps1") == "Write-Host hi\n"
+    path = tmp_path / "wt"
+    ensure_worktree(repo, path, head)
+    sha = commit_candidate(path, head, {"s.ps1": "Write-Host bye\n"}, message="m", trailers={}, timestamp=1)
+    assert Git(repo).read_blob(sha, "s.ps1") == "Write-Host bye\n"
+
+
+def test_a_name_with_a_newline_and_a_deletion_are_committed(repo: Path, head: str, tmp_path: Path) -> None:
+    path = tmp_path / "wt"
+    ensure_worktree(repo, path, head)
+    sha = commit_candidate(path, head, {"odd\nname.txt": "one\n", "src/app.py": None}, message="m", trailers={}, timestamp=1)
+    assert Git(repo).read_blob(sha, "odd\nname.txt") == "one\n" and "src/app.py" not in Git(repo).list_entries(sha)
