@@ -41,7 +41,7 @@ from autopack.engine.learning import auditor_guidance, promote, prompt_guidance,
 from autopack.engine.ledger import charge, estimate_tokens, reserve, settle
 from autopack.engine.services import Services
 from autopack.engine.store import emit, transition
-from autopack.errors import BudgetExceeded, ConfigError, GitError, ProviderError, ProviderUnavailable, SandboxUnavailable
+from autopack.errors import BudgetExceeded, ConfigError, GitError, ProviderError, ProviderUnavailable, SandboxUnavailable, UnsafePath
 from autopack.llm.base import LLMRequest, LLMResponse, Message
 from autopack.escalation import effective_complexity, model_from_chain, trailing_same_kind
 from autopack.governance.doctor import FailureRecord
@@ -589,8 +589,12 @@ def _commit_candidate(services: Services, ctx: StepContext, phase_id: int, attem
             timestamp=epoch + 60 * index, parent_entries=tree.entries(), reset_first=False,
         )
         wt.keep_ref(repo, f"refs/autopack/{run_id}/{spec['id']}/{number}", sha, stale_lock_s=STALE_REF_LOCK_S)
-    except GitError as exc:
+    except UnsafePath as exc:  # the edits name a path git will not record: the edit's fault
         return _attempt_failed(services, ctx, attempt_id, "edit_refused", f"apply failed: {exc}", rounds)
+    except GitError as exc:
+        # git itself failed (a lock another git holds, the worktree): not the edit's fault. Classed as
+        # infrastructure it uses no attempt (the health budget bounds it) and teaches nothing.
+        return _attempt_failed(services, ctx, attempt_id, "infrastructure", f"git failed while committing the candidate: {exc}", rounds)
     crash_point("after_commit")
     with session_scope(services.db_url) as s:
         ctx.guard(s)

@@ -139,3 +139,35 @@ def test_start_run_redelivered_after_the_user_committed_on_the_base_branch(local
     v = view(services, run_id)
     assert v["state"] == "DONE_SUCCESS", v["failure_reason"]
     assert v["base_commit"] == first_base  # the base the branch was made from, not main's new tip
+
+
+def test_git_failing_while_committing_a_candidate_uses_no_attempt(local_settings, demo_repo: Path) -> None:
+    """A lock another git process holds (fresh, so not taken for a killed one's) on the candidate's
+    anchor: git failed, not the edit. It was recorded as the edit refused, used an attempt and went
+    back to the Builder as feedback about its edit."""
+    from autopack.plan import load_plan_file
+    from tests.engine.harness import DEMO
+
+    good = demo_model()
+    builds: list[int] = []
+    run: dict[str, str] = {}
+
+    def respond(req):  # type: ignore[no-untyped-def]
+        if req.system.startswith("You are the Builder"):
+            builds.append(1)
+            if len(builds) == 1:  # the anchors of the first phase's first three attempts are held
+                first = load_plan_file(DEMO / "plan.yaml").tiers[0].phases[0].id
+                for number in (1, 2, 3):
+                    lock = demo_repo / ".git" / "refs" / "autopack" / run["id"] / first / f"{number}.lock"
+                    lock.parent.mkdir(parents=True, exist_ok=True)
+                    lock.write_text("")
+        return good(req)
+
+    v = _run_demo(local_settings, demo_repo, respond, run)
+    first = v["tiers"][0]["phases"][0]
+    details = first["attempt_details"]
+    assert first["max_attempts"] == 3 and [d["failure_class"] for d in details[:3]] == ["infrastructure"] * 3, details
+    assert all("git failed while committing" in d["failure"] for d in details[:3])
+    # Three git failures used none of the phase's three attempts: the fourth completes it.
+    assert v["state"] == "DONE_SUCCESS", v["failure_reason"]
+    assert len(details) == 4 and details[3]["decision"] == "complete"
