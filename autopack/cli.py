@@ -146,9 +146,8 @@ def cmd_project_add(args: argparse.Namespace, settings: Settings) -> int:
     from autopack.db.models import Project
     from autopack.db.session import session_scope
     from autopack.errors import GitError
-    from autopack.workspace.git import Git
-
     from autopack.plan import ID_RULE, is_identifier
+    from autopack.workspace.git import Git
 
     if not is_identifier(args.name):
         _err(f"project name {args.name!r} {ID_RULE} (it goes into URLs and plans)")

@@ -409,7 +409,7 @@ def _start_next_phase(s: Session, run: Run, tier: Tier) -> list[Step]:
     return _start_next_tier(s, run)
 
 
-def _context(services: Services, tree: TreeReader, spec: dict[str, Any], feedback: str | None) -> tuple[PhaseContext, list[str]]:
+def _context(services: Services, tree: TreeReader, spec: dict[str, Any], feedback: str | None) -> PhaseContext:
     entries = tree.entries()
     files = sorted(entries)
     scope = list(spec["scope"])
@@ -432,7 +432,7 @@ def _context(services: Services, tree: TreeReader, spec: dict[str, Any], feedbac
         acceptance_files=acc_files,
         feedback=feedback,
     )
-    return ctx, files
+    return ctx
 
 
 def build_phase(services: Services, phase_id: int, ctx: StepContext) -> list[Step]:
@@ -525,7 +525,7 @@ def build_phase(services: Services, phase_id: int, ctx: StepContext) -> list[Ste
         used = ["external"]
         return _commit_candidate(services, ctx, phase_id, attempt_id, outcome, used, repo, worktree_path, tree, spec,
                                  run_id, number, epoch, index)
-    ctx_, _files = _context(services, tree, spec, feedback)
+    ctx_ = _context(services, tree, spec, feedback)
     ctx_ = dataclasses.replace(ctx_, rules_text=guidance)
     system, user = render_builder_prompt(services.prompts, ctx_)
     scope = CallScope(run_id, phase_id, attempt_id, "builder", model, int(budget["token_cap"]), tuple(rule_ids), tuple(hint_ids), guidance_tokens)

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,41 @@ def make_services(settings: Settings, respond: Respond, config=None) -> tuple[Se
         clients=lambda _model: client,
     )
     return services, client
+
+
+def on_postgres(pg_url: str, tmp_path: Path, repo: Path) -> tuple[Settings, Services]:
+    """Settings on the fresh PostgreSQL database ``pg_url`` (migrated), services with a silent model,
+    and ``repo`` registered as project ``demo``."""
+    from autopack.db.migrate import upgrade
+
+    settings = Settings(state_dir=tmp_path / "state", profile="local", database_url=pg_url)
+    settings.state_path.mkdir(parents=True)
+    upgrade(pg_url)
+    services, _ = make_services(settings, lambda req: "")
+    register(settings, repo)
+    return settings, services
+
+
+def at_once(*steps: Callable[[Callable[[], None]], None], timeout_s: float = 30.0) -> list[BaseException]:
+    """Run each step in a thread of its own. A step is given ``meet``, which returns once every step
+    has called it: what comes after it in each step runs at the same time. Returns what the steps
+    raised (a step still running after ``timeout_s`` counts as a ``TimeoutError``)."""
+    barrier = threading.Barrier(len(steps))
+    errors: list[BaseException] = []
+
+    def run(step: Callable[[Callable[[], None]], None]) -> None:
+        try:
+            step(lambda: barrier.wait(timeout=10))
+        except BaseException as exc:  # noqa: BLE001 - returned to the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(step,)) for step in steps]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=timeout_s)
+    errors += [TimeoutError(f"a step still runs after {timeout_s} s") for t in threads if t.is_alive()]
+    return errors
 
 
 def commit_all(repo: Path, message: str, files: dict[str, str] | None = None) -> None:

@@ -4,7 +4,6 @@ when two runs of a project end together; aged by the maintenance task; set by ha
 
 from __future__ import annotations
 
-import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from autopack.errors import InvalidRequest, NotFound
 from autopack.events.dispatch import dispatch_pending
 from autopack.flakiness import FlakinessConfig
 from autopack.settings import Settings
-from tests.engine.harness import demo_plan, make_services, register, submit
+from tests.engine.harness import at_once, demo_plan, make_services, on_postgres, register, submit
 
 T = "tests/test_core.py::test_add"
 U = "tests/test_core.py::test_sub"
@@ -92,31 +91,19 @@ def test_two_runs_of_a_project_ending_together_both_count(pg_url: str, tmp_path:
     """Both folds insert the same new test: the project's row lock makes the second wait for the
     first and update its row (without it, one of them fails on the unique key and its run's flakes
     are lost)."""
-    settings = Settings(state_dir=tmp_path / "state", profile="local", database_url=pg_url)
-    settings.state_path.mkdir(parents=True)
-    upgrade(pg_url)
-    services, _ = make_services(settings, lambda req: "")
-    register(settings, demo_repo)
+    settings, services = on_postgres(pg_url, tmp_path, demo_repo)
     runs = [_finished_run(settings, services, [({T: "failed"}, [T])]) for _ in range(2)]
-    barrier = threading.Barrier(2)
-    errors: list[BaseException] = []
 
-    def fold(run_id: str) -> None:
-        try:
+    def fold(run_id: str):  # type: ignore[no-untyped-def]
+        def step(meet) -> None:  # type: ignore[no-untyped-def]
             with session_scope(pg_url) as s:
                 run = s.get(Run, run_id)
                 assert run is not None
-                barrier.wait(timeout=10)
+                meet()
                 record_run(s, run, FlakinessConfig())
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
+        return step
 
-    threads = [threading.Thread(target=fold, args=(r,)) for r in runs]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=30)
-    assert errors == []
+    assert at_once(fold(runs[0]), fold(runs[1])) == []
     row = _rows(settings)[T]
     assert (row.state, row.flaky_count, sorted(row.runs)) == ("quarantined", 2, sorted(runs))
 
@@ -187,39 +174,22 @@ def test_an_operator_quarantines_and_clears_a_test_by_hand(settings: Settings, d
 def test_a_hand_quarantine_and_a_run_ending_together_both_count(pg_url: str, tmp_path: Path, demo_repo: Path) -> None:
     """Both insert the same new test: the project's row lock makes one wait for the other and update
     its row (without it, one of them fails on the unique key)."""
-    settings = Settings(state_dir=tmp_path / "state", profile="local", database_url=pg_url)
-    settings.state_path.mkdir(parents=True)
-    upgrade(pg_url)
-    services, _ = make_services(settings, lambda req: "")
-    register(settings, demo_repo)
+    settings, services = on_postgres(pg_url, tmp_path, demo_repo)
     run_id = _finished_run(settings, services, [({T: "failed"}, [T])])
-    barrier = threading.Barrier(2)
-    errors: list[BaseException] = []
 
-    def fold() -> None:
-        try:
-            with session_scope(pg_url) as s:
-                run = s.get(Run, run_id)
-                assert run is not None
-                barrier.wait(timeout=10)
-                record_run(s, run, FlakinessConfig())
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
+    def fold(meet) -> None:  # type: ignore[no-untyped-def]
+        with session_scope(pg_url) as s:
+            run = s.get(Run, run_id)
+            assert run is not None
+            meet()
+            record_run(s, run, FlakinessConfig())
 
-    def by_hand() -> None:
-        try:
-            with session_scope(pg_url) as s:
-                project = _project(s)
-                barrier.wait(timeout=10)
-                set_record_by_hand(s, project, T, "quarantined", "known")
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
+    def by_hand(meet) -> None:  # type: ignore[no-untyped-def]
+        with session_scope(pg_url) as s:
+            project = _project(s)
+            meet()
+            set_record_by_hand(s, project, T, "quarantined", "known")
 
-    threads = [threading.Thread(target=fold), threading.Thread(target=by_hand)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=30)
-    assert errors == []
+    assert at_once(fold, by_hand) == []
     row = _rows(settings)[T]
     assert (row.state, row.flaky_count, row.runs) == ("quarantined", 1, [run_id])

@@ -273,18 +273,11 @@ def test_two_runs_promoting_one_key_together_both_count(pg_url: str, tmp_path: P
     """decide records the phase's hint and promotes in one transaction. Two runs of a project doing
     it together: one failed on the rule's unique key (ending its run although its phase passed),
     or, for a new key, each saw only its own hint and no rule was made."""
-    import threading
-
-    from autopack.db.migrate import upgrade
     from autopack.engine.learning import promote
-    from autopack.settings import Settings
     from autopack.strategy import LearningConfig
+    from tests.engine.harness import at_once, on_postgres
 
-    settings = Settings(state_dir=tmp_path / "state", profile="local", database_url=pg_url)
-    settings.state_path.mkdir(parents=True)
-    upgrade(pg_url)
-    services, _ = make_services(settings, lambda req: "")
-    register(settings, demo_repo)
+    _, services = on_postgres(pg_url, tmp_path, demo_repo)
     earlier, a, b = (submit(services, demo_plan()) for _ in range(3))
     with session_scope(pg_url) as s:
         pid = s.scalar(select(Project.id))
@@ -295,24 +288,14 @@ def test_two_runs_promoting_one_key_together_both_count(pg_url: str, tmp_path: P
         s.flush()
 
     def together(key: str, phase: str) -> list[BaseException]:
-        barrier = threading.Barrier(2)
-        errors: list[BaseException] = []
-
-        def complete_phase(run_id: str) -> None:
-            try:
+        def complete_phase(run_id: str):  # type: ignore[no-untyped-def]
+            def step(meet) -> None:  # type: ignore[no-untyped-def]
                 with session_scope(pg_url) as s:
                     hint(s, run_id, key, phase)
-                    barrier.wait(timeout=10)
+                    meet()
                     promote(s, pid, key, LearningConfig(), run_id=run_id)
-            except BaseException as exc:  # noqa: BLE001 - asserted below
-                errors.append(exc)
-
-        threads = [threading.Thread(target=complete_phase, args=(r,)) for r in (a, b)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=30)
-        return errors
+            return step
+        return at_once(complete_phase(a), complete_phase(b))
 
     with session_scope(pg_url) as s:
         hint(s, earlier, "k:1")
