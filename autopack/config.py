@@ -33,10 +33,23 @@ class ProviderConfig(BaseModel):
     quotas: list[QuotaConfig] = Field(default_factory=list)
 
 
+ReasoningEffort = Literal["none", "minimal", "low", "medium", "high", "xhigh"]
+
+
 class ModelEntry(BaseModel):
+    """One model: its provider and what its API accepts.
+
+    ``reasoning_effort`` is sent to OpenAI-kind reasoning models (the GPT-5 family, the o-series),
+    which otherwise reason at their own default effort: thinking tokens count against the answer's
+    ``max_tokens``, so a model that reasons at length can spend the cap before it answers.
+    ``temperature: false`` is for models that refuse any temperature but their own default (the
+    request is then sent without one)."""
+
     model_config = ConfigDict(extra="forbid")
 
     provider: str
+    reasoning_effort: ReasoningEffort | None = None
+    temperature: bool = True
 
 
 class RoleModels(BaseModel):
@@ -114,6 +127,12 @@ def load_config(config_dir: Path) -> AppConfig:
         pricing = PricingConfig.model_validate(_load_yaml(config_dir / "pricing.yaml"))
     except ValidationError as exc:
         raise ConfigError(str(exc)) from None
+    for name, entry in models.models.items():
+        if entry.provider not in models.providers:
+            raise ConfigError(f"model {name!r} names unknown provider {entry.provider!r}")
+        if entry.reasoning_effort is not None and models.providers[entry.provider].kind == "anthropic":
+            raise ConfigError(f"model {name!r}: reasoning_effort is an OpenAI-kind setting; provider "
+                              f"{entry.provider!r} is of kind anthropic")
     for role in models.roles.values():
         for m in [role.low, role.medium, role.high, *role.fallback, *(x for chain in role.escalation.values() for x in chain)]:
             prov = models.provider_of(m)

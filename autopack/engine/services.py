@@ -107,7 +107,9 @@ def make_client_provider(settings: Settings, config: AppConfig) -> Callable[[str
                 else:
                     name = config.models.provider_of(model)
                     pc = config.models.providers[name]
-                    inner = make_client(pc.kind, api_key_env=pc.api_key_env, base_url=pc.base_url, provider_name=name)
+                    entry = config.models.models[model]
+                    inner = make_client(pc.kind, api_key_env=pc.api_key_env, base_url=pc.base_url, provider_name=name,
+                                        reasoning_effort=entry.reasoning_effort, send_temperature=entry.temperature)
                 client = RecordingClient(inner, settings.cassette) if settings.llm_mode == "record" else inner  # type: ignore[arg-type]
             cache[model] = client
             return client

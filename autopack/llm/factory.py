@@ -28,6 +28,8 @@ def make_client(
     max_retries: int = 3,
     timeout_s: float = 120.0,
     token_param: "TokenParam | None" = None,
+    reasoning_effort: str | None = None,
+    send_temperature: bool = True,
     environ: Mapping[str, str] | None = None,
 ) -> LLMClient:
     """Return an ``LLMClient`` for a provider entry.
@@ -36,6 +38,8 @@ def make_client(
     environment variable ``api_key_env`` (from ``environ`` when given, else ``os.environ``); a
     missing or empty variable raises ``ConfigError`` naming the variable, never a value. An
     ``openai_compatible`` entry needs a ``base_url`` and may leave ``api_key_env`` unset (no key).
+    ``reasoning_effort`` and ``send_temperature`` are the model's own settings (models.yaml) for the
+    OpenAI kinds; the Anthropic adapter sends neither.
     """
     env = os.environ if environ is None else environ
     if kind not in KINDS:
@@ -69,6 +73,8 @@ def make_client(
             timeout_s=timeout_s,
             provider=provider_name,
             token_param=token_param or "max_completion_tokens",
+            reasoning_effort=reasoning_effort,
+            send_temperature=send_temperature,
         )
     if not base_url:
         raise ConfigError(f"provider {provider_name!r}: base_url is required for kind 'openai_compatible'")
@@ -79,4 +85,6 @@ def make_client(
         timeout_s=timeout_s,
         provider=provider_name,
         token_param=token_param or "max_tokens",
+        reasoning_effort=reasoning_effort,
+        send_temperature=send_temperature,
     )

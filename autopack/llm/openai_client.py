@@ -13,6 +13,10 @@ Messages never carry the API key and the SDK's exception is not chained (its req
 The answer length cap is sent as ``max_completion_tokens`` to OpenAI itself (``max_tokens`` is
 deprecated there and refused by reasoning models) and as ``max_tokens`` to any other endpoint, which
 is what OpenAI-compatible servers universally accept; ``token_param`` overrides the choice.
+
+Reasoning models (the GPT-5 family, the o-series) take ``reasoning_effort`` (sent when configured)
+and count their thinking against that cap; most refuse a temperature other than their default, so
+``send_temperature=False`` leaves it out.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ class OpenAIClient:
         *,
         token_param: TokenParam | None = None,
         send_temperature: bool = True,
+        reasoning_effort: str | None = None,
     ) -> None:
         if not api_key:
             raise ConfigError(f"{provider}: the API key is empty")
@@ -65,6 +70,7 @@ class OpenAIClient:
             "max_completion_tokens" if provider == "openai" else "max_tokens"
         )
         self._send_temperature = send_temperature
+        self._reasoning_effort = reasoning_effort
         self._client = openai.OpenAI(
             api_key=api_key,
             base_url=base_url,
@@ -90,6 +96,8 @@ class OpenAIClient:
         }
         if self._send_temperature:
             kwargs["temperature"] = request.temperature
+        if self._reasoning_effort is not None:
+            kwargs["reasoning_effort"] = self._reasoning_effort
         completion = self._send(kwargs)
 
         if not completion.choices:

@@ -32,7 +32,7 @@ def _model(first: str, second: str, judge: str | None):  # type: ignore[no-untyp
             assert judge is not None, "no judge expected"
             judged.append(req.messages[0].content)
             return judge
-        return first if req.model == "gpt-5-mini" else second
+        return first if req.model == "gpt-5.4-mini" else second
 
     return respond, judged
 
@@ -51,7 +51,7 @@ def test_two_auditors_from_two_providers_agree(local_settings, demo_repo: Path) 
     assert v["state"] == "DONE_SUCCESS"
     audit = phase(v, "stats")["attempt_details"][0]["audit"]
     assert audit["mode"] == "dual" and audit["agree"] and audit["approved"] and audit["judge"] is None
-    assert [(r["model"], r["provider"]) for r in audit["verdicts"]] == [("gpt-5-mini", "openai"), ("claude-haiku-4-5", "anthropic")]
+    assert [(r["model"], r["provider"]) for r in audit["verdicts"]] == [("gpt-5.4-mini", "openai"), ("claude-haiku-4-5", "anthropic")]
     assert judged == []
 
 
@@ -62,7 +62,7 @@ def test_a_disagreement_goes_to_the_judge(local_settings, demo_repo: Path) -> No
     assert not audit["agree"] and audit["approved"] is True
     assert audit["judge"] == {"model": "claude-sonnet-4-6", "verdict": "approve", "reasoning": "The issue is covered by the tests."}
     assert [r["verdict"] for r in audit["verdicts"]] == ["approve", "reject"]
-    assert len(judged) == 1 and "no input validation" in judged[0] and "gpt-5-mini (openai)" in judged[0]
+    assert len(judged) == 1 and "no input validation" in judged[0] and "gpt-5.4-mini (openai)" in judged[0]
 
 
 def test_a_judge_rejection_fails_the_attempt(local_settings, demo_repo: Path) -> None:

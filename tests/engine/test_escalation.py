@@ -78,7 +78,7 @@ def test_model_from_chain(same: int, per: int, model: str) -> None:
 
 def test_repeated_failures_of_one_kind_move_along_the_levels_chain(local_settings, demo_repo: Path) -> None:
     """A phase already at `high` cannot move up a level: two test failures in a row send its third
-    attempt to the next model of the high chain (gpt-5); the Auditor's chain works the same way on
+    attempt to the next model of the high chain (gpt-5.4); the Auditor's chain works the same way on
     answers that are no verdict."""
     good = demo_model()
     builders: list[str] = []
@@ -87,7 +87,7 @@ def test_repeated_failures_of_one_kind_move_along_the_levels_chain(local_setting
     def respond(req):  # type: ignore[no-untyped-def]
         if req.system.startswith("You are the Builder"):
             builders.append(req.model)
-            return good.__globals__["STATS" if req.model == "gpt-5" else "STATS_WRONG"]
+            return good.__globals__["STATS" if req.model == "gpt-5.4" else "STATS_WRONG"]
         if req.system.startswith("You are the Auditor"):
             auditors.append(req.model)
         if req.system.startswith("You are the Doctor"):
@@ -106,10 +106,10 @@ def test_repeated_failures_of_one_kind_move_along_the_levels_chain(local_setting
     drive(services, ("start_run", run_id))
     v = view(services, run_id)
     assert v["state"] == "DONE_SUCCESS", v["failure_reason"]
-    assert builders == ["claude-sonnet-4-6", "claude-sonnet-4-6", "gpt-5"]
+    assert builders == ["claude-sonnet-4-6", "claude-sonnet-4-6", "gpt-5.4"]
     third = phase(v, "stats")["attempt_details"][2]
-    assert third["routing"]["wanted"] == "gpt-5" and "2 consecutive test_failure failures at high" in third["routing"]["why"]
-    assert auditors == ["gpt-5"]  # the high auditor; only the passing attempt is audited
+    assert third["routing"]["wanted"] == "gpt-5.4" and "2 consecutive test_failure failures at high" in third["routing"]["why"]
+    assert auditors == ["gpt-5.4"]  # the high auditor; only the passing attempt is audited
 
 
 def test_the_auditor_moves_along_its_chain_after_unusable_answers(local_settings, demo_repo: Path) -> None:
@@ -121,7 +121,7 @@ def test_the_auditor_moves_along_its_chain_after_unusable_answers(local_settings
             return good.__globals__["STATS"]
         if req.system.startswith("You are the Auditor"):
             auditors.append(req.model)
-            return good(req) if req.model == "gpt-5" else "Looks fine to me."
+            return good(req) if req.model == "gpt-5.4" else "Looks fine to me."
         if req.system.startswith("You are the Doctor"):
             return '{"action": "retry_with_fix", "hint": "same again", "confidence": 0.9, "reason": "the auditor was unsure"}'
         return good(req)
@@ -138,7 +138,7 @@ def test_the_auditor_moves_along_its_chain_after_unusable_answers(local_settings
     drive(services, ("start_run", run_id))
     v = view(services, run_id)
     assert v["state"] == "DONE_SUCCESS", v["failure_reason"]
-    assert auditors == ["gpt-5-mini", "gpt-5-mini", "gpt-5"]
+    assert auditors == ["gpt-5.4-mini", "gpt-5.4-mini", "gpt-5.4"]
     details = phase(v, "stats")["attempt_details"]
     assert [d["audit"]["verdict"] for d in details] == ["invalid", "invalid", "approve"]
     assert details[0]["classification"] == "auditor_rejection"

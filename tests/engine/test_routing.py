@@ -47,12 +47,12 @@ def test_a_provider_near_its_hourly_token_quota_is_skipped(local_settings, demo_
     v = view(services, run_id)
     assert v["state"] == "DONE_SUCCESS", v["failure_reason"]
     attempt = phase(v, "stats")["attempt_details"][0]
-    assert attempt["model"] == "gpt-5-mini"
+    assert attempt["model"] == "gpt-5.4-mini"
     routing = attempt["routing"]
-    assert routing["wanted"] == "claude-haiku-4-5" and routing["model"] == "gpt-5-mini" and routing["level"] == "low"
+    assert routing["wanted"] == "claude-haiku-4-5" and routing["model"] == "gpt-5.4-mini" and routing["level"] == "low"
     assert routing["skipped"] == [{"model": "claude-haiku-4-5",
                                    "reason": "provider anthropic is near its quota (tokens per hour: 3700000 of 4000000)"}]
-    assert [c.model for c in client.calls if c.system.startswith("You are the Builder")] == ["gpt-5-mini"]
+    assert [c.model for c in client.calls if c.system.startswith("You are the Builder")] == ["gpt-5.4-mini"]
 
 
 def test_usage_outside_the_window_does_not_count(local_settings, demo_repo: Path) -> None:
@@ -95,8 +95,8 @@ def test_requests_per_day_and_recent_outages(local_settings, demo_repo: Path) ->
         assert st.usage["day"].requests == 1 and st.usage["hour"].tokens == 10
         assert st.down_until is not None and st.down_until > now and "529" in st.down_reason
         routed = choose_model(s, cfg.models, cfg.strategy.run.routing, role="builder", complexity="low", category="feature",
-                              high_risk=False, chain=["claude-haiku-4-5", "gpt-5-mini"])
-        assert routed.model == "gpt-5-mini" and "is down until" in routed.skipped[0][1]
+                              high_risk=False, chain=["claude-haiku-4-5", "gpt-5.4-mini"])
+        assert routed.model == "gpt-5.4-mini" and "is down until" in routed.skipped[0][1]
         # A cooldown of 0 ignores outages.
         assert provider_state(s, cfg.models, "anthropic", now, 0).down_until is None
         # When every provider of a normal chain is only recently out, the chain is tried again.
@@ -104,7 +104,7 @@ def test_requests_per_day_and_recent_outages(local_settings, demo_repo: Path) ->
                              high_risk=False, chain=["claude-haiku-4-5", "claude-sonnet-4-6"])
         assert again.model == "claude-haiku-4-5"
         high = choose_model(s, cfg.models, cfg.strategy.run.routing, role="builder", complexity="low", category="x",
-                            high_risk=True, chain=["claude-haiku-4-5", "gpt-5-mini"])
+                            high_risk=True, chain=["claude-haiku-4-5", "gpt-5.4-mini"])
         assert high.model is None and "is down until" in high.skipped[0][1]
 
 
@@ -116,16 +116,16 @@ def test_normal_category_falls_back_along_the_chain_after_a_backoff(local_settin
     v = view(services, run_id)
     assert v["state"] == "DONE_SUCCESS"
     attempt = phase(v, "stats")["attempt_details"][0]
-    assert attempt["model"] == "gpt-5-mini" and phase(v, "stats")["attempts"] == 1
+    assert attempt["model"] == "gpt-5.4-mini" and phase(v, "stats")["attempts"] == 1
     with session_scope(local_settings.db_url) as s:
         calls = [(c.model, c.error is None) for c in s.scalars(select(ModelCall).where(ModelCall.role == "builder").order_by(ModelCall.id))]
         events = [e for e in list_events(s, run_id) if e["type"] == "model.fallback"]
-    assert calls == [("claude-haiku-4-5", False), ("gpt-5-mini", True)]
-    assert [(e["payload"]["from_model"], e["payload"]["to_model"]) for e in events] == [("claude-haiku-4-5", "gpt-5-mini")]
+    assert calls == [("claude-haiku-4-5", False), ("gpt-5.4-mini", True)]
+    assert [(e["payload"]["from_model"], e["payload"]["to_model"]) for e in events] == [("claude-haiku-4-5", "gpt-5.4-mini")]
     assert "529" in events[0]["payload"]["reason"]
     base = services.config.strategy.run.routing.backoff_base_s
     assert base / 2 <= events[0]["payload"]["backoff_s"] <= base  # the first backoff: within [base/2, base]
-    assert attempt["routing"]["fallbacks"] == ["gpt-5-mini"] and attempt["routing"]["model"] == "gpt-5-mini"
+    assert attempt["routing"]["fallbacks"] == ["gpt-5.4-mini"] and attempt["routing"]["model"] == "gpt-5.4-mini"
 
 
 def test_high_risk_phase_stops_instead_of_downgrading(local_settings, demo_repo: Path) -> None:
@@ -145,18 +145,18 @@ def test_a_single_audit_moves_past_a_provider_near_its_quota(local_settings, dem
     services, client = make_services(local_settings, stats_model)
     register(local_settings, demo_repo)
     run_id = submit(services, stats_plan("feature"))
-    _usage(local_settings.db_url, run_id, "openai", 3_800_000)  # the auditor's provider (gpt-5-mini)
+    _usage(local_settings.db_url, run_id, "openai", 3_800_000)  # the auditor's provider (gpt-5.4-mini)
     drive(services, ("start_run", run_id))
     v = view(services, run_id)
     assert v["state"] == "DONE_SUCCESS", v["failure_reason"]
     audit = phase(v, "stats")["attempt_details"][0]["audit"]
-    assert audit["model"] == "claude-haiku-4-5" and audit["skipped"][0]["model"] == "gpt-5-mini"
+    assert audit["model"] == "claude-haiku-4-5" and audit["skipped"][0]["model"] == "gpt-5.4-mini"
     assert "near its quota" in audit["skipped"][0]["reason"]
     assert [c.model for c in client.calls if c.system.startswith("You are the Auditor")] == ["claude-haiku-4-5"]
 
 
 def test_an_auditor_outage_falls_back_and_a_total_one_uses_no_attempt(local_settings, demo_repo: Path) -> None:
-    down = {"gpt-5-mini", "claude-haiku-4-5", "claude-sonnet-4-6"}  # every auditor model, for the first review
+    down = {"gpt-5.4-mini", "claude-haiku-4-5", "claude-sonnet-4-6"}  # every auditor model, for the first review
 
     def respond(req):  # type: ignore[no-untyped-def]
         if req.system.startswith("You are the Auditor") and req.model in down:
@@ -185,7 +185,7 @@ def test_an_auditor_outage_falls_back_and_a_total_one_uses_no_attempt(local_sett
     assert second["commit"] == first["commit"] and second["test_summary"] == first["test_summary"]
     assert second["gate"] == first["gate"] and second["gate"]["passed"] is True
     assert second["tokens"] < first["tokens"]  # the second review only: no Builder tokens
-    assert second["audit"]["verdict"] == "approve" and second["audit"]["model"] == "gpt-5-mini"
+    assert second["audit"]["verdict"] == "approve" and second["audit"]["model"] == "gpt-5.4-mini"
     assert second["decision"] == "complete"
     builder_calls = [c for c in client.calls if c.system.startswith("You are the Builder")]
     assert len(builder_calls) == 1
@@ -271,7 +271,7 @@ def test_outages_are_timed_by_the_database_clock_whatever_the_workers_clocks(loc
              "cfg = load_config(Settings().config_dir)\nrouting = cfg.strategy.run.routing.model_copy(update={'outage_cooldown_s': %s})\n"
              "with session_scope(url) as s:\n"
              "    print(choose_model(s, cfg.models, routing, role='builder', complexity='low', category='feature',\n"
-             "                       high_risk=False, chain=['claude-haiku-4-5', 'gpt-5-mini']).model)\n")
-    assert as_worker_with_clock("-10 minutes", pg_url, route % 60) == "gpt-5-mini"  # inside its cooldown
+             "                       high_risk=False, chain=['claude-haiku-4-5', 'gpt-5.4-mini']).model)\n")
+    assert as_worker_with_clock("-10 minutes", pg_url, route % 60) == "gpt-5.4-mini"  # inside its cooldown
     time.sleep(1.5)
     assert as_worker_with_clock("-10 minutes", pg_url, route % 1) == "claude-haiku-4-5"  # past it

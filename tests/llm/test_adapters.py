@@ -321,6 +321,18 @@ def test_openai_request_shape(fake: FakeProvider) -> None:
     assert seen.body["temperature"] == 0.25
 
 
+def test_openai_reasoning_model_gets_its_effort_and_no_temperature(fake: FakeProvider) -> None:
+    client = OpenAIClient(KEY, base_url=fake.openai_base_url, max_retries=0, reasoning_effort="none", send_temperature=False)
+
+    client.complete(_request(temperature=0.0))
+    _openai(fake).complete(_request(temperature=0.0))  # a model configured without either
+
+    reasoning, plain = fake.requests
+    assert reasoning.body["reasoning_effort"] == "none" and "temperature" not in reasoning.body
+    assert reasoning.body["max_completion_tokens"] == 321
+    assert "reasoning_effort" not in plain.body and plain.body["temperature"] == 0.0
+
+
 def test_openai_compatible_uses_max_tokens_and_its_provider_name(fake: FakeProvider) -> None:
     client = OpenAIClient(KEY, base_url=fake.openai_base_url, max_retries=0, provider="openai_compatible")
 

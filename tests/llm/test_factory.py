@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
-import pytest
+from pathlib import Path
 
+import pytest
+import yaml
+
+from autopack.config import load_config
+from autopack.engine.services import make_client_provider
 from autopack.errors import ConfigError
 from autopack.llm.anthropic_client import AnthropicClient
 from autopack.llm.base import LLMRequest, Message
 from autopack.llm.factory import make_client
 from autopack.llm.openai_client import OpenAIClient
+from autopack.settings import Settings
 from tests.llm.fake_provider import FakeProvider
 
 SECRET = "sk-from-env-SECRET-99887766"
+CONFIG = Path(__file__).resolve().parents[2] / "config"
 
 
 def _req() -> LLMRequest:
@@ -50,6 +57,51 @@ def test_openai_entry_uses_max_completion_tokens(fake: FakeProvider) -> None:
     client.complete(_req())
     assert fake.requests[0].body["max_completion_tokens"] == 50
     assert fake.requests[0].headers["authorization"] == f"Bearer {SECRET}"
+
+
+def test_the_shipped_openai_models_reach_the_wire_with_their_own_settings(
+    fake: FakeProvider, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The shipped models.yaml, through the engine's client provider: the GPT-5 family is asked for
+    no reasoning and sent no temperature (it refuses any but its default), Claude gets neither."""
+    for name in ("models.yaml", "pricing.yaml", "strategy.yaml"):
+        (tmp_path / name).write_text((CONFIG / name).read_text())
+    models = yaml.safe_load((CONFIG / "models.yaml").read_text())
+    models["providers"]["openai"]["base_url"] = fake.openai_base_url
+    models["providers"]["anthropic"]["base_url"] = fake.anthropic_base_url
+    (tmp_path / "models.yaml").write_text(yaml.safe_dump(models))
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", SECRET)
+    config = load_config(tmp_path)
+    provider = make_client_provider(Settings(state_dir=tmp_path / "state", config_dir=tmp_path), config)
+
+    auditors = config.models.roles["auditor"]
+    openai_models = sorted({m for m in (auditors.low, auditors.medium, auditors.high) if config.models.provider_of(m) == "openai"})
+    assert openai_models, "the shipped auditor uses OpenAI models"
+    for model in openai_models:
+        provider(model).complete(LLMRequest(model=model, system="s", messages=[Message(role="user", content="hi")], max_tokens=50))
+    provider("claude-haiku-4-5").complete(LLMRequest(model="claude-haiku-4-5", system="s",
+                                                     messages=[Message(role="user", content="hi")], max_tokens=50))
+
+    *sent, claude = fake.requests
+    assert [r.body["model"] for r in sent] == openai_models
+    for r in sent:
+        assert r.body["reasoning_effort"] == "none" and "temperature" not in r.body
+    assert claude.path == "/v1/messages" and "temperature" not in claude.body and "reasoning_effort" not in claude.body
+
+
+def test_reasoning_effort_on_an_anthropic_model_is_a_config_error(tmp_path: Path) -> None:
+    for name in ("models.yaml", "pricing.yaml", "strategy.yaml"):
+        (tmp_path / name).write_text((CONFIG / name).read_text())
+    models = yaml.safe_load((CONFIG / "models.yaml").read_text())
+    models["models"]["claude-haiku-4-5"]["reasoning_effort"] = "low"
+    (tmp_path / "models.yaml").write_text(yaml.safe_dump(models))
+    with pytest.raises(ConfigError, match="claude-haiku-4-5.*OpenAI-kind"):
+        load_config(tmp_path)
+    models["models"]["claude-haiku-4-5"] = {"provider": "anthropic", "reasoning_effort": "loads"}
+    (tmp_path / "models.yaml").write_text(yaml.safe_dump(models))
+    with pytest.raises(ConfigError, match="reasoning_effort"):
+        load_config(tmp_path)
 
 
 def test_openai_compatible_entry_without_a_key(fake: FakeProvider) -> None:
