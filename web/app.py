@@ -19,6 +19,7 @@ from autopack.db.session import session_scope
 from autopack.engine import runs as runsvc
 from autopack.engine.external import submit_builder_result
 from autopack.engine.leases import add_steps
+from autopack.engine.store import StaleState
 from autopack.errors import Conflict, InvalidRequest, NotFound, PlanError
 from autopack.plan import check_rel_glob, parse_plan
 from autopack.settings import Settings, get_settings
@@ -141,6 +142,11 @@ def create_app(
     @app.errorhandler(Conflict)
     def _409(exc: Conflict):  # type: ignore[no-untyped-def]
         return _error(409, "conflict", str(exc))
+
+    @app.errorhandler(StaleState)
+    def _409_stale(exc: StaleState):  # type: ignore[no-untyped-def]
+        # A row a request meant to change was changed by a worker at that moment: asking again works.
+        return _error(409, "conflict", f"{exc}; try again")
 
     @app.errorhandler(InvalidRequest)
     def _422_request(exc: InvalidRequest):  # type: ignore[no-untyped-def]

@@ -113,8 +113,13 @@ def claim(db_url: str, step_id: int, owner: str, ttl_s: float) -> Claim | None:
 
 
 def guard(session: Session, step_id: int, token: int) -> None:
-    """Raise ``StaleLease`` unless ``token`` is still the step's fence and the step is open."""
-    fence = session.scalar(select(StepRow.fence).where(StepRow.id == step_id, StepRow.done_at.is_(None)))
+    """Raise ``StaleLease`` unless ``token`` is still the step's fence and the step is open.
+
+    The step's row is share-locked until the caller's transaction ends (PostgreSQL; SQLite's write
+    transactions are serial already): a claim by another worker waits for this transaction and
+    then sees its writes, so a guarded transaction cannot commit after its step was taken over."""
+    fence = session.scalar(select(StepRow.fence).where(StepRow.id == step_id, StepRow.done_at.is_(None))
+                           .with_for_update(read=True))
     if fence != token:
         raise StaleLease(f"step {step_id}: fence {token} is stale (now {fence})")
 

@@ -22,7 +22,7 @@ from autopack.engine.ledger import charge_orphans
 from autopack.engine.services import Services
 from autopack.logs import bind
 from autopack.engine.steps import STEPS, _end_run
-from autopack.engine.store import emit, transition
+from autopack.engine.store import StaleState, emit, transition
 from autopack.states import PHASE_TERMINAL, PhaseState, RunState, TierState, is_terminal_run
 
 log = logging.getLogger("autopack.runner")
@@ -54,9 +54,27 @@ def execute_step(services: Services, step_id: int, owner: str | None = None) -> 
     got = claim(services.db_url, step_id, owner or worker_id(), settings.lease_ttl_s)
     if got is None:
         return [], None  # done, or another worker holds a live lease
-    if got.deliveries > settings.max_deliveries:
-        return give_up(services, got), got.run_id
-    return _run_claimed(services, got), got.run_id
+    try:
+        if got.deliveries > settings.max_deliveries:
+            return give_up(services, got), got.run_id
+        return _run_claimed(services, got), got.run_id
+    except StaleLease as exc:  # giving up lost the step to another worker: its result stands
+        log.warning("step %s (%s %s): %s; this worker's result is discarded", step_id, got.name, got.arg, exc)
+        return [], None
+    except Exception as exc:
+        # The task shell ends the run for an error no retry cures (:func:`fail_step_row`), but only
+        # while this claim still holds the step: it needs the claim's fence to tell.
+        setattr(exc, CLAIM_ATTR, (got.step_id, got.token))
+        raise
+
+
+CLAIM_ATTR = "autopack_claim"
+
+
+def claim_of(exc: BaseException) -> tuple[int, int] | None:
+    """The (step id, fence) of the claim under which ``exc`` was raised, if it was."""
+    found = getattr(exc, CLAIM_ATTR, None)
+    return found if isinstance(found, tuple) else None
 
 
 def _run_claimed(services: Services, got: Claim) -> list[tuple[int, str]]:
@@ -79,6 +97,16 @@ def _run_claimed(services: Services, got: Claim) -> list[tuple[int, str]]:
     except StaleLease as exc:
         log.warning("step %s (%s %s): %s; this worker's result is discarded", step_id, got.name, got.arg, exc)
         return []
+    except StaleState as exc:
+        # A compare-and-set lost to another writer. If that was the step's new holder (this worker
+        # was paused past its lease), this worker's result is discarded as for a stale lease.
+        with session_scope(services.db_url) as s:
+            fence = s.scalar(select(StepRow.fence).where(StepRow.id == step_id, StepRow.done_at.is_(None)))
+        if fence != got.token:
+            log.warning("step %s (%s %s): %s, and the step was taken over; this worker's result is discarded",
+                        step_id, got.name, got.arg, exc)
+            return []
+        raise
     crash_point("after_db_commit")
     return ctx.new_steps
 
@@ -137,10 +165,25 @@ def is_infrastructure_error(exc: BaseException) -> bool:
 
 def fail_step_row(services: Services, step_id: int, exc: BaseException) -> str | None:
     """A step raised an error no retry cures: end its run with the reason instead of stranding it.
-    Returns the step's run (``None`` for an unknown step), whose events the caller dispatches."""
+    Returns the step's run (``None`` for an unknown step, or one this worker no longer holds), whose
+    events the caller dispatches.
+
+    Only the step's holder does this. An error raised under a claim (:func:`claim_of`) counts only
+    while that claim's fence is still the step's: a worker paused past its lease that fails when it
+    comes back leaves the step, and the run, to the worker that took them over. An error raised
+    before any claim counts only while no live lease is on the step."""
+    claimed = claim_of(exc)
     with session_scope(services.db_url) as s:
-        row = s.get(StepRow, step_id)
+        row = s.get(StepRow, step_id, with_for_update={"key_share": True})
         if row is None:
+            return None
+        if claimed is not None and claimed[0] == step_id:
+            if row.fence != claimed[1] or row.done_at is not None:
+                log.warning("step %s failed (%s: %s) after another worker took it over; its holder decides",
+                            step_id, type(exc).__name__, exc)
+                return None
+        elif row.done_at is None and row.lease_expires_at is not None and as_utc(row.lease_expires_at) > db_now(s):
+            log.warning("step %s failed (%s: %s) outside its live lease; its holder decides", step_id, type(exc).__name__, exc)
             return None
         run = s.get(Run, row.run_id)
         if run is not None and not is_terminal_run(run.state):

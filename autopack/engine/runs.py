@@ -127,7 +127,14 @@ def create_run(session: Session, plan: Plan, config: AppConfig, *, idempotency_k
 
 
 def cancel_run(session: Session, run_id: str) -> Run:
-    run = get_run(session, run_id)
+    """Cancel a run that has not ended (``Conflict`` if it has).
+
+    The run's row is locked first and read again: a worker moving the run at that moment (QUEUED to
+    PLANNING, or to its end) commits before the cancel reads it, instead of the cancel's compare-and-
+    set finding the row changed under it."""
+    run = session.get(Run, run_id, with_for_update={"key_share": True}, populate_existing=True)
+    if run is None:
+        raise NotFound(f"run {run_id!r} not found")
     if is_terminal_run(run.state):
         raise Conflict(f"run {run_id} already finished ({run.state})")
     from autopack.db.models import utcnow

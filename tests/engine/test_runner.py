@@ -12,11 +12,12 @@ from sqlalchemy import select, update
 
 from autopack.db.models import Attempt, BudgetReservation, Event, Phase, Run, StepRow, Tier
 from autopack.db.session import session_scope
-from autopack.engine.leases import CURRENT_STEP, StaleLease, claim, now_utc
+from autopack.engine.leases import CURRENT_STEP, StaleLease, StepContext, claim, now_utc
 from autopack.engine.ledger import reserve
-from autopack.engine.runner import create_step, execute, fail_step_row, is_infrastructure_error, reconcile
+from autopack.engine.runner import CLAIM_ATTR, claim_of, create_step, execute, fail_step_row, is_infrastructure_error, reconcile
 from autopack.engine.services import Services
 from autopack.engine.steps import STEPS
+from autopack.engine.store import StaleState
 from autopack.errors import RetryableError
 from autopack.settings import Settings
 from autopack.workspace import worktree as wt
@@ -548,10 +549,16 @@ def test_give_up_with_a_stale_claim_writes_nothing(services: Services) -> None:
 # ------------------------------------------------------------------------------------------------ fail_step_row
 
 
+def _raised_by_holder(services: Services, sid: int, exc: BaseException) -> BaseException:
+    """``exc`` as execute_step re-raises it: marked with the claim (the step's current fence)."""
+    setattr(exc, CLAIM_ATTR, (sid, _row(services, sid).fence))
+    return exc
+
+
 def test_fail_step_row_ends_the_run_with_the_reason_and_closes_the_step(services: Services) -> None:
     run_id = _new_run(services, "RUNNING")
     sid = _step(services, run_id, "build", 5, lease="live")
-    fail_step_row(services, sid, ValueError("boom"))
+    fail_step_row(services, sid, _raised_by_holder(services, sid, ValueError("boom")))
     run = _run(services, run_id)
     reason = "step build(5) failed: ValueError: boom"
     assert (run.state, run.failure_reason) == ("DONE_FAILED_INFRASTRUCTURE", reason) and run.finished_at is not None
@@ -573,7 +580,7 @@ def test_fail_step_row_leaves_a_finished_run_and_a_done_step_as_they_are(service
     run_id = _new_run(services, "CANCELLED")
     open_sid = _step(services, run_id, "build", 1, lease="live")
     events = len(_events(services, run_id))
-    fail_step_row(services, open_sid, ValueError("late"))
+    fail_step_row(services, open_sid, _raised_by_holder(services, open_sid, ValueError("late")))
     run = _run(services, run_id)
     assert (run.state, run.failure_reason) == ("CANCELLED", None) and len(_events(services, run_id)) == events
     assert _row(services, open_sid).outcome == "error"
@@ -586,6 +593,56 @@ def test_fail_step_row_leaves_a_finished_run_and_a_done_step_as_they_are(service
     assert _run(services, running).state == "DONE_FAILED_INFRASTRUCTURE"
 
     fail_step_row(services, 987654, ValueError("no such step"))  # nothing to do, no error
+
+
+def test_a_stale_workers_error_leaves_the_run_and_the_step_to_the_worker_that_took_it_over(services: Services) -> None:
+    """Worker A was paused past its lease and B re-claimed the step. A's error when it comes back
+    (a lost compare-and-set, a soft time limit, the worktree B is using) must not end the run or
+    close B's step: ``fail_step_row`` acts only for the step's holder."""
+    run_id = _new_run(services, "RUNNING")
+    sid = _step(services, run_id, "probe", 1)
+    a = claim(services.db_url, sid, "A", ttl_s=-1)  # A's lease already ran out
+    b = claim(services.db_url, sid, "B", ttl_s=60)
+    assert a is not None and b is not None and b.token == a.token + 1
+    late = ValueError("A's late error")
+    setattr(late, CLAIM_ATTR, (sid, a.token))
+    for exc in (late, ValueError("raised outside any claim")):  # B's lease is live either way
+        assert fail_step_row(services, sid, exc) is None
+        row = _row(services, sid)
+        assert (row.fence, row.done_at, row.lease_owner) == (b.token, None, "B")
+        assert _run(services, run_id).state == "RUNNING"
+    held = ValueError("B's own error")
+    setattr(held, CLAIM_ATTR, (sid, b.token))
+    assert fail_step_row(services, sid, held) == run_id
+    assert _run(services, run_id).state == "DONE_FAILED_INFRASTRUCTURE" and _row(services, sid).outcome == "error"
+
+
+def test_execute_marks_an_error_with_its_claim_and_discards_a_lost_cas_after_a_takeover(services: Services) -> None:
+    """What a step raises leaves execute() carrying the claim's fence; a compare-and-set lost after
+    another worker took the step over is discarded like a stale lease, not raised."""
+    run_id = _new_run(services, "RUNNING")
+    sid = _step(services, run_id, "build", 5)
+
+    def boom(_services: Services, _arg: object, _ctx: StepContext) -> None:
+        raise ValueError("the step's own error")
+
+    def taken_over(_services: Services, _arg: object, ctx: StepContext) -> None:
+        with session_scope(services.db_url) as s:  # another worker claims the step meanwhile
+            s.execute(update(StepRow).where(StepRow.id == ctx.step_id).values(fence=StepRow.fence + 1))
+        raise StaleState("phase 5 is no longer QUEUED")
+
+    original = STEPS["build"]
+    try:
+        STEPS["build"] = boom
+        with pytest.raises(ValueError) as raised:
+            execute(services, sid)
+        assert claim_of(raised.value) == (sid, _row(services, sid).fence)
+        sid2 = _step(services, run_id, "build", 6)
+        STEPS["build"] = taken_over
+        assert execute(services, sid2) == []
+        assert _row(services, sid2).done_at is None and _run(services, run_id).state == "RUNNING"
+    finally:
+        STEPS["build"] = original
 
 
 # ------------------------------------------------------------------------------------------------ is_infrastructure_error
