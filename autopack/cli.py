@@ -247,6 +247,10 @@ def through_outages(fn: Callable[..., Any], *args: Any, outage_s: float, retry_s
         return got
 
 
+# How long ``follow`` waits for a finished run's last events (those its end's handlers write).
+END_EVENTS_WAIT_S = 30.0
+
+
 def follow(client: Any, run_id: str, *, show: bool = True, timeout: float | None = None, outage_s: float = 300.0,
            retry_s: float = 2.0) -> dict[str, Any]:
     """Print the run's events as they come and return the final run view.
@@ -270,6 +274,7 @@ def follow(client: Any, run_id: str, *, show: bool = True, timeout: float | None
             raise
 
     after = 0
+    settle_until: float | None = None
     while True:
         for ev in ask(client.events, run_id, after)["events"]:
             if show:
@@ -277,7 +282,11 @@ def follow(client: Any, run_id: str, *, show: bool = True, timeout: float | None
             after = ev["seq"]
         run = ask(client.run, run_id)
         if run["state"].startswith(TERMINAL_PREFIXES) and not ask(client.events, run_id, after)["events"]:
-            return dict(run)
+            # The run's end handlers (events queue) may still add its last events (flaky tests,
+            # retired rules): wait for them a while, not for ever (the events queue may be down).
+            settle_until = settle_until or time.monotonic() + END_EVENTS_WAIT_S
+            if not run.get("events_pending") or time.monotonic() >= settle_until:
+                return dict(run)
         if deadline is not None and time.monotonic() > deadline:
             raise WaitTimeout(f"run {run_id} is still {run['state']} after {timeout:g}s")
         time.sleep(0.2)

@@ -74,6 +74,10 @@ class Settings(BaseSettings):
     cleanup_interval_s: float = 600.0
     # Flakiness (beat): known-flaky test records are aged (cleared, forgotten) this often.
     flakiness_interval_s: float = 3600.0
+    # An event stream of a finished run ends once the run's last events are written: those its
+    # end's handlers add (flaky tests, retired rules) come from the events queue; if that is down,
+    # the stream ends after this many seconds anyway.
+    stream_end_wait_s: float = 30.0
 
     @field_validator("api_token", mode="before")
     @classmethod

@@ -10,6 +10,7 @@ import threading
 import time
 from datetime import timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from sqlalchemy import select, update
@@ -20,6 +21,7 @@ from autopack.db.models import Event, Run, StepRow
 from autopack.db.session import session_scope
 from autopack.engine.leases import claim, now_utc
 from autopack.engine.runner import create_step
+from autopack.events.dispatch import dispatch_pending
 from autopack.procs import free_port
 from autopack.settings import ROOT, Settings
 from tasks.app import app
@@ -326,6 +328,7 @@ def test_run_wait_outlasts_a_restart_of_the_web_process_and_honours_its_timeout(
     with session_scope(state.db_url) as s:
         s.execute(update(Run).where(Run.id == run_id).values(state="DONE_SUCCESS"))
         emit(s, run_id, "run.finished", state="DONE_SUCCESS")
+    dispatch_pending(SimpleNamespace(db_url=state.db_url), run_id)  # what the events queue does
     time.sleep(2.5)
     _, stop = _serve(state, port)
     try:
@@ -336,6 +339,47 @@ def test_run_wait_outlasts_a_restart_of_the_web_process_and_honours_its_timeout(
     out, err = capsys.readouterr()
     assert f"run {run_id} (demo): DONE_SUCCESS" in out and "run.finished" in out
     assert f"cannot reach the API at {api}: " in err and "trying again for up to 300s" in err and "the API answers again" in err
+
+
+def test_run_wait_prints_the_events_a_finished_runs_end_handlers_write(state: Settings, demo_repo: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """The handlers of run.finished (events queue) write the run's last events (flaky tests,
+    retired rules) after it ended: `autopack run --wait` waits for them instead of returning first."""
+    from autopack.engine.store import emit
+    from autopack.events.dispatch import Handler
+
+    assert main(["project", "add", "demo", str(demo_repo)]) == 0
+    port, stop = _serve(state)
+    api = f"http://127.0.0.1:{port}"
+    result: list[int] = []
+    try:
+        waiter = threading.Thread(target=lambda: result.append(main(["run", str(ROOT / "examples" / "demo" / "plan.yaml"),
+                                                                     "--api", api, "--wait"])))
+        waiter.start()
+        deadline = time.monotonic() + 20
+        run_id = None
+        while run_id is None and time.monotonic() < deadline:
+            with session_scope(state.db_url) as s:
+                run_id = s.scalar(select(Run.id))
+            time.sleep(0.05)
+        assert run_id is not None
+        with session_scope(state.db_url) as s:
+            s.execute(update(Run).where(Run.id == run_id).values(state="DONE_SUCCESS"))
+            emit(s, run_id, "run.finished", state="DONE_SUCCESS")
+        time.sleep(1.0)  # the CLI has seen the run finished, its end not yet handled
+        assert waiter.is_alive()
+
+        def quarantine(session, _services, event):  # type: ignore[no-untyped-def]
+            emit(session, event["run_id"], "flaky.quarantined", test="tests/test_x.py::test_a", reason="flaked in 2 runs")
+
+        dispatch_pending(SimpleNamespace(db_url=state.db_url), run_id,
+                         handlers=[Handler("late", frozenset({"run.finished"}), quarantine)])
+        waiter.join(timeout=30)
+    finally:
+        stop()
+    assert result == [0]
+    out = capsys.readouterr().out
+    assert out.index("run.finished") < out.index("flaky.quarantined") < out.index(f"run {run_id} (demo): DONE_SUCCESS")
 
 
 def test_run_submits_once_through_a_gateway_that_lost_the_answer_and_an_api_not_up_yet(state: Settings, demo_repo: Path,

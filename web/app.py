@@ -20,6 +20,7 @@ from autopack.engine import runs as runsvc
 from autopack.engine.external import submit_builder_result
 from autopack.engine.leases import add_steps
 from autopack.engine.store import StaleState
+from autopack.events.dispatch import HANDLERS
 from autopack.errors import Conflict, InvalidRequest, NotFound, PlanError
 from autopack.plan import check_rel_glob, parse_plan
 from autopack.settings import Settings, get_settings
@@ -80,6 +81,11 @@ def _error(status: int, kind: str, message: str, field: str | None = None) -> tu
     if field is not None:
         body["field"] = field
     return jsonify(body), status
+
+
+def end_event_types() -> frozenset[str]:
+    """The event types whose handlers may still write a run's events after it ended."""
+    return frozenset(t for h in HANDLERS for t in h.types)
 
 
 def create_app(
@@ -279,7 +285,10 @@ def create_app(
     @app.get("/runs/<run_id>")
     def get_run(run_id: str):  # type: ignore[no-untyped-def]
         with session_scope(db) as s:
-            return jsonify(runsvc.run_view(s, runsvc.get_run(s, run_id)))
+            view = runsvc.run_view(s, runsvc.get_run(s, run_id))
+            # A finished run's end handlers (events queue) may still add its last events.
+            view["events_pending"] = is_terminal_run(view["state"]) and runsvc.has_undispatched(s, run_id, end_event_types())
+            return jsonify(view)
 
     @app.post("/runs/<run_id>/cancel")
     def cancel(run_id: str):  # type: ignore[no-untyped-def]
@@ -313,29 +322,38 @@ def create_app(
         """Server-sent events: the run's events from ``after`` (or Last-Event-ID) on, following a
         live run until it ends."""
         header = (request.headers.get("Last-Event-ID") or "").strip()
-        resume = 0
+        after = _num_arg("after", 0, 0, 10**9)
         if header:  # what this stream sent as an event's id: a sequence number
             if not (header.isascii() and header.isdigit() and int(header) <= 10**9):
                 raise PlanError("Last-Event-ID", "must be an event's sequence number (0 to 1000000000)")
-            resume = int(header)
-        after = _num_arg("after", resume, 0, 10**9)
+            # A reconnecting EventSource asks the URL it was opened with (``after`` included) and
+            # adds the last id it received: that id is where this connection resumes.
+            after = int(header)
         poll = _num_arg("poll", 0.5, 0.05, 10.0, float)  # seconds between looks at a live run
         with session_scope(db) as s:
             runsvc.get_run(s, run_id)
 
+        # The handlers of a run's end (run.finished, run.cancelled) write its last events (flaky
+        # tests, retired rules): the stream ends once they have run, or after stream_end_wait_s.
+        end_types = end_event_types()
+
         def generate():  # type: ignore[no-untyped-def]
             last = after
             idle = 0.0
+            ended_at: float | None = None
             while True:
                 with session_scope(db) as s:
                     evs = runsvc.list_events(s, run_id, after=last)
                     state = runsvc.get_run(s, run_id).state
+                    settling = is_terminal_run(state) and not evs and runsvc.has_undispatched(s, run_id, end_types)
                 for ev in evs:
                     last = ev["seq"]
                     yield f"id: {ev['seq']}\nevent: {ev['type']}\ndata: {json.dumps(ev)}\n\n"
                 if not evs and is_terminal_run(state):
-                    yield f"event: end\ndata: {json.dumps({'state': state})}\n\n"
-                    return
+                    ended_at = time.monotonic() if ended_at is None else ended_at
+                    if not settling or time.monotonic() - ended_at >= settings.stream_end_wait_s:
+                        yield f"event: end\ndata: {json.dumps({'state': state})}\n\n"
+                        return
                 if not evs:
                     idle += poll
                     if idle >= 15:  # keep proxies from closing an idle stream

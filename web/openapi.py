@@ -97,7 +97,7 @@ def build_openapi() -> dict[str, Any]:
                     "summary": "Server-sent events of the run, following it live until it ends (honours Last-Event-ID)",
                     "parameters": [run_id, {"name": "after", "in": "query", "schema": {"type": "integer", "default": 0}},
                                    {"name": "Last-Event-ID", "in": "header", "schema": {"type": "integer", "minimum": 0, "maximum": 10**9},
-                                    "description": "the last event's id this stream sent: resume after it (`after` wins)"},
+                                    "description": "the last event's id this stream sent: resume after it (it wins over `after`, which only sets where a first connection starts)"},
                                    {"name": "poll", "in": "query", "schema": {"type": "number", "minimum": 0.05, "maximum": 10, "default": 0.5},
                                     "description": "seconds between looks at a live run"}],
                     "responses": {"200": {"description": "text/event-stream"}, "404": ERR["404"], "422": ERR["422"]},

@@ -149,11 +149,15 @@ def rule_effect(session: Session, rule: Rule) -> dict[str, Any]:
 
 
 def retire_rules(session: Session, cfg: LearningConfig, now: datetime | None = None, project_id: int | None = None) -> list[tuple[int, str]]:
-    """Refresh the measured effect of active rules and retire those that stopped paying."""
+    """Refresh the measured effect of active rules and retire those that stopped paying.
+
+    With ``project_id``, the project's row is locked first (as :func:`promote` does): two runs of a
+    project ending together each retired, and announced, the same rules."""
     now = now or datetime.now(timezone.utc)
     retired = []
     q = select(Rule).where(Rule.status == "active")
     if project_id is not None:
+        session.execute(select(Project.id).where(Project.id == project_id).with_for_update(key_share=True))
         q = q.where(Rule.project_id == project_id)
     for rule in session.scalars(q):
         effect = rule_effect(session, rule)

@@ -6,6 +6,7 @@ import hashlib
 import json
 import time
 from pathlib import Path
+from collections.abc import Collection
 from typing import Any
 
 from sqlalchemy import func, select
@@ -250,6 +251,12 @@ def run_summary(run: Run) -> dict[str, Any]:
         "cost_usd": round(run.cost_usd, 6),
         "created_at": run.created_at.isoformat(),
     }
+
+
+def has_undispatched(session: Session, run_id: str, types: Collection[str]) -> bool:
+    """Whether an event of the run of one of ``types`` still waits for its handlers."""
+    return session.scalar(select(Event.id).where(Event.run_id == run_id, Event.dispatched.is_(False),
+                                                 Event.type.in_(list(types))).limit(1)) is not None
 
 
 def list_events(session: Session, run_id: str, after: int = 0, limit: int = 500) -> list[dict[str, Any]]:

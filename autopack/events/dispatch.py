@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from autopack import postmortem
+from autopack.db.locks import named_lock
 from autopack.db.models import Event, EventDelivery, Postmortem, Run
 from autopack.db.session import session_scope
 from autopack.engine.faults import crash_point
@@ -25,6 +26,10 @@ from autopack.engine.store import emit
 log = logging.getLogger("autopack.events")
 
 HandlerFn = Callable[[Session, Any, dict[str, Any]], None]
+
+# How long a dispatcher waits for another one preparing the same (event, handler): longer than a
+# model call normally takes, so the waiter then finds the delivery made and skips it.
+PREPARE_LOCK_WAIT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -129,6 +134,9 @@ class DispatchReport:
     # With ``defer_handled``: an event a handler subscribes to is left, with every event after it,
     # for a dispatcher on the events queue.
     deferred: bool = False
+    # Another dispatcher held an event's handler (its preparation) for PREPARE_LOCK_WAIT_S: that
+    # event and the rest of the batch are left undispatched, for a later dispatcher.
+    busy: bool = False
 
 
 def dispatch_pending(services: Any, run_id: str | None = None, *, handlers: list[Handler] | None = None,
@@ -154,22 +162,21 @@ def dispatch_pending(services: Any, run_id: str | None = None, *, handlers: list
             report.deferred = True
             break
         for h in subscribed:
-            try:
-                prepared = h.prepare(services, ev) if h.prepare is not None and not _delivered(services.db_url, ev["id"], h.name) else None
-                with session_scope(services.db_url) as s:
-                    done = s.scalar(select(EventDelivery.id).where(EventDelivery.event_id == ev["id"], EventDelivery.handler == h.name))
-                    if done is not None:
-                        report.skipped.append(f"{ev['id']}:{h.name}")
-                        continue
-                    s.add(EventDelivery(event_id=ev["id"], handler=h.name))
-                    s.flush()
-                    h.fn(s, services, {**ev, "prepared": prepared})
-                report.deliveries += 1
-            except IntegrityError:
-                if not _delivered(services.db_url, ev["id"], h.name):
-                    raise  # the handler's own write failed: the event stays undispatched, for a retry
-                report.skipped.append(f"{ev['id']}:{h.name}")  # another dispatcher delivered it first
-            crash_point("mid_fanout")
+            if h.prepare is None:
+                _deliver(services, ev, h, report)
+                continue
+            # Two dispatchers of one run (the reconciler's, a failed step's, the events queue's two
+            # processes) must not both do the paid preparation: one does it, the other then finds
+            # the delivery made. A dispatcher that waited too long leaves the event (and the rest of
+            # the batch) for a later one.
+            with named_lock(services.db_url, f"event-handler:{ev['id']}:{h.name}", PREPARE_LOCK_WAIT_S) as held:
+                if held:
+                    _deliver(services, ev, h, report)
+            if not held:
+                report.busy = True
+                break
+        if report.busy:
+            break
         if mirror is not None:
             if mirror.append(ev) is not None:
                 report.mirrored += 1
@@ -181,6 +188,26 @@ def dispatch_pending(services: Any, run_id: str | None = None, *, handlers: list
         with session_scope(services.db_url) as s:
             s.execute(update(Event).where(Event.id.in_(done_ids)).values(dispatched=True).execution_options(synchronize_session=False))
     return report
+
+
+def _deliver(services: Any, ev: dict[str, Any], h: Handler, report: DispatchReport) -> None:
+    """Run handler ``h`` for ``ev`` once in effect: its writes and its delivery row commit together."""
+    try:
+        prepared = h.prepare(services, ev) if h.prepare is not None and not _delivered(services.db_url, ev["id"], h.name) else None
+        with session_scope(services.db_url) as s:
+            done = s.scalar(select(EventDelivery.id).where(EventDelivery.event_id == ev["id"], EventDelivery.handler == h.name))
+            if done is not None:
+                report.skipped.append(f"{ev['id']}:{h.name}")
+                return
+            s.add(EventDelivery(event_id=ev["id"], handler=h.name))
+            s.flush()
+            h.fn(s, services, {**ev, "prepared": prepared})
+        report.deliveries += 1
+    except IntegrityError:
+        if not _delivered(services.db_url, ev["id"], h.name):
+            raise  # the handler's own write failed: the event stays undispatched, for a retry
+        report.skipped.append(f"{ev['id']}:{h.name}")  # another dispatcher delivered it first
+    crash_point("mid_fanout")
 
 
 def _delivered(db_url: str, event_id: int, handler: str) -> bool:

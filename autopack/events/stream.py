@@ -81,13 +81,24 @@ def ensure_group(client: redis.Redis, group: str, stream: str = STREAM, start: s
 def read_group(client: redis.Redis, group: str, consumer: str, *, count: int = 100, block_ms: int | None = None,
                pending: bool = False, stream: str = STREAM) -> list[tuple[str, dict[str, str]]]:
     """Entries for ``consumer``: its own unacknowledged ones when ``pending`` (resume after a crash),
-    else new ones."""
-    resp = client.xreadgroup(group, consumer, {stream: "0" if pending else ">"}, count=count, block=block_ms)
-    out: list[tuple[str, dict[str, str]]] = []
-    for _name, entries in resp or []:
-        for entry_id, fields in entries:
-            if fields is None:
-                continue
-            out.append((entry_id.decode() if isinstance(entry_id, bytes) else entry_id,
-                        {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v) for k, v in fields.items()}))
-    return out
+    else new ones.
+
+    An unacknowledged entry the stream's ``MAXLEN`` trimmed while its consumer was down comes back
+    from Redis with no fields: it is acknowledged here and skipped (the events themselves stay in
+    the database: ``GET /runs/<id>/events``), so a resuming consumer gets events, not empty entries,
+    and its later unacknowledged entries are not stuck behind them."""
+    while True:
+        resp = client.xreadgroup(group, consumer, {stream: "0" if pending else ">"}, count=count, block=block_ms)
+        out: list[tuple[str, dict[str, str]]] = []
+        trimmed: list[Any] = []
+        for _name, entries in resp or []:
+            for entry_id, fields in entries:
+                if not fields:
+                    trimmed.append(entry_id)
+                    continue
+                out.append((entry_id.decode() if isinstance(entry_id, bytes) else entry_id,
+                            {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v) for k, v in fields.items()}))
+        if trimmed:
+            client.xack(stream, group, *trimmed)
+        if out or not trimmed:
+            return out

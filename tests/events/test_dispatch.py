@@ -6,12 +6,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
+import time
+from datetime import datetime, timezone
 from pathlib import Path
 from types import SimpleNamespace
 
 from sqlalchemy import select, text
 
-from autopack.db.models import Event, EventDelivery, Postmortem, Project
+from autopack.db.models import Event, EventDelivery, ModelCall, Postmortem, Project, Run
 from autopack.db.session import session_scope
 from autopack.engine import runs as runsvc
 from autopack.events.dispatch import Handler, dispatch_pending
@@ -130,3 +133,102 @@ def test_a_handler_whose_own_write_breaks_a_unique_key_leaves_its_event_for_a_re
     assert dispatch_pending(services, cancelled, handlers=[handler]).deliveries == 1
     with session_scope(local_settings.db_url) as s:
         assert sorted(s.scalars(select(EventDelivery.handler))) == ["dup", "dup-effect"]
+
+
+def test_two_dispatchers_of_one_run_make_one_narrative_model_call(local_settings: Settings, tmp_path: Path) -> None:
+    """The reconciler sends a dispatcher for a run every pass while its events are undispatched
+    (and a failed step sends one too), so the events queue's processes run two for one run. The
+    postmortem's narrative (a paid model call, the handler's ``prepare``) must be made once."""
+    from autopack.engine import runs as runsvc
+    from tests.engine.harness import demo_plan, make_services
+
+    calls: list[str] = []
+
+    def respond(req):  # type: ignore[no-untyped-def]
+        calls.append(req.system[:30])
+        time.sleep(0.5)  # a model answers in seconds
+        return "The run was cancelled before it started."
+
+    services, _ = make_services(local_settings, respond)
+    learning = services.config.strategy.learning.model_copy(update={"narrative_model": "claude-haiku-4-5"})
+    services.config = services.config.model_copy(update={"strategy": services.config.strategy.model_copy(update={"learning": learning})})
+    with session_scope(local_settings.db_url) as s:
+        s.add(Project(name="demo", repo_path=str(tmp_path), base_branch="main"))
+    with session_scope(local_settings.db_url) as s:
+        run_id = runsvc.create_run(s, demo_plan(), services.config).id
+    with session_scope(local_settings.db_url) as s:
+        runsvc.cancel_run(s, run_id)
+
+    errors: list[BaseException] = []
+
+    def dispatcher() -> None:
+        try:
+            dispatch_pending(services, run_id)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=dispatcher) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert errors == []
+    with session_scope(local_settings.db_url) as s:
+        narrative_calls = s.scalars(select(ModelCall).where(ModelCall.run_id == run_id, ModelCall.role == "postmortem")).all()
+    assert len(calls) == 1 and len(narrative_calls) == 1, (calls, len(narrative_calls))
+
+
+def test_two_runs_of_a_project_ending_together_retire_a_rule_once(pg_url: str, tmp_path: Path) -> None:
+    """The ``rules`` handler of run.finished retires the project's stale rules and tells it with a
+    ``rule.retired`` event. Two runs of one project ending together (two dispatchers on the events
+    queue) must retire each rule once, not both (one ``rule.retired`` per rule), as the promotion
+    and the flaky-test fold make sure by locking the project first."""
+    from datetime import timedelta
+
+    from autopack.config import load_config
+    from autopack.db.migrate import upgrade
+    from autopack.db.models import Rule
+    from autopack.engine import runs as runsvc
+    from autopack.engine.steps import _end_run
+    from autopack.states import RunState
+    from tests.engine.harness import demo_plan
+
+    upgrade(pg_url)
+    settings = Settings(state_dir=tmp_path / "state", profile="local", database_url=pg_url)
+    config = load_config(settings.config_dir)
+    old = datetime.now(timezone.utc) - timedelta(days=90)
+    with session_scope(pg_url) as s:
+        s.add(Project(name="demo", repo_path=str(tmp_path), base_branch="main"))
+    with session_scope(pg_url) as s:
+        project = runsvc.get_project(s, "demo")
+        for i in range(40):  # rules nothing matched for 90 days: the next run.finished retires them
+            s.add(Rule(project_id=project.id, key=f"k{i}", text=f"rule {i}", scope_pattern="src/**", provenance={},
+                       created_at=old, updated_at=old))
+    runs = []
+    for _ in range(2):
+        with session_scope(pg_url) as s:
+            runs.append(runsvc.create_run(s, demo_plan(), config).id)
+    for run_id in runs:
+        with session_scope(pg_url) as s:
+            _end_run(s, s.get(Run, run_id), RunState.DONE_FAILED_SETUP, "test")
+    services = SimpleNamespace(db_url=pg_url, config=config)
+    barrier = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def dispatcher(run_id: str) -> None:
+        barrier.wait()
+        try:
+            dispatch_pending(services, run_id)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=dispatcher, args=(r,)) for r in runs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert errors == []
+    with session_scope(pg_url) as s:
+        assert set(s.scalars(select(Rule.status))) == {"retired"}
+        retired = [e.payload["rule_id"] for e in s.scalars(select(Event).where(Event.type == "rule.retired"))]
+    assert len(retired) == 40 and len(set(retired)) == 40, f"{len(retired)} rule.retired events for {len(set(retired))} rules"

@@ -71,3 +71,25 @@ def test_the_mirror_keeps_a_standing_consumer_group(client) -> None:  # type: ig
     groups = {g["name"].decode() if isinstance(g["name"], bytes) else g["name"] for g in client.xinfo_groups("t:std")}
     assert groups == {"autopack-views"}
     assert [f["event_id"] for _, f in read_group(client, "autopack-views", "ui", stream="t:std")] == ["1"]
+
+
+def test_a_consumer_resuming_after_its_pending_entries_were_trimmed_gets_events_not_empty_entries(client) -> None:  # type: ignore[no-untyped-def]
+    """A consumer down long enough for ``MAXLEN ~`` to trim the entries it had read but not
+    acknowledged resumes with ``read_group(pending=True)``: it gets its entries still there, never
+    entries without fields (which a consumer reading ``fields["event_id"]`` crashes on, at every
+    restart, since nothing acknowledged them), and the trimmed ones are acknowledged."""
+    mirror = StreamMirror(client, stream="t:trimmed", maxlen=10)
+    for i in range(1, 101):
+        mirror.append(_event(i))
+    first = read_group(client, "autopack-views", "c1", stream="t:trimmed", count=500)  # then it crashes
+    assert first
+    for i in range(101, 401):  # the run goes on while the consumer is down
+        mirror.append(_event(i))
+    still = {e[0].decode() for e in client.xrange("t:trimmed")}
+    assert any(entry_id not in still for entry_id, _ in first)  # some of its unacknowledged entries were trimmed
+    mine = read_group(client, "autopack-views", "c1", stream="t:trimmed", count=500)  # the new ones, unacknowledged
+    resumed = read_group(client, "autopack-views", "c1", pending=True, stream="t:trimmed", count=1000)
+    assert resumed and all("event_id" in fields for _, fields in resumed)
+    expected = [entry_id for entry_id, _ in first if entry_id in still] + [entry_id for entry_id, _ in mine]
+    assert [entry_id for entry_id, _ in resumed] == expected
+    assert client.xpending("t:trimmed", "autopack-views")["pending"] == len(expected)  # the trimmed ones were acknowledged

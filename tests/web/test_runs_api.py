@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import base64
 import copy
+import threading
+import time
+from datetime import datetime, timezone
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select
 
 from autopack.db.migrate import upgrade
-from autopack.db.models import Project, Run, StepRow
+from autopack.db.models import Attempt, Event, FlakyTest, Phase, Project, Run, StepRow
 from autopack.db.session import session_scope
+from autopack.events.dispatch import dispatch_pending
 from autopack.plan import load_plan_file
 from autopack.settings import ROOT, Settings
 from web import create_app
@@ -184,16 +189,30 @@ def test_submit_and_cancel_on_postgres(pg_url: str, tmp_path: Path) -> None:
     assert len(sent) == 1
 
 
-def test_server_sent_events_follow_a_run_to_its_end(api) -> None:  # type: ignore[no-untyped-def]
+def _dispatched(settings: Settings) -> None:
+    """What the events queue does: run the handlers of the events written so far."""
+    from types import SimpleNamespace
+
+    from autopack.events.dispatch import dispatch_pending
+
+    dispatch_pending(SimpleNamespace(db_url=settings.db_url))
+
+
+def test_server_sent_events_follow_a_run_to_its_end(api, local_settings: Settings) -> None:  # type: ignore[no-untyped-def]
     client, _ = api
     run_id = client.post("/runs", json=PLAN).get_json()["id"]
     client.post(f"/runs/{run_id}/cancel")
+    _dispatched(local_settings)
     body = client.get(f"/runs/{run_id}/events/stream?poll=0.05").get_data(as_text=True)
     blocks = [b for b in body.split("\n\n") if b.strip()]
     assert [b.splitlines()[0] for b in blocks] == ["id: 1", "id: 2", "event: end"]
     assert "event: run.cancelled" in blocks[1]
     resumed = client.get(f"/runs/{run_id}/events/stream?poll=0.05", headers={"Last-Event-ID": "1"}).get_data(as_text=True)
     assert resumed.startswith("id: 2\nevent: run.cancelled\n")
+    # An EventSource reconnects to the URL it was opened with, ``after`` included, and adds the last
+    # id it received: that id wins, or the events after ``after`` would come again on every reconnect.
+    again = client.get(f"/runs/{run_id}/events/stream?after=0&poll=0.05", headers={"Last-Event-ID": "1"}).get_data(as_text=True)
+    assert [line for line in again.splitlines() if line.startswith("id: ")] == ["id: 2"]
     assert client.get("/runs/nope/events/stream").status_code == 404
     for poll in ("abc", "0", "-1", "nan", "11"):  # a busy loop on the database, or a stream that breaks
         bad = client.get(f"/runs/{run_id}/events/stream?poll={poll}")
@@ -518,10 +537,11 @@ def test_a_mistyped_dry_run_starts_nothing(api, local_settings: Settings) -> Non
         assert s.scalar(select(func.count()).select_from(Run)) == 0
 
 
-def test_a_bad_last_event_id_is_422_and_a_good_one_resumes(api) -> None:  # type: ignore[no-untyped-def]
+def test_a_bad_last_event_id_is_422_and_a_good_one_resumes(api, local_settings: Settings) -> None:  # type: ignore[no-untyped-def]
     client, _ = api
     run_id = client.post("/runs", json=PLAN).get_json()["id"]
     client.post(f"/runs/{run_id}/cancel")
+    _dispatched(local_settings)
     for bad in ("²", "3000000000", "-1", "x"):
         resp = client.get(f"/runs/{run_id}/events/stream", headers={"Last-Event-ID": bad})
         assert resp.status_code == 422 and resp.get_json()["field"] == "Last-Event-ID", bad
@@ -575,3 +595,63 @@ def test_a_base_branch_the_repository_lacks_is_refused_at_submission(local_setti
         assert "has no branch 'mian'" in resp.get_json()["message"]
     assert sent == []
     assert client.post("/runs", json={**PLAN, "base_branch": "main"}).status_code == 202
+
+
+def _flaky_setup(settings: Settings, run_id: str) -> None:
+    """A test of the project already flaked in another run; this run's gate saw it flake again: the
+    flaky-test fold (a handler of run.finished/run.cancelled) quarantines it and says so with a
+    ``flaky.quarantined`` event of this run."""
+    now = datetime.now(timezone.utc)
+    with session_scope(settings.db_url) as s:
+        run = s.get(Run, run_id)
+        ph = s.scalars(select(Phase).where(Phase.run_id == run_id).order_by(Phase.index)).first()
+        s.add(Attempt(phase_id=ph.id, run_id=run_id, number=1, state="TESTED",
+                      test_result={"outcomes": {"tests/test_x.py::test_a": "passed"}}, gate={"flaky": ["tests/test_x.py::test_a"]}))
+        s.add(FlakyTest(project_id=run.project_id, test_id="tests/test_x.py::test_a", state="suspected", state_reason="",
+                        flaky_count=1, runs=["another-run"], first_seen_at=now, last_flaky_at=now, state_changed_at=now))
+
+
+def test_a_live_stream_does_not_end_before_the_runs_last_events(local_settings: Settings, tmp_path: Path) -> None:
+    """A client following a run live gets every event of the run: the events the run.cancelled /
+    run.finished handlers write into the run (flaky.*, rule.retired) come after the terminal state,
+    and the stream must not have ended (``event: end``) without them."""
+    with session_scope(local_settings.db_url) as s:
+        s.add(Project(name="demo", repo_path=str(tmp_path), base_branch="main"))
+    app = create_app(local_settings, enqueue=lambda steps: None, broker_check=lambda: None)
+    client = app.test_client()
+    run_id = client.post("/runs", json=PLAN).get_json()["id"]
+    _flaky_setup(local_settings, run_id)
+    body: dict[str, str] = {}
+
+    def follow() -> None:
+        body["text"] = app.test_client().get(f"/runs/{run_id}/events/stream?poll=0.05").get_data(as_text=True)
+
+    follower = threading.Thread(target=follow, daemon=True)
+    follower.start()
+    time.sleep(0.3)  # the follower is live on the QUEUED run
+    assert client.post(f"/runs/{run_id}/cancel").status_code == 200
+    time.sleep(0.5)  # the events queue's dispatcher takes a moment to get to run.cancelled
+    report = dispatch_pending(SimpleNamespace(db_url=local_settings.db_url))
+    assert report.deliveries == 2  # flakiness and postmortem
+    follower.join(timeout=10)
+    assert not follower.is_alive()
+    with session_scope(local_settings.db_url) as s:
+        types = list(s.scalars(select(Event.type).where(Event.run_id == run_id).order_by(Event.seq)))
+    assert types == ["run.queued", "run.cancelled", "flaky.quarantined"]
+    # The follower got the run's last event, then the end of the stream.
+    assert body["text"].index("event: flaky.quarantined") < body["text"].index("event: end"), body["text"]
+
+
+def test_a_finished_runs_stream_ends_after_a_while_when_no_dispatcher_comes(local_settings: Settings, tmp_path: Path) -> None:
+    """The events queue down: the stream of a cancelled run whose end no handler has taken yet ends
+    after ``stream_end_wait_s`` instead of hanging."""
+    with session_scope(local_settings.db_url) as s:
+        s.add(Project(name="demo", repo_path=str(tmp_path), base_branch="main"))
+    settings = local_settings.model_copy(update={"stream_end_wait_s": 0.5})
+    client = create_app(settings, enqueue=lambda steps: None, broker_check=lambda: None).test_client()
+    run_id = client.post("/runs", json=PLAN).get_json()["id"]
+    client.post(f"/runs/{run_id}/cancel")
+    started = time.monotonic()
+    body = client.get(f"/runs/{run_id}/events/stream?poll=0.05").get_data(as_text=True)
+    assert time.monotonic() - started >= 0.5
+    assert [b.splitlines()[0] for b in body.split("\n\n") if b.strip()] == ["id: 1", "id: 2", "event: end"]
