@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any, overload
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -196,7 +196,11 @@ class ModelCall(Base):
 
 class Event(Base):
     __tablename__ = "events"
-    __table_args__ = (UniqueConstraint("run_id", "seq"),)
+    # The reconciler looks for undispatched events every pass: a partial index keeps that a lookup
+    # among the few waiting, not a scan of every event ever written.
+    __table_args__ = (UniqueConstraint("run_id", "seq"),
+                      Index("ix_events_undispatched", "created_at", postgresql_where=text("NOT dispatched"),
+                            sqlite_where=text("NOT dispatched")))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), index=True)

@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from autopack.config import AppConfig
-from autopack.db.models import Attempt, BudgetReservation, Event, Phase, Project, Run, Tier
+from autopack.db.models import Attempt, BudgetReservation, Event, Phase, Project, Run, Tier, as_utc
 from autopack.engine.leases import lease_clock
 from autopack.engine.store import emit, transition
 from autopack.errors import Conflict, GitError, NotFound, PlanError
@@ -255,7 +255,7 @@ def run_summary(run: Run) -> dict[str, Any]:
 
 def has_undispatched(session: Session, run_id: str, types: Collection[str]) -> bool:
     """Whether an event of the run of one of ``types`` still waits for its handlers."""
-    return session.scalar(select(Event.id).where(Event.run_id == run_id, Event.dispatched.is_(False),
+    return session.scalar(select(Event.id).where(Event.run_id == run_id, Event.dispatched == False,  # noqa: E712 (matches ix_events_undispatched)
                                                  Event.type.in_(list(types))).limit(1)) is not None
 
 
@@ -271,7 +271,7 @@ def list_events(session: Session, run_id: str, after: int = 0, limit: int = 500)
             "phase": e.phase_key,
             "attempt_id": e.attempt_id,
             "payload": e.payload,
-            "at": e.created_at.isoformat(),
+            "at": as_utc(e.created_at).isoformat(),
         }
         for e in rows
     ]

@@ -151,7 +151,7 @@ def dispatch_pending(services: Any, run_id: str | None = None, *, handlers: list
     handlers = HANDLERS if handlers is None else handlers
     report = DispatchReport()
     with session_scope(services.db_url) as s:
-        q = select(Event).where(Event.dispatched.is_(False)).order_by(Event.run_id, Event.seq).limit(limit)
+        q = select(Event).where(Event.dispatched == False).order_by(Event.run_id, Event.seq).limit(limit)  # noqa: E712 (matches ix_events_undispatched)
         if run_id is not None:
             q = q.where(Event.run_id == run_id)
         events = [event_dict(e) for e in s.scalars(q)]
@@ -220,4 +220,5 @@ def runs_with_undispatched(db_url: str, older_than_s: float = 5.0) -> list[str]:
     the events were written by (:func:`lease_clock`), not this machine's."""
     with session_scope(db_url) as s:
         cutoff = lease_clock(s) - timedelta(seconds=older_than_s)
-        return list(s.scalars(select(Event.run_id).where(Event.dispatched.is_(False), Event.created_at < cutoff).distinct()))
+        # ``== False`` (not ``IS false``): PostgreSQL then matches the partial index ix_events_undispatched.
+        return list(s.scalars(select(Event.run_id).where(Event.dispatched == False, Event.created_at < cutoff).distinct()))  # noqa: E712

@@ -6,7 +6,7 @@ import base64
 import copy
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -136,6 +136,8 @@ def test_events_in_order_after_n(api) -> None:  # type: ignore[no-untyped-def]
     events = client.get(f"/runs/{run_id}/events").get_json()
     assert [e["seq"] for e in events["events"]] == [1, 2] and events["last_seq"] == 2
     assert [e["type"] for e in events["events"]] == ["run.queued", "run.cancelled"]
+    for e in events["events"]:  # UTC, said so, on SQLite too (its timestamps come back naive)
+        assert datetime.fromisoformat(e["at"]).utcoffset() == timedelta(0), e["at"]
     later = client.get(f"/runs/{run_id}/events?after=1").get_json()["events"]
     assert [e["seq"] for e in later] == [2]
     bad = client.get(f"/runs/{run_id}/events?after=abc")
