@@ -23,7 +23,6 @@ Locks are taken in one order everywhere: the reservation, the phase, the run, th
 from __future__ import annotations
 
 import logging
-import string
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -34,6 +33,7 @@ from sqlalchemy.orm import Session
 from autopack.db.models import BudgetReservation, Phase, ProjectSpend, Run, StepRow, as_utc
 from autopack.engine.leases import StaleLease, db_now, lease_clock
 from autopack.errors import BudgetExceeded
+from autopack.llm._common import bound_tokens
 from autopack.states import RUN_TERMINAL
 
 log = logging.getLogger(__name__)
@@ -43,19 +43,9 @@ PHASE_TOKEN_CAP = "phase token cap"
 PHASE_COST_CAP = "phase cost cap"
 
 
-_LETTERS_AND_BLANKS = (string.ascii_letters + string.whitespace).encode()
-
-
-def estimate_tokens(text: str) -> int:
-    """A deliberately high estimate of the prompt's token count, the input side of a call's worst
-    case. A token holds at least one byte, so every character but ASCII letters and blanks counts as
-    many tokens as its UTF-8 bytes (a CJK character 3, an emoji 4; digits and punctuation 1), and
-    letters and blanks count a token per 2.5 (prose and code run 3 to 4 to a token, the newer
-    tokenizers' about 30 % more tokens included). Only a text of long runs of random letters can
-    come out higher than this."""
-    data = text.encode("utf-8", errors="surrogatepass")  # one C pass each: this runs for every model call
-    words = len(data) - len(data.translate(None, _LETTERS_AND_BLANKS))
-    return -(-words * 2 // 5) + (len(data) - words) + 16
+# The prompt estimate, a call's input worst case, lives with the adapters (which book it as usage
+# when a server reports none); the budgets use the same bound.
+estimate_tokens = bound_tokens
 
 
 def utc_day(when: datetime) -> str:

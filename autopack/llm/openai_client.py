@@ -28,9 +28,8 @@ import openai
 
 from autopack.errors import ConfigError, ProviderError
 from autopack.llm._common import (
+    bound_tokens,
     send_with_retries,
-    estimate_input_tokens,
-    estimate_tokens,
     redact,
     status_error,
 )
@@ -114,10 +113,11 @@ class OpenAIClient:
                 output_tokens=completion.usage.completion_tokens or 0,
             )
         else:
-            # Some compatible servers report no usage. Budgets must not settle at zero, so fall back
-            # to a rough estimate (four characters a token) and say so.
-            log.warning("%s reported no usage for model %s; estimating tokens", self.provider, request.model)
-            usage = Usage(input_tokens=estimate_input_tokens(request), output_tokens=estimate_tokens(text))
+            # Some compatible servers report no usage. Budgets must not settle at zero, nor below
+            # what was used: the same high estimate that bounds the call's reservation is booked.
+            log.warning("%s reported no usage for model %s; booking the budgets' high estimate", self.provider, request.model)
+            prompt = request.system + "".join(m.content for m in request.messages)
+            usage = Usage(input_tokens=bound_tokens(prompt), output_tokens=min(bound_tokens(text), request.max_tokens))
         return LLMResponse(
             text=text,
             stop_reason=stop_reason,

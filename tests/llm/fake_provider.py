@@ -40,6 +40,8 @@ class Behaviour:
     cache_creation_input_tokens: int = 0
     cache_read_input_tokens: int = 0
     headers: tuple[tuple[str, str], ...] = ()
+    # OpenAI side only: False leaves ``usage`` out of the answer, as some compatible servers do.
+    report_usage: bool = True
     # For the error body only: copy the credential the request carried into the message, as
     # some real APIs do with (part of) a rejected key.
     echo_key: bool = False
@@ -299,4 +301,6 @@ class FakeProvider:
             "service_tier": "default",
             "system_fingerprint": None,
         }
+        if not b.report_usage:
+            del body["usage"]
         return 200, body, headers

@@ -333,6 +333,26 @@ def test_openai_reasoning_model_gets_its_effort_and_no_temperature(fake: FakePro
     assert "reasoning_effort" not in plain.body and plain.body["temperature"] == 0.0
 
 
+def test_an_answer_without_usage_books_the_budgets_high_estimate(fake: FakeProvider) -> None:
+    """A compatible server that reports no usage: the call is booked at the same high estimate that
+    bounds its reservation (every byte a token but letters and blanks), not at four characters a
+    token, which undercounts CJK text about twelvefold."""
+    from dataclasses import replace
+
+    from autopack.engine.ledger import estimate_tokens
+
+    answer = "答案" * 50
+    fake.queue(replace(ok(answer), report_usage=False))
+    prompt = "日本語のプロンプト" * 40
+    resp = OpenAIClient(KEY, base_url=fake.openai_base_url, max_retries=0, provider="local").complete(
+        _request(system=prompt, messages=[Message(role="user", content="go")], max_tokens=5000))
+    assert resp.usage.input_tokens == estimate_tokens(prompt + "go") >= 3 * len(prompt)
+    assert resp.usage.output_tokens == estimate_tokens(answer) >= 3 * len(answer)
+    fake.queue(replace(ok(answer), report_usage=False))
+    capped = OpenAIClient(KEY, base_url=fake.openai_base_url, max_retries=0, provider="local").complete(_request(max_tokens=10))
+    assert capped.usage.output_tokens == 10  # never more than the answer could hold
+
+
 def test_openai_compatible_uses_max_tokens_and_its_provider_name(fake: FakeProvider) -> None:
     client = OpenAIClient(KEY, base_url=fake.openai_base_url, max_retries=0, provider="openai_compatible")
 
