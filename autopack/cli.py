@@ -418,7 +418,10 @@ def cmd_submit_edits(args: argparse.Namespace, settings: Settings) -> int:
         _err(f"{args.file} is not UTF-8 (byte {exc.start}): the edits must be UTF-8 text")
         return 2
     try:
-        out = _api(args, settings).builder_result(args.run_id, args.phase, edits, args.by)
+        # One key for every try: a submission whose answer was lost (a redeploy, a proxy timeout) is
+        # sent again and finds its attempt, instead of becoming the next attempt's edits.
+        out = through_outages(_api(args, settings).builder_result, args.run_id, args.phase, edits, args.by, uuid.uuid4().hex,
+                              outage_s=args.retry_for)
     except ClientError as exc:
         _err(str(exc))
         return 2
@@ -736,6 +739,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("phase")
     sp.add_argument("file", help="the edits (whole files, search/replace blocks or a unified diff); - reads stdin")
     sp.add_argument("--by", help="who submits (recorded on the attempt)")
+    sp.add_argument("--retry-for", type=_non_negative_seconds, default=300.0, metavar="SECONDS",
+                    help="keep trying an API that cannot be reached (or answers 502/503/504) this long (default 300); "
+                         "the edits go to one attempt however often they are sent")
     api_arg(sp)
     sp.set_defaults(func=cmd_submit_edits)
 

@@ -108,8 +108,12 @@ class ApiClient:
     def cancel(self, run_id: str) -> dict[str, Any]:
         return self.request("POST", f"/runs/{_seg(run_id)}/cancel")[1]
 
-    def builder_result(self, run_id: str, phase: str, edits: str, by: str | None = None) -> dict[str, Any]:
+    def builder_result(self, run_id: str, phase: str, edits: str, by: str | None = None,
+                       idempotency_key: str | None = None) -> dict[str, Any]:
+        """POST an external Builder's edits. With ``idempotency_key``, sending them again (the answer
+        was lost) returns the attempt the first request went to instead of feeding the next one."""
         body: dict[str, Any] = {"edits": edits}
         if by is not None:
             body["by"] = by
-        return self.request("POST", f"/runs/{_seg(run_id)}/phases/{_seg(phase)}/builder_result", body)[1]
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+        return self.request("POST", f"/runs/{_seg(run_id)}/phases/{_seg(phase)}/builder_result", body, headers)[1]

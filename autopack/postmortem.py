@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from autopack.db.models import Event, ModelCall, Rule, Run
 from autopack.engine.issues import run_issues
+from autopack.engine.runs import charged_at_worst_case
 
 
 def collect_facts(session: Session, run: Run) -> dict[str, Any]:
@@ -56,6 +57,7 @@ def collect_facts(session: Session, run: Run) -> dict[str, Any]:
         "branch": run.branch, "base_commit": run.base_commit, "head_commit": run.head_commit,
         "tokens": run.tokens_used, "cost_usd": round(run.cost_usd, 6), "phases": phases,
         "failures_by_class": dict(sorted(failures.items())), "fixes": fixes, "cost_by_role_model": dict(sorted(cost.items())),
+        "charged_at_worst_case": charged_at_worst_case(session, run.id),
         "rules_applied": [f"rule {i}" for i in sorted(applied)],
         "rules_learned": [f"rule {r.id} ({r.scope_pattern}): {r.text}" for r in learned],
         "open_issues": [f"[{i['severity']}] {i['source']}: {i['summary'][:200]} (phases {', '.join(i['phases'])})"
@@ -63,32 +65,51 @@ def collect_facts(session: Session, run: Run) -> dict[str, Any]:
     }
 
 
+_HTML = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
+
+
+def md_inline(text: object) -> str:
+    """Untrusted text (a model's reason, a test's failure, an auditor's issue, a rule) as one inline
+    run of Markdown: its line breaks become spaces, so it cannot start a heading, a list item or a
+    fake **Outcome:** line; HTML is escaped, and so is an inline link's ``](`` (a reference link's
+    definition would need a line of its own)."""
+    return " ".join(str(text).split()).translate(_HTML).replace("](", "]\\(")
+
+
 def render(facts: dict[str, Any], narrative: str | None = None) -> str:
-    out = [f"# Postmortem of run {facts['run_id']} ({facts['project']})", ""]
-    out += [f"**Outcome:** {facts['state']}" + (f" — {facts['failure_reason']}" if facts.get("failure_reason") else ""),
+    """The facts as Markdown. Every string that came from a model, a test run or a plan goes through
+    :func:`md_inline`; the facts themselves (the JSON form) keep the text as it was."""
+    md = md_inline
+    out = [f"# Postmortem of run {facts['run_id']} ({md(facts['project'])})", ""]
+    out += [f"**Outcome:** {facts['state']}" + (f" — {md(facts['failure_reason'])}" if facts.get("failure_reason") else ""),
             f"**Branch:** `{facts['branch']}` ({(facts.get('base_commit') or '')[:10]} → {(facts.get('head_commit') or '')[:10]})",
             f"**Spend:** {facts['tokens']} tokens, ${facts['cost_usd']:.4f}", ""]
     if narrative:
-        out += ["## Summary", "", narrative.strip(), ""]
+        out += ["## Summary", "", md(narrative), ""]
     out += ["## Timeline", ""]
     for ph in facts["phases"]:
-        out.append(f"- **{ph['id']}** — {ph['state']}")
+        out.append(f"- **{md(ph['id'])}** — {ph['state']}")
         for a in ph["attempts"]:
             what = a["decision"] or "unfinished"
-            why = f" ({a['failure_class']}: {a['failure']})" if a["failure_class"] else ""
+            why = f" ({a['failure_class']}: {md(a['failure'])})" if a["failure_class"] else ""
             if a.get("action"):
-                why += f"; {a.get('classification') or a['failure_class']} → {a['action']} by {a['action_by']}: {a['action_reason']}"
-            out.append(f"  - attempt {a['number']} with {a['model']}: {what}{why}")
+                why += (f"; {md(a.get('classification') or a['failure_class'])} → {md(a['action'])} by {md(a['action_by'])}: "
+                        f"{md(a['action_reason'])}")
+            out.append(f"  - attempt {a['number']} with {md(a['model'])}: {what}{why}")
     out += ["", "## Failures and what fixed them", ""]
     if facts["failures_by_class"]:
         out += [f"- {cls}: {n}" for cls, n in facts["failures_by_class"].items()]
-        out += [f"- phase {f['phase']}: {', '.join(f['failed'])} fixed by attempt {f['fixed_by_attempt']} ({f['model']})" for f in facts["fixes"]]
+        out += [f"- phase {md(x['phase'])}: {', '.join(x['failed'])} fixed by attempt {x['fixed_by_attempt']} ({md(x['model'])})"
+                for x in facts["fixes"]]
     else:
         out.append("- none")
     out += ["", "## Cost by role and model", "", "| role · model | calls | tokens | cost |", "|---|---|---|---|"]
-    out += [f"| {k} | {v['calls']} | {v['tokens']} | ${v['cost_usd']:.4f} |" for k, v in facts["cost_by_role_model"].items()]
+    out += [f"| {md(k).replace('|', '/')} | {v['calls']} | {v['tokens']} | ${v['cost_usd']:.4f} |" for k, v in facts["cost_by_role_model"].items()]
+    charged = facts.get("charged_at_worst_case") or {}
+    if charged.get("calls"):
+        out.append(f"| charged at worst case (usage never reported) | {charged['calls']} | {charged['tokens']} | ${charged['cost_usd']:.4f} |")
     share = f" ({facts['rule_tokens']} of {facts['builder_prompt_tokens']} Builder prompt tokens)" if facts.get("rule_tokens") else ""
     out += ["", "## Rules", "", f"- applied: {', '.join(facts['rules_applied']) or 'none'}{share}",
-            f"- learned: {', '.join(facts['rules_learned']) or 'none'}", "", "## Open issues", ""]
-    out += [f"- {i}" for i in facts["open_issues"]] or ["- none"]
+            f"- learned: {', '.join(md(r) for r in facts['rules_learned']) or 'none'}", "", "## Open issues", ""]
+    out += [f"- {md(i)}" for i in facts["open_issues"]] or ["- none"]
     return "\n".join(out) + "\n"

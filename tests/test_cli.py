@@ -291,7 +291,7 @@ def test_every_client_command_says_when_the_api_cannot_be_reached(state: Setting
     edits = tmp_path / "edits.txt"
     edits.write_text("x")
     plan = str(ROOT / "examples" / "demo" / "plan.yaml")
-    for argv in (["status", "x"], ["cancel", "x"], ["submit-edits", "x", "p", str(edits)], ["run", plan, "--retry-for", "0"]):
+    for argv in (["status", "x"], ["cancel", "x"], ["submit-edits", "x", "p", str(edits), "--retry-for", "0"], ["run", plan, "--retry-for", "0"]):
         assert main([*argv, "--api", api]) == 2, argv
         err = capsys.readouterr().err
         assert err.startswith(f"autopack: cannot reach the API at {api}: ") and "Traceback" not in err, (argv, err)

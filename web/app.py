@@ -183,23 +183,25 @@ def create_app(
                         type(exc).__name__, exc)
 
     def _json_body(what: str = "the plan") -> Any:
+        # A plan's faults are ``invalid_plan``; any other body's are ``invalid_request``.
+        bad = PlanError if what == "the plan" else InvalidRequest
         try:
             raw = request.get_data(cache=False).decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise PlanError("body", f"is not UTF-8 (byte {exc.start})") from None
+            raise bad("body", f"is not UTF-8 (byte {exc.start})") from None
         if not raw.strip():
-            raise PlanError("body", f"empty body: send {what} as JSON")
+            raise bad("body", f"empty body: send {what} as JSON")
         try:
             body = json.loads(raw)
         except json.JSONDecodeError as exc:
-            raise PlanError("body", f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+            raise bad("body", f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
         except RecursionError:
-            raise PlanError("body", "invalid JSON: nested too deeply") from None
+            raise bad("body", "invalid JSON: nested too deeply") from None
         except ValueError as exc:  # a number of more digits than Python converts
-            raise PlanError("body", f"invalid JSON: {exc}") from None
+            raise bad("body", f"invalid JSON: {exc}") from None
         problem = text_problem(body)
         if problem is not None:
-            raise PlanError("body", problem)
+            raise bad("body", problem)
         return body
 
     def _num_arg(name: str, default: float, low: float, high: float, kind: type = int) -> Any:
@@ -298,17 +300,18 @@ def create_app(
 
     @app.post("/runs/<run_id>/phases/<phase>/builder_result")
     def builder_result(run_id: str, phase: str):  # type: ignore[no-untyped-def]
-        body = _json_body()
+        key = _idempotency_key()
+        body = _json_body('the edits as {"edits": "...", "by": "..."}')
         if not isinstance(body, dict):
             raise InvalidRequest("body", "must be a JSON object with `edits`")
         unknown = sorted(set(body) - {"edits", "by"})
         if unknown:
             raise InvalidRequest(unknown[0], "unknown field")
         with session_scope(db) as s:
-            attempt, steps = submit_builder_result(s, run_id, phase, body.get("edits"), body.get("by"))
-            out = {"run_id": run_id, "phase": phase, "attempt": attempt.number, "state": attempt.state}
-        _ring(steps)
-        return jsonify(out), 202
+            got = submit_builder_result(s, run_id, phase, body.get("edits"), body.get("by"), idempotency_key=key)
+            out = {"run_id": run_id, "phase": phase, "attempt": got.attempt.number, "state": got.attempt.state}
+        _ring(got.steps)
+        return jsonify(out), 202, ({"Idempotent-Replayed": "true"} if got.replayed else {})
 
     @app.get("/runs/<run_id>/events")
     def events(run_id: str):  # type: ignore[no-untyped-def]

@@ -210,14 +210,14 @@ def run_view(session: Session, run: Run) -> dict[str, Any]:
         "cost_cap_usd": run.cost_cap_usd,
         "tokens_reserved": run.tokens_reserved,
         "cost_reserved_usd": round(run.cost_reserved_usd, 6),
-        "charged": _charged(session, run.id),
+        "charged": charged_at_worst_case(session, run.id),
         "created_at": run.created_at.isoformat(),
         "finished_at": run.finished_at.isoformat() if run.finished_at else None,
         "tiers": tiers,
     }
 
 
-def _charged(session: Session, run_id: str) -> dict[str, Any]:
+def charged_at_worst_case(session: Session, run_id: str) -> dict[str, Any]:
     """The calls counted in ``tokens``/``cost_usd`` at their worst case, not at a reported usage:
     their worker died or froze mid-call and never settled them (the reconciler charged them)."""
     calls, tokens, cost = session.execute(
@@ -226,6 +226,12 @@ def _charged(session: Session, run_id: str) -> dict[str, Any]:
         .where(BudgetReservation.run_id == run_id, BudgetReservation.state == "charged")
     ).one()
     return {"calls": int(calls), "tokens": int(tokens), "cost_usd": round(float(cost), 6)}
+
+
+def calls_in_flight(session: Session, run_id: str) -> int:
+    """The run's model calls reserved and not yet settled (or charged): its spend is not final."""
+    return int(session.scalar(select(func.count(BudgetReservation.id))
+                              .where(BudgetReservation.run_id == run_id, BudgetReservation.state == "open")) or 0)
 
 
 def list_runs(session: Session, *, limit: int, state: str | None = None, project: str | None = None) -> list[dict[str, Any]]:

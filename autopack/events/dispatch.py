@@ -21,7 +21,9 @@ from autopack.db.models import Event, EventDelivery, Postmortem, Run
 from autopack.db.session import session_scope
 from autopack.engine.faults import crash_point
 from autopack.engine.leases import lease_clock
+from autopack.engine.runs import calls_in_flight
 from autopack.engine.store import emit
+from autopack.errors import RetryableError
 
 log = logging.getLogger("autopack.events")
 
@@ -42,10 +44,20 @@ class Handler:
     prepare: Callable[[Any, dict[str, Any]], Any] | None = None
 
 
+class CallsInFlight(RetryableError):
+    """The run ended with model calls still answering: its spend is not final yet."""
+
+
 def _write_postmortem(session: Session, services: Any, event: dict[str, Any]) -> None:
+    """The postmortem, written once, after the run's last call settled: a run cancelled while a
+    step's model call was answering would otherwise keep that call's cost out of it for good (the
+    dispatcher tries again with backoff, then the reconciler; a dead worker's call is charged by the
+    reconciler)."""
     run = session.get(Run, event["run_id"])
     if run is None or session.get(Postmortem, run.id) is not None:
         return
+    if calls_in_flight(session, run.id):
+        raise CallsInFlight(f"run {run.id}: {calls_in_flight(session, run.id)} model call(s) still answering; its postmortem waits")
     facts = postmortem.collect_facts(session, run)
     session.add(Postmortem(run_id=run.id, facts=facts, markdown=postmortem.render(facts, event.get("prepared"))))
 
@@ -64,8 +76,8 @@ def _narrative(services: Any, event: dict[str, Any]) -> str | None:
 
     with session_scope(services.db_url) as s:
         run = s.get(Run, event["run_id"])
-        if run is None or s.get(Postmortem, run.id) is not None:
-            return None
+        if run is None or s.get(Postmortem, run.id) is not None or calls_in_flight(s, run.id):
+            return None  # (calls in flight: the postmortem is not written now, nor paid for)
         facts = postmortem.collect_facts(s, run)
     call = make_call(services, CallScope(run.id, None, None, "postmortem", model, None, after_end=True))
     user = services.prompts.render("postmortem", run_id=run.id, facts=json.dumps(facts, indent=1, default=str)[:12000])

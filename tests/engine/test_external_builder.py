@@ -122,3 +122,48 @@ def test_external_builder_over_http(local_settings, demo_repo: Path, tmp_path: P
     with session_scope(local_settings.db_url) as s:
         kinds = [e["type"] for e in list_events(s, run_id)]
     assert kinds.count("phase.awaiting_builder") == 3 and kinds.count("attempt.submitted") == 3
+
+
+def test_a_resent_submission_finds_its_attempt_instead_of_feeding_the_next(local_settings, demo_repo: Path) -> None:  # type: ignore[no-untyped-def]
+    """The external Builder posts its edits and the answer is lost (a proxy timeout, a redeploy);
+    meanwhile the worker built them, the gate failed them and attempt 2 waits. The same request sent
+    again (same Idempotency-Key) is answered with attempt 1, replayed, and applies nothing: before,
+    it became attempt 2's edits, the same failing edits applied twice and another attempt used up."""
+    services, _ = make_services(local_settings, demo_model())
+    register(local_settings, demo_repo)
+    run_id = submit(services, _plan())
+    drive(services, ("start_run", run_id))
+    sent: list[tuple[int, str]] = []
+    http = create_app(local_settings, config=services.config, enqueue=sent.extend, broker_check=lambda: None).test_client()
+    url = f"/runs/{run_id}/phases/stats/builder_result"
+    body = {"edits": G["STATS_WRONG"], "by": "alice"}
+    key = {"Idempotency-Key": "3f1c-submission-1"}
+
+    first = http.post(url, json=body, headers=key)
+    assert first.status_code == 202 and first.get_json()["attempt"] == 1 and "Idempotent-Replayed" not in first.headers
+    again = http.post(url, json=body, headers=key)  # sent again before the worker got to it
+    assert again.status_code == 202 and again.get_json()["attempt"] == 1 and again.headers["Idempotent-Replayed"] == "true"
+    assert len(sent) == 1  # one build step
+    _run_steps(services, sent)
+    stats = phase(view(services, run_id), "stats")
+    assert [a["state"] for a in stats["attempt_details"]] == ["REJECTED", "AWAITING_BUILDER"]
+
+    sent.clear()
+    late = http.post(url, json=body, headers=key)  # sent again after attempt 1 was judged
+    assert late.status_code == 202 and late.get_json() == {"run_id": run_id, "phase": "stats", "attempt": 1, "state": "REJECTED"}
+    assert late.headers["Idempotent-Replayed"] == "true" and sent == []
+    stats = phase(view(services, run_id), "stats")
+    assert [a["state"] for a in stats["attempt_details"]] == ["REJECTED", "AWAITING_BUILDER"]
+    other = http.post(url, json={"edits": G["STATS"]}, headers=key)  # the same key for other edits
+    assert other.status_code == 422 and other.get_json()["field"] == "Idempotency-Key"
+    fresh = http.post(url, json={"edits": G["STATS"]}, headers={"Idempotency-Key": "3f1c-submission-2"})
+    assert fresh.status_code == 202 and fresh.get_json()["attempt"] == 2
+
+
+def test_an_empty_body_is_told_about_the_edits_not_a_plan(local_settings) -> None:  # type: ignore[no-untyped-def]
+    client = create_app(local_settings, enqueue=lambda steps: None, broker_check=lambda: None).test_client()
+    for data in ("", "{not json"):
+        resp = client.post("/runs/r1/phases/p/builder_result", data=data, content_type="application/json")
+        body = resp.get_json()
+        assert resp.status_code == 422 and body["error"] == "invalid_request" and "plan" not in body["message"], body
+    assert "the edits" in client.post("/runs/r1/phases/p/builder_result", data="", content_type="application/json").get_json()["message"]
