@@ -14,9 +14,11 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# Worker groups of the local profile: (name, queues, pool, concurrency).
+# Worker groups of the local profile (and of the Procfile and docker-compose.yml): (name, queues,
+# pool, concurrency). Every pool is prefork: Celery's thread pool applies neither the queues' time
+# limits nor worker recycling, so a hung Builder or Auditor step would hold its thread for good.
 WORKER_GROUPS: tuple[tuple[str, str, str, int], ...] = (
-    ("build", "build,audit", "threads", 4),
+    ("build", "build,audit", "prefork", 4),
     ("ci", "ci", "prefork", 2),
     ("events", "events,agents,maintenance", "prefork", 2),
 )

@@ -49,6 +49,7 @@ class Settings(BaseSettings):
     build_time_limit: int = 900
     ci_time_limit: int = 1200
     audit_time_limit: int = 600
+    agents_time_limit: int = 900  # the Doctor: up to three model calls (cheap, strong, planner) and git
     default_time_limit: int = 300
     # Redis redelivers an unacknowledged message after this; the broker gets the larger of it and
     # every queue's hard limit, plus a minute (tasks/app.py).

@@ -1,5 +1,5 @@
 """Worker resident memory across 200 phases on the prod profile: the RSS (VmRSS from /proc) of the
-worker processes and their pool children, summed, on the Procfile's topology (build+audit threads
+worker processes and their pool children, summed, on the Procfile's topology (build+audit prefork
 ×4, ci prefork ×2, events+agents+maintenance prefork ×2).
 
     .venv/bin/python bench/memory.py [--runs 40] [--phases 5] [--wave 4] [--recycle] [--sandbox none|bwrap]
@@ -25,11 +25,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _cluster import Cluster, loadavg, make_plan, make_target, say  # noqa: E402
 
-WORKERS = [
-    ("build", "build,audit", "threads", 4),
-    ("ci", "ci", "prefork", 2),
-    ("events", "events,agents,maintenance", "prefork", 2),
-]
+from autopack.procs import WORKER_GROUPS  # noqa: E402
+
+WORKERS = list(WORKER_GROUPS)  # the Procfile's pools
 
 
 def totals(cluster: Cluster) -> tuple[int, int]:

@@ -39,12 +39,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _cluster import Cluster, TaskTap, git, loadavg, make_plan, make_target, say  # noqa: E402
 
+from autopack.procs import WORKER_GROUPS  # noqa: E402
+
 # The Procfile's topology (no beat: nothing here needs the reconciler).
-WORKERS = [
-    ("build", "build,audit", "threads", 4),
-    ("ci", "ci", "prefork", 2),
-    ("events", "events,agents,maintenance", "prefork", 2),
-]
+WORKERS = list(WORKER_GROUPS)  # the Procfile's pools
 STEP_TASKS = ("autopack.build_phase", "autopack.probe", "autopack.audit", "autopack.decide")
 MATCHED_TASKS = ("bench.matched.build", "bench.matched.probe", "bench.matched.audit", "bench.matched.decide")
 

@@ -5,8 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
-  "$PYTHON" -m venv .venv
+# A venv without pip (python3 -m venv stopped half-way, say python3-venv missing on Debian) is made
+# again, not skipped: otherwise every later run fails on "No module named pip".
+if ! .venv/bin/python -m pip --version >/dev/null 2>&1; then
+  "$PYTHON" -m venv --clear .venv
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip >/dev/null
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'

@@ -27,9 +27,8 @@ ROUTES: dict[str, tuple[str, str]] = {
 
 def queue_time_limit(settings: Settings, queue: str) -> int:
     """The hard time limit (seconds) of the tasks on ``queue``."""
-    return {"build": settings.build_time_limit, "ci": settings.ci_time_limit, "audit": settings.audit_time_limit}.get(
-        queue, settings.default_time_limit
-    )
+    return {"build": settings.build_time_limit, "ci": settings.ci_time_limit, "audit": settings.audit_time_limit,
+            "agents": settings.agents_time_limit}.get(queue, settings.default_time_limit)
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:

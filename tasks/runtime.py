@@ -7,6 +7,7 @@ import threading
 from typing import Any
 
 from celery import Celery, Task
+from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 
 from autopack.engine.faults import crash_point
 from autopack.engine.runner import ReconcileReport, execute_step, fail_step_row, is_infrastructure_error, reconcile
@@ -107,6 +108,13 @@ class StepTask(Task):  # type: ignore[misc]
     def on_failure(self, exc, task_id, args, kwargs, einfo):  # type: ignore[no-untyped-def]
         if is_infrastructure_error(exc):
             log.warning("step %s hit an infrastructure error (%s); its lease will expire and the reconciler retries it", args[0], exc)
+            return
+        if isinstance(exc, SoftTimeLimitExceeded | TimeLimitExceeded):
+            # A hung provider or git: another delivery may well finish it. The lease (no longer
+            # renewed) runs out and the reconciler sends it again; a step that keeps running over
+            # is given up after max_deliveries, which fails its phase rather than the whole run.
+            log.warning("step %s ran over its time limit (%s); its lease will expire and the reconciler retries it", args[0],
+                        type(exc).__name__)
             return
         try:
             run_id = fail_step_row(services(), int(args[0]), exc)

@@ -3,10 +3,15 @@ a lost worker's task (capped by the step's delivery count), worker recycling and
 
 from __future__ import annotations
 
-import pytest
+import inspect
 
-from autopack.settings import Settings
-from tasks.app import celery_config, queue_time_limit
+import pytest
+import yaml
+
+from autopack.llm.factory import make_client
+from autopack.procs import WORKER_GROUPS
+from autopack.settings import ROOT, Settings
+from tasks.app import LONG_QUEUES, QUEUES, ROUTES, celery_config, queue_time_limit
 
 
 @pytest.mark.parametrize("profile", ["local", "prod"])
@@ -34,3 +39,26 @@ def test_every_step_task_has_its_queues_soft_and_hard_limit() -> None:
     assert limits["autopack.audit"] == (270, 300)
     assert limits["autopack.decide"] == (370, 400)
     assert queue_time_limit(settings, "maintenance") == 400
+    # diagnose (agents) makes up to three model calls in a row (cheap Doctor, strong Doctor,
+    # planner), each up to the adapters' request timeout: the default queue limit (300 s) was short.
+    request_timeout = inspect.signature(make_client).parameters["timeout_s"].default
+    defaults = celery_config(Settings(profile="prod"))["task_annotations"][ROUTES["diagnose"][0]]
+    assert defaults["soft_time_limit"] >= 3 * request_timeout
+    for queue in LONG_QUEUES:  # every long queue has a limit of its own
+        assert queue_time_limit(Settings(profile="prod", default_time_limit=7), queue) != 7, queue
+
+
+def test_every_pool_that_runs_a_limited_queue_applies_time_limits() -> None:
+    """Celery's thread pool ignores time limits and worker recycling: the Procfile, compose and the
+    local profile's worker groups run every queue on prefork (the Builder's queue was on threads,
+    so a hung Builder step was never stopped)."""
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        if line.startswith("worker"):
+            assert "-P threads" not in line and "--pool" not in line, line
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    for name, service in compose["services"].items():
+        command = service.get("command") or []
+        if "worker" in command:
+            assert "threads" not in command, name
+    assert {pool for _, _, pool, _ in WORKER_GROUPS} == {"prefork"}
+    assert {q for _, queues, _, _ in WORKER_GROUPS for q in queues.split(",")} == set(QUEUES)

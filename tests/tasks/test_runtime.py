@@ -4,18 +4,23 @@ cannot (here: the Redis Stream it mirrors to does not answer)."""
 from __future__ import annotations
 
 import dataclasses
+import time
+from pathlib import Path
 from typing import Any
 
+import pytest
+from celery.contrib.testing.worker import start_worker
 from sqlalchemy import select
 
-from autopack.db.models import Event
+from autopack.db.models import Event, Run, StepRow
 from autopack.db.session import session_scope
 from autopack.engine import runs as runsvc
 from autopack.events.stream import StreamMirror
-from autopack.procs import free_port
+from autopack.procs import WORKER_GROUPS, free_port
 from autopack.settings import Settings
+from tasks.app import app
 from tasks.runtime import dispatch_after_step, set_services
-from tests.engine.harness import demo_model, demo_plan, make_services, register
+from tests.engine.harness import call_step, demo_model, demo_plan, make_services, register, submit
 
 
 class Broker:
@@ -65,3 +70,50 @@ def test_when_the_mirror_is_down_the_events_queue_gets_them(local_settings: Sett
         set_services(None)
     assert broker.sent == [("autopack.events.dispatch", [run_id], "events")]
     assert _undispatched(local_settings, run_id) == ["run.queued"]  # nothing marked that was not mirrored
+
+
+@pytest.mark.sandbox
+def test_a_step_over_its_time_limit_is_stopped_and_left_to_its_lease(local_settings: Settings, demo_repo: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The build queue's limits (soft 870 s, hard 900 s by default) are stopped on the pool the
+    Procfile runs (prefork: the thread pool ignored them, so a hung Builder step ran for good).
+    Here the real task gets 2 s (soft 1 s) and the Builder's model answers after 6 s: the step is
+    stopped, and the run goes on: the step is left to its lease, for the reconciler to send again
+    (a step that keeps running over is given up after max_deliveries, failing its phase)."""
+    pool = dict((name, p) for name, _, p, _ in WORKER_GROUPS)["build"]
+    good = demo_model()
+
+    def slow_builder(req):  # type: ignore[no-untyped-def]
+        if req.system.startswith("You are the Builder"):
+            time.sleep(6)
+        return good(req)
+
+    services, _ = make_services(local_settings, slow_builder)
+    register(local_settings, demo_repo)
+    run_id = submit(services, demo_plan())
+    assert call_step(services, run_id, "start_run", run_id) == [("baseline", run_id)]
+    nxt = call_step(services, run_id, "baseline", run_id)
+    assert nxt and nxt[0][0] == "build", nxt
+    from autopack.engine.runner import create_step
+
+    step_id, _ = create_step(services.db_url, run_id, "build", nxt[0][1])
+    task = app.tasks["autopack.build_phase"]
+    monkeypatch.setattr(task, "time_limit", 2, raising=False)
+    monkeypatch.setattr(task, "soft_time_limit", 1, raising=False)
+    set_services(services)
+    try:
+        with start_worker(app, pool=pool, concurrency=4, perform_ping_check=False, queues=["build", "audit"],
+                          shutdown_timeout=30):
+            started = time.monotonic()
+            result = app.send_task("autopack.build_phase", args=[step_id], queue="build")
+            result.get(timeout=60, propagate=False)
+            took = time.monotonic() - started
+    finally:
+        set_services(None)
+    assert result.state == "FAILURE" and took < 4, (
+        f"pool {pool!r}: the build step with a 2 s hard limit ran {took:.1f}s and ended {result.state}"
+    )
+    with session_scope(services.db_url) as s:
+        row, run = s.get(StepRow, step_id), s.get(Run, run_id)
+        assert row is not None and run is not None
+        assert row.done_at is None and row.deliveries == 1 and run.state == "RUNNING", (row.outcome, run.state, run.failure_reason)
