@@ -3,32 +3,72 @@
 from __future__ import annotations
 
 import json
-import re
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-_OBJECT = re.compile(r"\{.*\}", re.DOTALL)
 M = TypeVar("M", bound=BaseModel)
 
+_DECODER = json.JSONDecoder()
 
-def json_object(text: str) -> dict[str, Any]:
-    """The outermost ``{...}`` of ``text`` parsed as a JSON object; ``ValueError`` when there is none."""
-    match = _OBJECT.search(text)
-    if not match:
-        raise ValueError("no JSON object in the answer")
-    try:
-        value = json.loads(match.group(0))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"invalid JSON: {exc}") from None
-    if not isinstance(value, dict):  # pragma: no cover - the regex only matches objects
-        raise ValueError("the answer's JSON is not an object")
+
+def clean_text(text: str) -> str:
+    """``text`` without NUL characters and with lone UTF-16 surrogates replaced by U+FFFD.
+
+    Both are valid in a JSON string (``"\\u0000"``, ``"\\ud83d"``) but neither can be stored: a
+    surrogate cannot be encoded as UTF-8 and PostgreSQL's text columns refuse NUL. A valid pair of
+    surrogates is joined into its character."""
+    text = text.replace("\x00", "")
+    if any("\ud800" <= ch <= "\udfff" for ch in text):
+        text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    if isinstance(value, dict):
+        return {clean_text(k): _clean(v) for k, v in value.items()}
     return value
 
 
-def parse_answer(text: str, model: type[M], who: str, error: type[Exception]) -> M:
-    """The answer's JSON object validated as ``model``; ``error`` naming ``who`` answered otherwise."""
+def json_object(text: str) -> dict[str, Any]:
+    """The last complete top-level JSON object in ``text``, its strings cleaned (:func:`clean_text`);
+    ``ValueError`` when there is none.
+
+    An answer that restates the format (``like {"verdict": "approve"}``) before its own object is
+    read by its own object; a span from the first ``{`` to the last ``}`` is never taken as one."""
+    found: dict[str, Any] | None = None
+    error: str | None = None
+    i = text.find("{")
+    while i != -1:
+        try:
+            value, end = _DECODER.raw_decode(text, i)
+        except json.JSONDecodeError as exc:
+            error = error or str(exc)
+            i = text.find("{", i + 1)
+            continue
+        if isinstance(value, dict):
+            found = value
+        i = text.find("{", end)
+    if found is None:
+        raise ValueError(f"invalid JSON: {error}" if error else "no JSON object in the answer")
+    return _clean(found)  # type: ignore[no-any-return]
+
+
+class TruncatedAnswer(ValueError):
+    """The model was stopped at its token limit: its answer is not complete."""
+
+
+def parse_answer(text: str, model: type[M], who: str, error: type[Exception], *, truncated: bool = False) -> M:
+    """The answer's JSON object validated as ``model``; ``error`` naming ``who`` answered otherwise.
+    A ``truncated`` answer (stopped at max_tokens) is refused whatever it holds: the object in it
+    may be an example or a draft the model had not finished with."""
     try:
+        if truncated:
+            raise TruncatedAnswer("it was cut off at the token limit")
         return model.model_validate(json_object(text))
     except ValueError as exc:  # ValidationError is a ValueError too
         kind = "malformed" if isinstance(exc, ValidationError) else "unusable"

@@ -40,8 +40,9 @@ def failure_key(failure_class: str, message: str) -> str:
 
 
 def similarity(a: str, b: str) -> float:
-    """How alike two messages are once normalised, from 0.0 to 1.0."""
+    """How alike two messages are once normalised, from 0.0 to 1.0. Two empty messages say nothing
+    about the failures they stand for: 0.0, not alike."""
     na, nb = normalize_error(a), normalize_error(b)
-    if not na and not nb:
-        return 1.0
+    if not na or not nb:
+        return 0.0
     return difflib.SequenceMatcher(None, na, nb, autojunk=False).ratio()

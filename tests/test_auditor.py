@@ -56,3 +56,38 @@ def test_combine_two_verdicts() -> None:
     assert parse_judge('{"verdict": "approve", "reasoning": "fine"}').verdict == "approve"
     with pytest.raises(VerdictError):
         parse_judge("I side with the first auditor.")
+
+
+def test_an_approval_that_lists_a_major_issue_approves_nothing() -> None:
+    blocking = parse_verdict('{"verdict": "approve", "summary": "fine", "issues": [{"severity": "major", "summary": "deletes data"}]}')
+    assert not blocking.approved and blocking.issues[0].summary == "deletes data"  # the issue is kept
+    assert parse_verdict('{"verdict": "approve", "issues": [{"severity": "minor", "summary": "naming"}]}').approved
+
+
+def test_a_truncated_answer_is_no_verdict() -> None:
+    from autopack.auditor import parse_judge
+
+    with pytest.raises(VerdictError, match="cut off"):
+        parse_verdict('{"verdict": "approve", "summary": "ok", "issues": []}', truncated=True)
+    with pytest.raises(VerdictError, match="cut off"):
+        parse_judge('{"verdict": "approve", "reasoning": "fine"}', truncated=True)
+
+
+def test_a_reviewer_without_a_verdict_is_no_side_of_a_disagreement() -> None:
+    """Only an approve-against-reject split goes to the judge. A reviewer whose provider failed makes
+    the audit a provider error ("error": re-audited, no attempt used); one whose answer was no
+    verdict makes it "invalid"; a judge whose provider failed makes it "error" too."""
+    from autopack.auditor import combine, needs_judge
+
+    yes = {"model": "a", "verdict": "approve", "approved": True, "summary": "ok", "issues": []}
+    no = {"model": "b", "verdict": "reject", "approved": False, "summary": "bad", "issues": [{"severity": "major", "summary": "x"}]}
+    down = {"model": "b", "verdict": "error", "approved": None, "summary": "HTTP 500", "issues": []}
+    babble = {"model": "b", "verdict": "invalid", "approved": None, "summary": "no JSON object", "issues": []}
+    assert needs_judge([yes, no]) and not needs_judge([yes, dict(yes)])
+    assert not needs_judge([yes, down]) and not needs_judge([no, babble])
+    for records, verdict in (([yes, down], "error"), ([down, no], "error"), ([yes, babble], "invalid"), ([babble, down], "error")):
+        combined = combine(records, None)
+        assert (combined["verdict"], combined["approved"], combined["agree"]) == (verdict, None, False)
+    assert "HTTP 500" in combine([yes, down], None)["summary"]
+    judge_down = combine([yes, no], {"verdict": "error", "reasoning": "HTTP 529"})
+    assert judge_down["verdict"] == "error" and judge_down["approved"] is None and "HTTP 529" in judge_down["summary"]

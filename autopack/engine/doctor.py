@@ -43,13 +43,20 @@ def classify_attempt(a: Attempt, audit_mode: str) -> FailureClass | None:
         return FailureClass.INFRASTRUCTURE
 
 
+def failure_message(a: Attempt) -> str:
+    """What ``a``'s failure says, for the Doctor and the re-plan rule: its signature when one was
+    recorded (an empty one on purpose: an auditor's answer that was no verdict says nothing about
+    the change), else its failure text."""
+    return a.failure_signature if a.failure_signature is not None else (a.failure or "")
+
+
 def history(attempts: Sequence[Attempt], audit_mode: str) -> list[FailureRecord]:
     """The phase's failures, oldest first."""
     out = []
     for a in sorted(attempts, key=lambda x: x.number):
         cls = FailureClass(a.classification) if a.classification else classify_attempt(a, audit_mode)
         if cls is not None:
-            out.append(FailureRecord(cls, a.failure_signature or a.failure or ""))
+            out.append(FailureRecord(cls, failure_message(a)))
     return out
 
 

@@ -24,7 +24,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from autopack import gate as gatelib
-from autopack.auditor import VerdictError, combine, parse_judge, parse_verdict, render_auditor_prompt
+from autopack.auditor import NO_VERDICT, VerdictError, combine, needs_judge, parse_judge, parse_verdict, render_auditor_prompt
 from autopack.builder import BuildOutcome, PhaseContext, check_submission, render_builder_prompt, run_builder
 from autopack.db.models import Attempt, ModelCall, Phase, Run, Tier, utcnow
 from autopack.db.session import session_scope
@@ -34,16 +34,18 @@ from autopack.engine.faults import crash_point
 from autopack.engine import issues
 from autopack.engine.external import AWAITING
 from autopack.engine.flakiness import quarantined_tests
-from autopack.engine.doctor import classify_attempt, consult, history, no_attempts_left
+from autopack.engine.doctor import classify_attempt, consult, failure_message, history, no_attempts_left
 from autopack.engine.routing import choose_model, fallback_chain, routing_record
 from autopack.engine.leases import CURRENT_STEP, StepContext, record_clock
 from autopack.engine.learning import auditor_guidance, promote, prompt_guidance, record_hint, teaches
 from autopack.engine.ledger import charge, estimate_tokens, reserve, settle
 from autopack.engine.services import Services
 from autopack.engine.store import emit, transition
-from autopack.errors import BudgetExceeded, ConfigError, GitError, ProviderError, ProviderUnavailable, SandboxUnavailable, UnsafePath
+from autopack.errors import (BudgetExceeded, ConfigError, DoctorVerdictError, GitError, ProviderError, ProviderUnavailable,
+                             SandboxUnavailable, UnsafePath)
 from autopack.llm.base import LLMRequest, LLMResponse, Message
 from autopack.escalation import effective_complexity, model_from_chain, trailing_same_kind
+from autopack.governance.classify import AttemptFacts, FailureClass, NotAFailure, classify_failure
 from autopack.governance.doctor import FailureRecord
 from autopack.governance.doctor_prompt import render_doctor_prompt
 from autopack.governance.routing import RouteDecision, backoff_seconds
@@ -642,8 +644,8 @@ def _attempt_failed(
         ctx.guard(s)
         a = s.get(Attempt, attempt_id)
         assert a is not None
-        if a.decision is not None:
-            return []
+        if a.decision is not None or is_terminal_run(a.phase.run.state):
+            return []  # decided already, or the run ended (cancelled) while this attempt was built
         a.state = "FAILED"
         a.failure_class = failure_class
         a.failure = failure
@@ -756,12 +758,14 @@ def probe(services: Services, attempt_id: int, ctx: StepContext) -> list[Step]:
         assert a is not None
         if a.test_result is not None:
             return []
+        if is_terminal_run(a.phase.run.state) or a.phase.state != PhaseState.GATE:
+            return []  # the run ended (cancelled) while its tests ran
         result["outcomes_count"] = len(result["outcomes"])
         a.test_result = result
         a.gate = gate
         a.state = "TESTED"
         if not passed:
-            a.failure_class = "regression" if verdict.regressions else "test_failure"
+            a.failure_class = _gate_failure_class(gate, result, verdict.regressions)
             failing = [*verdict.regressions, *verdict.acceptance_failed]
             signature = "\n".join(sorted({result["messages"].get(t, "") for t in failing} - {""})) or reason
             a.failure_signature = signature
@@ -769,6 +773,20 @@ def probe(services: Services, attempt_id: int, ctx: StepContext) -> list[Step]:
             a.failure = reason + ("\n\nTest output (tail):\n" + result["output_tail"][-2500:] if result["output_tail"] else "")
         emit(s, a.run_id, "attempt.tested", phase_key=a.phase.key, attempt_id=a.id, passed=passed, summary=result["summary"], reason=reason)
         return ctx.finish(s, [("audit" if passed and audit_mode != "off" else "decide", attempt_id)])
+
+
+def _gate_failure_class(gate: dict[str, Any], result: dict[str, Any], regressions: tuple[str, ...]) -> str:
+    """The failure class a failed gate records. A test run killed from outside (SIGTERM, SIGHUP…)
+    is infrastructure, as the classifier (and so the Doctor and the health budget) sees it: it uses
+    no attempt. Otherwise (a run without a readable report included: see classify_failure) a
+    regression or a test failure (the classifier refines timeouts and resource limits)."""
+    facts = AttemptFacts(gate={**gate, "killed": result.get("killed"), "error": result.get("error")})
+    try:
+        if classify_failure(facts) is FailureClass.INFRASTRUCTURE:
+            return "infrastructure"
+    except NotAFailure:  # pragma: no cover - the gate failed
+        pass
+    return "regression" if regressions else "test_failure"
 
 
 # Extra re-runs of quarantined tests stop where one more full test run could reach the ci queue's
@@ -804,6 +822,7 @@ def audit(services: Services, attempt_id: int, ctx: StepContext) -> list[Step]:
         summary = (a.test_result or {}).get("summary", "")
         rules_text, rule_ids, rules_tokens = auditor_guidance(s, ph, services.config.strategy.learning)
         dual = bool(ph.budget.get("dual_audit"))
+        second = _auditor_model(services, ph, a, spec["complexity"], "second_auditor") if dual else ""
         skipped: list[tuple[str, str]] = []
         if not dual:
             # A single audit moves past a provider near its quota or out; a dual audit keeps its two
@@ -825,7 +844,8 @@ def audit(services: Services, attempt_id: int, ctx: StepContext) -> list[Step]:
         chain = fallback_chain(model, services.config.models.roles["auditor"].fallback, (m for m, _ in skipped), dual)
         call, used = fallback_call(services, scope, chain)
         try:
-            verdict = parse_verdict(call(system, [Message(role="user", content=user)], 1500).text)
+            resp = call(system, [Message(role="user", content=user)], 1500)
+            verdict = parse_verdict(resp.text, truncated=resp.truncated)
             out = {**verdict.model_dump(), "approved": verdict.approved}
         except VerdictError as exc:
             out = {"verdict": "invalid", "approved": None, "summary": str(exc), "issues": []}
@@ -840,13 +860,12 @@ def audit(services: Services, attempt_id: int, ctx: StepContext) -> list[Step]:
         if skipped:
             record["skipped"] = [{"model": m, "reason": r} for m, r in skipped]
         if dual:
-            second = services.model_for("second_auditor", spec["complexity"])
             if services.config.models.provider_of(second) == services.config.models.provider_of(model):
                 raise ConfigError(f"dual audit needs two providers: {model} and {second} are both {services.config.models.provider_of(model)}")
             records = [record, review("second_auditor", second)]
-            judge = None
-            if records[0]["approved"] != records[1]["approved"]:
-                judge = _judge(services, run_id, phase_id, attempt_id, spec["complexity"], user, records)
+            # Only a real split goes to the judge: a reviewer whose provider failed or whose answer
+            # was no verdict makes the whole audit "error" (re-audited, no attempt used) or "invalid".
+            judge = _judge(services, run_id, phase_id, attempt_id, spec["complexity"], user, records) if needs_judge(records) else None
             record = combine(records, judge)
     except BudgetExceeded as exc:
         return _budget_stop(services, ctx, phase_id, attempt_id, exc)
@@ -856,22 +875,56 @@ def audit(services: Services, attempt_id: int, ctx: StepContext) -> list[Step]:
         assert a is not None
         if a.audit is not None:
             return []
+        if is_terminal_run(a.phase.run.state) or a.phase.state != PhaseState.GATE:
+            return []  # the run ended (cancelled) while the auditors were reviewing
         a.audit = record
-        if record["verdict"] == "error" and a.phase.budget["audit"] == "required":
-            # No auditor could be reached: not the change's fault, so no attempt is used up.
-            a.failure_class, a.failure = "provider_error", f"auditor unavailable: {record['summary']}"[:4000]
+        if a.phase.budget["audit"] == "required":
+            _record_audit_failure(a, record)
         emit(s, a.run_id, "attempt.audited", phase_key=a.phase.key, attempt_id=a.id, verdict=record["verdict"], summary=record["summary"])
         return ctx.finish(s, [("decide", attempt_id)])
 
 
-def _auditor_model(services: Services, ph: Phase, current: Attempt, complexity: str) -> str:
-    """The auditor's model for ``current``: along the level's escalation chain after the auditor's
-    answers on the phase's earlier attempts were repeatedly no usable verdict."""
-    kinds = ["unusable" if (x.audit or {}).get("verdict") in ("invalid", "error") else "verdict"
-             for x in sorted(ph.attempts, key=lambda x: x.number) if x.id != current.id and x.audit]
+def _record_audit_failure(a: Attempt, record: dict[str, Any]) -> None:
+    """Record on ``a`` how its required audit failed, if it did. No auditor reached is a provider
+    error (no attempt used). Anything else without an approval is an auditor rejection, counted like
+    every other failure (attempts, escalation, health budget); a rejection on its merits carries the
+    auditors' objections as its failure and signature, so the Doctor, the re-plan rule and the
+    planner see them. An answer that was no verdict says nothing about the change: it gets no
+    signature (never "alike" another failure) and no failure key (no lesson)."""
+    if record["verdict"] == "error":
+        # No auditor could be reached: not the change's fault, so no attempt is used up.
+        a.failure_class, a.failure = "provider_error", f"auditor unavailable: {record['summary']}"[:4000]
+        return
+    if record.get("approved") is True:
+        return
+    text = _audit_text(record)
+    a.failure_class = "auditor_rejection"
+    a.failure = f"auditor rejected: {text or 'no approval'}"[:4000]
+    if record["verdict"] in ("approve", "reject"):
+        a.failure_signature = stable_output(text)[:2000]
+        a.failure_key = failure_key("auditor_rejection", a.failure_signature)
+    else:
+        a.failure_signature, a.failure_key = "", None
+
+
+def _review_of(audit: dict[str, Any], index: int) -> dict[str, Any]:
+    """The review of the first (0) or the second (1) auditor in a single or a dual audit record."""
+    if audit.get("mode") == "dual":
+        verdicts = audit.get("verdicts") or []
+        return verdicts[index] if index < len(verdicts) else {}
+    return audit if index == 0 else {}
+
+
+def _auditor_model(services: Services, ph: Phase, current: Attempt, complexity: str, role: str = "auditor") -> str:
+    """The model of ``role`` (auditor or second_auditor) for ``current``: along the level's
+    escalation chain after that auditor's answers on the phase's earlier attempts were repeatedly no
+    usable verdict."""
+    index = 0 if role == "auditor" else 1
+    reviews = [_review_of(x.audit or {}, index) for x in sorted(ph.attempts, key=lambda x: x.number) if x.id != current.id]
+    kinds = ["unusable" if r.get("verdict") in NO_VERDICT else "verdict" for r in reviews if r]
     same = trailing_same_kind(kinds) if kinds and kinds[-1] == "unusable" else 0
-    model = services.model_for("auditor", complexity)
-    return model_from_chain(services.config.models.roles["auditor"].escalation_chain(complexity, model), same,
+    model = services.model_for(role, complexity)
+    return model_from_chain(services.config.models.roles[role].escalation_chain(complexity, model), same,
                             services.config.strategy.run.model_after_failures)
 
 
@@ -886,9 +939,12 @@ def _judge(services: Services, run_id: str, phase_id: int, attempt_id: int, comp
     user = services.prompts.render("judge", review=review, verdicts=verdicts)
     call = make_call(services, CallScope(run_id, phase_id, attempt_id, "judge", model, None))
     try:
-        decision = parse_judge(call(services.prompts.render("judge_system"), [Message(role="user", content=user)], 800).text)
+        resp = call(services.prompts.render("judge_system"), [Message(role="user", content=user)], 800)
+        decision = parse_judge(resp.text, truncated=resp.truncated)
         return {"model": model, "verdict": decision.verdict, "reasoning": decision.reasoning}
-    except (VerdictError, ProviderError) as exc:
+    except VerdictError as exc:
+        return {"model": model, "verdict": "invalid", "reasoning": str(exc)}
+    except ProviderError as exc:
         return {"model": model, "verdict": "error", "reasoning": str(exc)}
 
 
@@ -1065,7 +1121,7 @@ def _consult_args(s: Session, services: Services, ph: Phase, current: Attempt, c
     and whether the re-plan rule (alike failures, a fatal type) fires."""
     rb = services.config.strategy.run
     failures = history([x for x in ph.attempts if x.id != current.id], ph.budget["audit"])
-    failures.append(FailureRecord(cls, current.failure_signature or current.failure or ""))
+    failures.append(FailureRecord(cls, failure_message(current)))
     replan_failures = [Failure(x.cls.value, x.message) for x in failures if x.cls.value not in NOT_BURNING]
     go, why = should_replan_now(replan_failures, ph.replans, rb.replan_similarity, rb.max_replans)
     doctor_calls = select(func.count(ModelCall.id)).where(ModelCall.role == "doctor")
@@ -1106,6 +1162,8 @@ def diagnose(services: Services, attempt_id: int, ctx: StepContext) -> list[Step
             ctx.guard(s)
             a = s.get(Attempt, attempt_id)
             assert a is not None
+            if is_terminal_run(a.phase.run.state):
+                return []  # the run ended (cancelled) while the lesson model answered
             if a.lesson is None:
                 a.lesson = lesson or ""  # "" : asked, no usable answer; the built-in lesson is used
             return ctx.finish(s, [("decide", attempt_id)])
@@ -1122,7 +1180,10 @@ def diagnose(services: Services, attempt_id: int, ctx: StepContext) -> list[Step
             history=args.failures, attempts_used=args.burned, max_attempts=ph.max_attempts, already_replanned=args.already_replanned,
         )
         call = make_call(services, CallScope(ph.run_id, ph.id, attempt_id, "doctor", model, None))
-        return call(system, [Message(role="user", content=user)], cfg.max_tokens).text
+        resp = call(system, [Message(role="user", content=user)], cfg.max_tokens)
+        if resp.truncated:  # an answer cut off at max_tokens is no decision, whatever object it holds
+            raise DoctorVerdictError("Doctor answer: it was cut off at the token limit")
+        return resp.text
 
     record = consult(args.failures, cfg=cfg, already_replanned=args.already_replanned, replan_reason=args.replan_reason,
                      phase_calls=args.phase_calls, run_calls=args.run_calls, ask=ask)
@@ -1134,6 +1195,8 @@ def diagnose(services: Services, attempt_id: int, ctx: StepContext) -> list[Step
         ctx.guard(s)
         a = s.get(Attempt, attempt_id)
         assert a is not None
+        if is_terminal_run(a.phase.run.state):
+            return []  # the run ended (cancelled) while the Doctor answered
         if a.decision is None and a.doctor is None:
             a.classification, a.doctor = record["class"], record
         return ctx.finish(s, [("decide", attempt_id)])
@@ -1151,7 +1214,8 @@ def _replan(services: Services, ph: Phase, current: Attempt, why: str) -> tuple[
     )
     call = make_call(services, CallScope(ph.run_id, ph.id, current.id, "planner", model, None))
     try:
-        plan = parse_replan(call(services.prompts.render("replan_system"), [Message(role="user", content=user)], 800).text)
+        resp = call(services.prompts.render("replan_system"), [Message(role="user", content=user)], 800)
+        plan = parse_replan(resp.text, truncated=resp.truncated)
     except (BudgetExceeded, ProviderError, ReplanError) as exc:
         log.warning("re-planning phase %s failed (%s); retrying with the old plan", ph.key, exc)
         return None

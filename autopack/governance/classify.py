@@ -102,8 +102,10 @@ def classify_failure(facts: AttemptFacts) -> FailureClass:
     killed = gate.get("killed")
     if killed:
         return _from_kill(str(killed))
-    if gate.get("error"):
-        return FailureClass.INFRASTRUCTURE
+    # A candidate's run that left no readable JUnit report (``error``) counts as a failed test run:
+    # the baseline wrote one, so the candidate most likely broke the test command (a conftest that
+    # no longer imports, a deleted pytest setting). As infrastructure it used no attempt, and such a
+    # candidate was built again and again, to the health budget's 20 failures.
     if gate.get("regressions") or recorded == "regression":
         return FailureClass.REGRESSION
     if gate.get("passed") is False or recorded == "test_failure":

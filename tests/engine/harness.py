@@ -118,6 +118,21 @@ def stats_plan(category: str, **extra: Any) -> Plan:
         "scope": ["calc/stats.py"], "deliverables": ["calc/stats.py"], "acceptance_tests": ["tests/test_stats.py"], **extra}]}]})
 
 
+def required_audit_run(settings: Settings, respond: Respond, repo: Path, *, max_replans: int | None = None) -> tuple[Services, str]:
+    """Services whose ``feature`` phases have 3 attempts and a required audit (``max_replans`` if
+    given), the repository registered, and a submitted, driven :func:`stats_plan` run."""
+    services, _ = make_services(settings, respond)
+    strategy = services.config.strategy.model_copy(deep=True)
+    strategy.categories["feature"] = {"max_attempts": 3, "audit": "required"}
+    if max_replans is not None:
+        strategy.run.max_replans = max_replans
+    services.config = services.config.model_copy(update={"strategy": strategy})
+    register(settings, repo)
+    run_id = submit(services, stats_plan("feature"))
+    drive(services, ("start_run", run_id))
+    return services, run_id
+
+
 def stats_model(req: LLMRequest) -> str | LLMResponse:
     """The demo model with a Builder that gets ``stats`` right first time and a judge that approves."""
     good = demo_model()

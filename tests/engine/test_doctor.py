@@ -177,3 +177,21 @@ def test_the_doctors_call_budget_and_unusable_answers(local_settings, demo_repo:
     assert third["calls"] == [] and third["reason"].startswith("the Doctor's call budget is spent")
     assert attempts[3]["doctor"]["action"] == "fail"
     assert len(script.doctor_prompts) == 1
+
+
+def test_a_truncated_doctor_answer_is_no_decision(local_settings, demo_repo: Path) -> None:
+    """The cheap Doctor's answer is cut off at its max_tokens after an example object: that object
+    is not its decision; the strong model is asked instead."""
+    data = demo_plan().model_dump()
+    data["tiers"] = data["tiers"][:1]
+    cut = "I could answer " + _doctor_json("skip_phase", 0.99, reason="example") + " but first: " + "thinking. " * 400
+    advice = "Raise ValueError naming the bad token instead of returning an empty list."
+    script = Script({"claude-haiku-4-5": cut, "claude-sonnet-4-6": _doctor_json("retry_with_fix", 0.9, advice)},
+                    fix_on_advice="The Doctor's advice: " + advice)
+    v, _ = _run(local_settings, demo_repo, script, parse_plan(data))
+    assert v["state"] == "DONE_SUCCESS", v["failure_reason"]
+    ph = phase(v, "parse")
+    assert ph["state"] == "COMPLETE"
+    doc = ph["attempt_details"][1]["doctor"]
+    assert doc["action"] == "retry_with_fix" and doc["hint"] == advice
+    assert "cut off at the token limit" in doc["calls"][0]["error"] and doc["calls"][1]["model"] == "claude-sonnet-4-6"

@@ -72,3 +72,37 @@ def test_a_judge_rejection_fails_the_attempt(local_settings, demo_repo: Path) ->
     assert all(a["audit"]["judge"]["verdict"] == "reject" for a in ph["attempt_details"])
     assert "Validation is missing." in ph["attempt_details"][0]["audit"]["summary"]
     assert len(judged) == 2
+
+
+def test_an_unreachable_second_auditor_is_a_provider_error_that_uses_no_attempt(local_settings, demo_repo: Path) -> None:
+    """The second auditor's provider fails on the first four reviews (two attempts allowed): each is
+    a provider error, re-audited without a new build and without asking the judge; the fifth review
+    approves the same candidate."""
+    from autopack.errors import ProviderError
+
+    outage = {"left": 4}
+    respond, judged = _model(APPROVE, APPROVE, None)
+
+    def flaky(req):  # type: ignore[no-untyped-def]
+        if req.system.startswith("You are the Auditor") and req.model != "gpt-5.4-mini" and outage["left"] > 0:
+            outage["left"] -= 1
+            raise ProviderError("anthropic", "internal server error", 500)
+        return respond(req)
+
+    services, client = make_services(local_settings, flaky)
+    register(local_settings, demo_repo)
+    run_id = submit(services, _plan())
+    drive(services, ("start_run", run_id))
+    v = view(services, run_id)
+    assert v["state"] == "DONE_SUCCESS", v["failure_reason"]
+    details = phase(v, "stats")["attempt_details"]
+    assert [(d["failure_class"], d["audit"]["verdict"]) for d in details] == [("provider_error", "error")] * 4 + [(None, "approve")]
+    assert [r["verdict"] for r in details[0]["audit"]["verdicts"]] == ["approve", "error"]
+    assert judged == [] and sum(c.system.startswith("You are the Builder") for c in client.calls) == 1
+
+
+def test_a_second_auditor_without_a_verdict_goes_to_no_judge(local_settings, demo_repo: Path) -> None:
+    v, judged = _run(local_settings, demo_repo, APPROVE, "Looks fine to me.", None)
+    audit = phase(v, "stats")["attempt_details"][0]["audit"]
+    assert audit["verdict"] == "invalid" and audit["approved"] is None and audit["judge"] is None
+    assert judged == []

@@ -9,7 +9,7 @@ import pytest
 
 from autopack.escalation import effective_complexity, model_from_chain, trailing_same_kind
 from autopack.plan import parse_plan
-from tests.engine.harness import demo_model, drive, make_services, phase, register, submit, view
+from tests.engine.harness import demo_model, drive, make_services, phase, register, required_audit_run, submit, view
 
 pytestmark = pytest.mark.sandbox
 
@@ -126,19 +126,40 @@ def test_the_auditor_moves_along_its_chain_after_unusable_answers(local_settings
             return '{"action": "retry_with_fix", "hint": "same again", "confidence": 0.9, "reason": "the auditor was unsure"}'
         return good(req)
 
-    services, _ = make_services(local_settings, respond)
-    strategy = services.config.strategy.model_copy(deep=True)
-    strategy.categories["feature"] = {"max_attempts": 3, "audit": "required"}
-    strategy.run.max_replans = 0
-    services.config = services.config.model_copy(update={"strategy": strategy})
-    register(local_settings, demo_repo)
-    run_id = submit(services, parse_plan({"project": "demo", "tiers": [{"id": "t", "phases": [
-        {"id": "stats", "goal": "Add calc/stats.py with mean and median.", "category": "feature", "complexity": "low",
-         "scope": ["calc/stats.py"], "deliverables": ["calc/stats.py"], "acceptance_tests": ["tests/test_stats.py"]}]}]}))
-    drive(services, ("start_run", run_id))
+    services, run_id = required_audit_run(local_settings, respond, demo_repo, max_replans=0)
     v = view(services, run_id)
     assert v["state"] == "DONE_SUCCESS", v["failure_reason"]
     assert auditors == ["gpt-5.4-mini", "gpt-5.4-mini", "gpt-5.4"]
     details = phase(v, "stats")["attempt_details"]
     assert [d["audit"]["verdict"] for d in details] == ["invalid", "invalid", "approve"]
     assert details[0]["classification"] == "auditor_rejection"
+
+
+def test_auditor_rejections_move_the_builder_up_a_level(local_settings, demo_repo: Path) -> None:
+    """Two attempts rejected by a required audit are two failed attempts, as for the gate: the third
+    is built by the next level's model (escalate_after_failures 2, the default)."""
+    import json
+
+    good = demo_model()
+    builders: list[str] = []
+    audits = {"n": 0}
+
+    def respond(req):  # type: ignore[no-untyped-def]
+        if req.system.startswith("You are the Builder"):
+            builders.append(req.model)
+            return good.__globals__["STATS"]
+        if req.system.startswith("You are the Auditor"):
+            audits["n"] += 1
+            if audits["n"] <= 2:
+                return json.dumps({"verdict": "reject", "summary": f"objection {audits['n']}",
+                                   "issues": [{"severity": "major", "summary": f"problem number {audits['n']}"}]})
+        if req.system.startswith("You are the Doctor"):
+            return '{"action": "retry_with_fix", "hint": "address the review", "confidence": 0.9, "reason": "r"}'
+        return good(req)
+
+    services, run_id = required_audit_run(local_settings, respond, demo_repo, max_replans=0)
+    v = view(services, run_id)
+    assert v["state"] == "DONE_SUCCESS", v["failure_reason"]
+    assert builders == ["claude-haiku-4-5", "claude-haiku-4-5", "claude-sonnet-4-6"]
+    first = phase(v, "stats")["attempt_details"][0]
+    assert first["failure_class"] == "auditor_rejection" and "problem number 1" in first["failure"]

@@ -80,3 +80,58 @@ def test_not_clean_can_stop_the_run(local_settings, demo_repo: Path) -> None:
     v = view(services, run_id)
     assert v["state"] == "DONE_FAILED_TIER_BLOCKED" and "not clean: 2 open major issues" in v["failure_reason"]
     assert [t["state"] for t in v["tiers"]] == ["NOT_CLEAN", "PENDING"]
+
+
+def _rejects_once_with(text: str):  # type: ignore[no-untyped-def]
+    """A right ``stats``; a required audit that first rejects with ``text`` (raw JSON escapes), then approves."""
+    good = demo_model()
+    audits = {"n": 0}
+
+    def respond(req):  # type: ignore[no-untyped-def]
+        if req.system.startswith("You are the Builder"):
+            return good.__globals__["STATS"]
+        if req.system.startswith("You are the Auditor"):
+            audits["n"] += 1
+            if audits["n"] == 1:
+                return '{"verdict": "reject", "summary": "%s", "issues": [{"severity": "major", "summary": "%s"}]}' % (text, text)
+        if req.system.startswith("You are the Doctor"):
+            return '{"action": "retry_with_fix", "hint": "h", "confidence": 0.9, "reason": "r"}'
+        return good(req)
+
+    return respond
+
+
+def _required_stats_run(services) -> str:  # type: ignore[no-untyped-def]
+    from tests.engine.harness import stats_plan
+
+    strategy = services.config.strategy.model_copy(deep=True)
+    strategy.categories["feature"] = {"max_attempts": 3, "audit": "required"}
+    services.config = services.config.model_copy(update={"strategy": strategy})
+    run_id = submit(services, stats_plan("feature"))
+    drive(services, ("start_run", run_id))
+    return run_id
+
+
+def test_a_lone_surrogate_in_an_auditor_objection_is_recorded(local_settings, demo_repo: Path) -> None:
+    """Valid JSON, "\\ud83d" is half of an emoji's escape: it cannot be encoded, so the issue's key,
+    the feedback and the summary get a replacement character instead (the step does not crash)."""
+    services, _ = make_services(local_settings, _rejects_once_with("bad \\ud83d"))
+    register(local_settings, demo_repo)
+    run_id = _required_stats_run(services)
+    v = view(services, run_id)
+    assert v["state"] == "DONE_SUCCESS", v["failure_reason"]
+    with session_scope(local_settings.db_url) as s:
+        assert [i["summary"] for i in run_issues(s, get_run(s, run_id))["issues"]] == ["bad \ufffd"]
+
+
+def test_a_nul_in_an_auditor_objection_is_recorded_on_postgres(pg_url: str, tmp_path: Path, demo_repo: Path) -> None:
+    """PostgreSQL's text columns cannot hold NUL: a "\\u0000" (valid JSON) is dropped from the answer."""
+    from tests.engine.harness import on_postgres
+
+    settings, _ = on_postgres(pg_url, tmp_path, demo_repo)
+    services, _ = make_services(settings, _rejects_once_with("a \\u0000 b"))
+    run_id = _required_stats_run(services)
+    v = view(services, run_id)
+    assert v["state"] == "DONE_SUCCESS", v["failure_reason"]
+    with session_scope(settings.db_url) as s:
+        assert [i["summary"] for i in run_issues(s, get_run(s, run_id))["issues"]] == ["a  b"]

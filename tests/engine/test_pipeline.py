@@ -244,3 +244,124 @@ def test_the_phase_cost_cap_stops_the_run_before_the_call(local_settings, demo_r
     assert v["state"] == "DONE_FAILED_BUDGET_EXHAUSTED"
     assert v["failure_reason"].startswith("phase stats: phase cost cap $0.00 reached")
     assert client.calls == []
+
+
+APPROVE = '{"verdict": "approve", "summary": "looks right", "issues": []}'
+RETRY = '{"action": "retry_with_fix", "hint": "h", "confidence": 0.9, "reason": "r"}'
+
+
+def _first_audit_then_approve(first_answer: str):  # type: ignore[no-untyped-def]
+    """The demo's right ``stats`` from the Builder; the Auditor answers ``first_answer`` once, then approves."""
+    good = demo_model()
+    audits = {"n": 0}
+
+    def respond(req):  # type: ignore[no-untyped-def]
+        if req.system.startswith("You are the Builder"):
+            return good.__globals__["STATS"]
+        if req.system.startswith("You are the Auditor"):
+            audits["n"] += 1
+            return first_answer if audits["n"] == 1 else APPROVE
+        if req.system.startswith("You are the Doctor"):
+            return RETRY
+        return good(req)
+
+    return respond
+
+
+def _required_audit(services) -> None:  # type: ignore[no-untyped-def]
+    strategy = services.config.strategy.model_copy(deep=True)
+    strategy.categories["feature"] = {"max_attempts": 3, "audit": "required"}
+    services.config = services.config.model_copy(update={"strategy": strategy})
+
+
+def _stats_run(services, local_settings, demo_repo: Path) -> dict:  # type: ignore[no-untyped-def,type-arg]
+    from tests.engine.harness import stats_plan
+
+    register(local_settings, demo_repo)
+    run_id = submit(services, stats_plan("feature"))
+    drive(services, ("start_run", run_id))
+    return view(services, run_id)
+
+
+def test_an_approval_that_lists_a_major_issue_does_not_pass_a_required_audit(local_settings, demo_repo: Path) -> None:
+    import json
+
+    contradiction = json.dumps({"verdict": "approve", "summary": "fine", "issues": [
+        {"severity": "major", "summary": "median() deletes the caller's data", "path": "calc/stats.py"}]})
+    services, _ = make_services(local_settings, _first_audit_then_approve(contradiction))
+    _required_audit(services)
+    v = _stats_run(services, local_settings, demo_repo)
+    assert v["state"] == "DONE_SUCCESS", v["failure_reason"]
+    first = phase(v, "stats")["attempt_details"][0]
+    assert first["decision"] == "retry" and first["audit"]["approved"] is False
+    assert "median() deletes the caller's data" in first["failure"]
+
+
+def test_a_truncated_auditor_answer_is_no_approval(local_settings, demo_repo: Path) -> None:
+    """The Auditor restates the format (an approving example), reasons at length and is cut off at
+    max_tokens before its own verdict: no verdict, whatever object the cut answer holds."""
+    reasoning = "Reviewing the change line by line. " * 200  # ~7,000 characters: past 1,500 tokens
+    cut = ('I must answer like {"verdict": "approve", "summary": "...", "issues": []} or with a rejection.\n'
+           + reasoning + '\n{"verdict": "reject", "summary": "median is wrong", "issues": []}')
+    services, client = make_services(local_settings, _first_audit_then_approve(cut))
+    _required_audit(services)
+    v = _stats_run(services, local_settings, demo_repo)
+    assert v["state"] == "DONE_SUCCESS", v["failure_reason"]
+    first = phase(v, "stats")["attempt_details"][0]
+    assert first["audit"]["verdict"] == "invalid" and "cut off at the token limit" in first["audit"]["summary"]
+    assert first["decision"] == "retry"
+
+
+def _events_after_cancel(local_settings, run_id: str) -> list[str]:  # type: ignore[no-untyped-def]
+    with session_scope(local_settings.db_url) as s:
+        types = [e["type"] for e in runsvc.list_events(s, run_id)]
+    return types[types.index("run.cancelled") + 1:]
+
+
+def test_a_probe_in_flight_when_the_run_is_cancelled_records_nothing(local_settings, demo_repo: Path) -> None:
+    from autopack.sandbox.runner import BwrapSandbox
+
+    holder: dict[str, str] = {}
+
+    class CancellingSandbox(BwrapSandbox):
+        calls = 0
+
+        def run(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            res = super().run(*args, **kwargs)
+            self.calls += 1
+            if self.calls == 2:  # the first candidate's tests (call 1 is the baseline)
+                with session_scope(local_settings.db_url) as s:
+                    runsvc.cancel_run(s, holder["run_id"])
+            return res
+
+    services, _ = make_services(local_settings, demo_model())
+    services.sandbox = CancellingSandbox()
+    register(local_settings, demo_repo)
+    holder["run_id"] = run_id = submit(services, demo_plan())
+    drive(services, ("start_run", run_id))
+    assert view(services, run_id)["state"] == "CANCELLED"
+    assert "attempt.tested" not in _events_after_cancel(local_settings, run_id)
+    with session_scope(local_settings.db_url) as s:
+        assert s.scalar(select(Attempt.test_result).where(Attempt.run_id == run_id)) is None
+
+
+def test_an_audit_in_flight_when_the_run_is_cancelled_records_nothing(local_settings, demo_repo: Path) -> None:
+    holder: dict[str, str] = {}
+    good = demo_model()
+
+    def respond(req):  # type: ignore[no-untyped-def]
+        if req.system.startswith("You are the Builder"):
+            return good.__globals__["STATS"]
+        if req.system.startswith("You are the Auditor"):
+            with session_scope(local_settings.db_url) as s:
+                runsvc.cancel_run(s, holder["run_id"])
+        return good(req)
+
+    services, _ = make_services(local_settings, respond)
+    register(local_settings, demo_repo)
+    holder["run_id"] = run_id = submit(services, demo_plan())
+    drive(services, ("start_run", run_id))
+    assert view(services, run_id)["state"] == "CANCELLED"
+    assert "attempt.audited" not in _events_after_cancel(local_settings, run_id)
+    with session_scope(local_settings.db_url) as s:
+        assert s.scalar(select(Attempt.audit).where(Attempt.run_id == run_id)) is None

@@ -112,3 +112,50 @@ def test_a_suite_over_the_runs_memory_is_a_resource_limit_not_a_worker_problem(l
         assert not attempt["gate"]["passed"] and attempt["failure"].startswith("failed: test run killed (memory)")
         assert attempt["classification"] == "sandbox_resource_limit"  # the Builder is told so, the run is not retried as infrastructure
         assert attempt["test_summary"] == "no tests (killed: memory)"
+
+
+class _KillingSandbox:
+    """The real sandbox, except that the runs numbered in ``kill`` come back killed by a SIGTERM
+    from outside (a worker being stopped, an operator, the host's OOM reaper)."""
+
+    def __init__(self, kill: set[int] | None = None) -> None:
+        from autopack.sandbox.runner import BwrapSandbox
+
+        self.real, self.kill, self.calls = BwrapSandbox(), kill, 0
+
+    def run(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        import dataclasses
+
+        res = self.real.run(*args, **kwargs)
+        self.calls += 1
+        if self.calls > 1 and (self.kill is None or self.calls in self.kill):  # call 1 is the baseline
+            return dataclasses.replace(res, exit_code=None, killed="signal:SIGTERM", files={})
+        return res
+
+
+def test_a_test_run_killed_from_outside_uses_no_attempt(local_settings, demo_repo: Path) -> None:
+    services, _ = make_services(local_settings, _respond)
+    services.sandbox = _KillingSandbox({2, 3})  # the first two candidates' runs
+    register(local_settings, demo_repo)
+    run_id = submit(services, _plan("docs"))  # 2 attempts
+    drive(services, ("start_run", run_id))
+    v = view(services, run_id)
+    assert v["state"] == "DONE_SUCCESS", v["failure_reason"]
+    details = phase(v, "extra")["attempt_details"]
+    assert [d["failure_class"] for d in details] == ["infrastructure", "infrastructure", None]
+    assert details[0]["classification"] == "infrastructure" and details[0]["doctor"]["burns_attempt"] is False
+
+
+def test_test_runs_killed_from_outside_are_bounded_by_the_health_budget(local_settings, demo_repo: Path) -> None:
+    from autopack.config import load_config
+
+    config = load_config(local_settings.config_dir)
+    strategy = config.strategy.model_copy(update={"run": config.strategy.run.model_copy(update={"max_total_failures": 3})})
+    services, _ = make_services(local_settings, _respond, config=config.model_copy(update={"strategy": strategy}))
+    services.sandbox = _KillingSandbox()  # every candidate's run
+    register(local_settings, demo_repo)
+    run_id = submit(services, _plan("docs"))
+    drive(services, ("start_run", run_id))
+    v = view(services, run_id)
+    assert v["state"] == "DONE_FAILED_HEALTH_BUDGET" and "failures 4 > 3" in v["failure_reason"]
+    assert [d["failure_class"] for d in phase(v, "extra")["attempt_details"]] == ["infrastructure"] * 4

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from autopack.replan import Failure, ReplanError, fatal_type, parse_replan, should_replan, should_replan_now
-from tests.engine.harness import demo_model, demo_plan, drive, make_services, phase, register, submit, view
+from tests.engine.harness import demo_model, demo_plan, drive, make_services, phase, register, required_audit_run, submit, view
 
 pytestmark = pytest.mark.sandbox
 
@@ -126,3 +126,64 @@ def test_a_blank_goal_from_the_planner_is_refused(text: str) -> None:
     with pytest.raises(ReplanError):
         parse_replan(text)
     assert parse_replan('{"goal": "  Do it.  ", "approach": " step "}').goal == "Do it."
+
+
+def test_failures_without_a_message_are_not_alike() -> None:
+    assert not should_replan([Failure("auditor_rejection", ""), Failure("auditor_rejection", "")], 0)[0]
+    assert not should_replan([Failure("auditor_rejection", " \n"), Failure("auditor_rejection", "")], 0)[0]
+
+
+def test_two_different_auditor_rejections_are_not_the_same_failure(local_settings, demo_repo: Path) -> None:
+    """Two unrelated objections of a required audit: the re-plan rule ("the last two attempts failed
+    the same way") does not fire; each rejection's failure is the auditor's objection."""
+    import json
+
+    good = demo_model()
+    audits = {"n": 0}
+    objections = ["median() of an even-length list returns the upper middle value, not the average",
+                  "the module has no docstring on mean()"]
+    planner: list[str] = []
+
+    def respond(req):  # type: ignore[no-untyped-def]
+        if req.system.startswith("You are the Builder"):
+            return good.__globals__["STATS"]
+        if req.system.startswith("You are the Auditor"):
+            audits["n"] += 1
+            if audits["n"] <= 2:
+                text = objections[audits["n"] - 1]
+                return json.dumps({"verdict": "reject", "summary": text, "issues": [{"severity": "major", "summary": text}]})
+        if req.system.startswith("You are the Planner"):
+            planner.append(req.messages[0].content)
+            return '{"goal": "Something else entirely.", "approach": "x"}'
+        if req.system.startswith("You are the Doctor"):
+            return '{"action": "retry_with_fix", "hint": "address the review", "confidence": 0.9, "reason": "r"}'
+        return good(req)
+
+    services, run_id = required_audit_run(local_settings, respond, demo_repo)
+    v = view(services, run_id)
+    assert v["state"] == "DONE_SUCCESS", v["failure_reason"]
+    first, second = phase(v, "stats")["attempt_details"][:2]
+    assert objections[0] in first["failure"] and objections[1] in second["failure"]
+    assert second["doctor"]["action"] != "replan", second["doctor"]
+    assert planner == []
+
+
+def test_a_truncated_planner_answer_is_no_plan(local_settings, demo_repo: Path) -> None:
+    """The planner is cut off at its max_tokens: the phase keeps its plan (its goal is not the cut
+    answer's first object) and retries."""
+    good = demo_model()
+    cut = '{"goal": "%s", "approach": "draft"} and, on second thought: ' % NEW_GOAL + "hmm. " * 1000
+
+    def respond(req):  # type: ignore[no-untyped-def]
+        if req.system.startswith("You are the Planner"):
+            return cut
+        if req.system.startswith("You are the Builder") and "# Phase parse" in req.messages[0].content:
+            return good.__globals__["PARSE_WRONG"]
+        return good(req)
+
+    services, _ = make_services(local_settings, respond)
+    register(local_settings, demo_repo)
+    run_id = submit(services, demo_plan())
+    drive(services, ("start_run", run_id))
+    ph = phase(view(services, run_id), "parse")
+    assert ph["replans"] == 0 and ph["goal"] != NEW_GOAL

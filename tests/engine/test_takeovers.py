@@ -11,14 +11,15 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, select, text
 
-from autopack.db.models import Phase, Run, StepRow
+from autopack.db.models import Attempt, Event, Phase, Run, StepRow
 from autopack.db.session import session_scope
 from autopack.engine.leases import claim
 from autopack.engine.runner import create_step, execute
 from autopack.engine.services import Services
 from autopack.engine.store import StaleState
+from autopack.settings import Settings
 from autopack.workspace.git import Git
-from tests.engine.harness import demo_plan, make_services, on_postgres, submit
+from tests.engine.harness import demo_plan, make_services, on_postgres, register, submit
 
 
 def _no_model(req):  # type: ignore[no-untyped-def]
@@ -196,3 +197,33 @@ def test_a_cancel_that_meets_a_run_transition_cancels_the_run_instead_of_answeri
     state = _run_row(svc, run_id).state
     assert answer["status"] != 500, f"cancel answered 500 ({answer['body']!r}); the run is {state}"
     assert state == "CANCELLED"
+
+
+def test_a_build_failure_landing_after_a_cancel_writes_nothing(local_settings: Settings) -> None:
+    """A build that fails after the run was cancelled records nothing and schedules no decide step:
+    the run's last event stays ``run.cancelled`` (the probe and audit steps: test_pipeline.py)."""
+    from autopack.engine import runs
+    from autopack.engine.leases import StepContext
+    from autopack.engine.steps import _attempt_failed
+
+    svc, _ = make_services(local_settings, _no_model)
+    register(local_settings, Path(local_settings.state_dir) / "no-repo")
+    run_id = submit(svc, demo_plan())
+    phase_id = _running(svc, run_id)
+    with session_scope(svc.db_url) as s:
+        a = Attempt(phase_id=phase_id, run_id=run_id, number=1, state="EXECUTING", model="m")
+        s.add(a)
+        s.flush()
+        attempt_id = a.id
+    with session_scope(svc.db_url) as s:
+        runs.cancel_run(s, run_id)
+    sid, _ = create_step(svc.db_url, run_id, "build", phase_id)
+    got = claim(svc.db_url, sid, "w", ttl_s=60)
+    assert got is not None
+    assert _attempt_failed(svc, StepContext(sid, got.token, run_id), attempt_id, "edit_invalid", "no edits in the answer") == []
+    with session_scope(svc.db_url) as s:
+        a = s.get(Attempt, attempt_id)
+        assert a is not None and (a.state, a.failure_class) == ("EXECUTING", None)
+        types = [e.type for e in s.scalars(select(Event).where(Event.run_id == run_id).order_by(Event.seq))]
+        assert types[-1] == "run.cancelled"
+        assert s.scalar(select(StepRow.id).where(StepRow.run_id == run_id, StepRow.name == "decide")) is None

@@ -50,9 +50,11 @@ def test_kills(killed: str, expected: FailureClass) -> None:
     assert classify_failure(facts) is expected
 
 
-def test_gate_error_is_infrastructure() -> None:
+def test_a_candidate_run_without_a_report_is_a_failed_test_run() -> None:
+    """The baseline wrote a report: a candidate whose run wrote none most likely broke the test
+    command, and uses an attempt (as infrastructure it was rebuilt up to the health budget)."""
     facts = AttemptFacts(failure_class="test_failure", gate={"passed": False, "error": "the test command wrote no JUnit report"})
-    assert classify_failure(facts) is F.INFRASTRUCTURE
+    assert classify_failure(facts) is F.TEST_FAILURE
 
 
 def test_regression_before_test_failure() -> None:
