@@ -24,6 +24,15 @@ def clean_text(text: str) -> str:
     return text
 
 
+def storable(text: str) -> str:
+    """``text`` as a database can store it: a NUL (PostgreSQL's text refuses it) or a lone surrogate
+    (no UTF-8 for it) becomes U+FFFD. For the record of a model's prompt or answer, whose raw text
+    goes on to its reader unchanged."""
+    if "\x00" not in text and not any("\ud800" <= ch <= "\udfff" for ch in text):
+        return text
+    return clean_text(text.replace("\x00", "\ufffd"))
+
+
 def _clean(value: Any) -> Any:
     if isinstance(value, str):
         return clean_text(value)

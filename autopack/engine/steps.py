@@ -24,6 +24,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from autopack import gate as gatelib
+from autopack.answers import storable
 from autopack.auditor import NO_VERDICT, VerdictError, combine, needs_judge, parse_judge, parse_verdict, render_auditor_prompt
 from autopack.builder import BuildOutcome, PhaseContext, check_submission, render_builder_prompt, run_builder
 from autopack.db.models import Attempt, ModelCall, Phase, Run, Tier, utcnow
@@ -219,7 +220,9 @@ def make_call(services: Services, scope: CallScope) -> Callable[[str, list[Messa
             reservation = reserve(s, scope.run_id, scope.phase_id, worst_tokens, worst_cost, scope.phase_token_cap,
                                   daily_token_cap=rb.project_daily_token_cap, daily_cost_cap=rb.project_daily_cost_cap_usd,
                                   step=CURRENT_STEP.get(), after_end=scope.after_end)
-        prompt = {"system": system, "messages": [m.model_dump() for m in messages]}
+        # Stored as the database can hold it (a NUL from a repository file or a model would fail the
+        # insert after the call was paid for, and end the run); the call itself gets the raw text.
+        prompt = {"system": storable(system), "messages": [{**m.model_dump(), "content": storable(m.content)} for m in messages]}
         try:
             resp = client.complete(req)
         except Exception as exc:
@@ -237,7 +240,7 @@ def make_call(services: Services, scope: CallScope) -> Callable[[str, list[Messa
                         run_id=scope.run_id, phase_id=scope.phase_id, attempt_id=scope.attempt_id, role=scope.role,
                         provider=provider, model=scope.model, request_key=_key(req),
                         prompt=prompt, max_tokens=max_tokens,
-                        error=f"{type(exc).__name__}: {exc}" + ("" if refused else " (usage unknown: counted at its worst case)"),
+                        error=storable(f"{type(exc).__name__}: {exc}" + ("" if refused else " (usage unknown: counted at its worst case)")),
                         input_tokens=0 if refused else est_in, output_tokens=0 if refused else max_tokens,
                         cost_usd=0.0 if refused else worst_cost,
                         created_at=record_clock(s),
@@ -257,7 +260,7 @@ def make_call(services: Services, scope: CallScope) -> Callable[[str, list[Messa
                 ModelCall(
                     run_id=scope.run_id, phase_id=scope.phase_id, attempt_id=scope.attempt_id, role=scope.role,
                     provider=provider, model=resp.model, request_key=_key(req), prompt=prompt,
-                    response_text=resp.text, stop_reason=resp.stop_reason, max_tokens=max_tokens,
+                    response_text=storable(resp.text), stop_reason=resp.stop_reason, max_tokens=max_tokens,
                     input_tokens=resp.usage.input_tokens, output_tokens=resp.usage.output_tokens, cost_usd=cost,
                     rules=list(scope.rules), hints=list(scope.hints), rules_tokens=scope.rules_tokens,
                     created_at=record_clock(s),

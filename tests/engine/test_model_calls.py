@@ -74,3 +74,22 @@ def test_a_call_the_provider_refused_costs_nothing(local_settings, demo_repo: Pa
     run, states, calls = _ledger(services, run_id)
     assert states == ["settled"] and (run.tokens_used, run.cost_usd, run.tokens_reserved) == (0, 0.0, 0)
     assert calls[0].cost_usd == 0.0
+
+
+@pytest.mark.postgres
+def test_a_nul_in_a_prompt_or_an_answer_is_recorded_not_fatal(pg_url: str, tmp_path: Path, demo_repo: Path) -> None:
+    """PostgreSQL's text refuses NUL: a repository file or a model answer holding one failed the
+    call's record after the call was paid for, and the step's error ended the run. The record keeps
+    U+FFFD in its place; the caller gets the answer as it came."""
+    from tests.engine.harness import on_postgres
+
+    settings, _ = on_postgres(pg_url, tmp_path, demo_repo)
+    services, _ = make_services(settings, lambda req: "answer\x00with a NUL \ud83d")
+    run_id = submit(services, stats_plan("feature"))
+    call = make_call(services, CallScope(run_id, None, None, "builder", MODEL, None))
+    resp = call("system\x00", [Message(role="user", content="file with \x00 in it")], 100)
+    assert resp.text == "answer\x00with a NUL \ud83d"
+    _run, states, calls = _ledger(services, run_id)
+    assert states == ["settled"] and len(calls) == 1
+    assert calls[0].response_text == "answer\ufffdwith a NUL \ufffd"
+    assert calls[0].prompt == {"system": "system\ufffd", "messages": [{"role": "user", "content": "file with \ufffd in it"}]}
