@@ -621,6 +621,20 @@ def _commit_candidate(services: Services, ctx: StepContext, phase_id: int, attem
         return ctx.finish(s, [("probe", attempt_id)])
 
 
+def _take_back_ref_move(repo: Path, branch: str, head: str | None, moved_to: str | None) -> None:
+    """The run ended (a cancel, its maximum runtime) between this decide step moving the integration
+    branch to the accepted candidate and recording the phase complete: the branch is moved back to
+    the run's head, so it holds exactly the commits of the phases recorded complete. Only from where
+    this step put it (compare-and-set); a failure is logged, the run being over either way."""
+    if head is None or moved_to is None:
+        return
+    try:
+        wt.update_ref_cas(repo, f"refs/heads/{branch}", head, moved_to, stale_lock_s=STALE_REF_LOCK_S)
+        log.warning("run ended before %s was recorded on %s: the branch is back at %s", moved_to[:10], branch, head[:10])
+    except GitError as exc:
+        log.warning("run ended before %s was recorded on %s, and the branch could not be moved back: %s", moved_to[:10], branch, exc)
+
+
 def _last_model_of_category(s: Session, run: Run, ph: Phase) -> str | None:
     """The model that completed the latest earlier phase of the same category in this run.
 
@@ -1027,6 +1041,8 @@ def decide_attempt(services: Services, attempt_id: int, ctx: StepContext) -> lis
         assert a is not None
         ph, run = a.phase, a.phase.run
         if a.decision is not None or is_terminal_run(run.state):
+            if a.decision is None and decision.action == "complete":
+                _take_back_ref_move(repo, branch, head, sha)
             return []
         a.decision = decision.action if action in ("retry_with_fix", "replan") else action
         a.finished_at = utcnow()

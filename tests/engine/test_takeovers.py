@@ -227,3 +227,29 @@ def test_a_build_failure_landing_after_a_cancel_writes_nothing(local_settings: S
         types = [e.type for e in s.scalars(select(Event).where(Event.run_id == run_id).order_by(Event.seq))]
         assert types[-1] == "run.cancelled"
         assert s.scalar(select(StepRow.id).where(StepRow.run_id == run_id, StepRow.name == "decide")) is None
+
+
+@pytest.mark.sandbox
+def test_a_cancel_between_the_ref_move_and_its_record_takes_the_commit_back_off_the_branch(
+        local_settings: Settings, demo_repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """decide moves the integration branch to the accepted candidate, then records the phase
+    complete. A cancel landing in between: the phase is not recorded, so the branch is moved back
+    to the run's head (it holds exactly one commit per completed phase)."""
+    from autopack.engine import runs
+    from autopack.engine import steps as steps_module
+    from tests.engine.harness import demo_model, drive, view
+
+    svc, _ = make_services(local_settings, demo_model())
+    register(local_settings, demo_repo)
+    run_id = submit(svc, demo_plan())
+
+    def cancel_there(name: str) -> None:
+        if name == "after_ref_moved":
+            with session_scope(svc.db_url) as s:
+                runs.cancel_run(s, run_id)
+
+    monkeypatch.setattr(steps_module, "crash_point", cancel_there)
+    drive(svc, ("start_run", run_id))
+    v = view(svc, run_id)
+    assert v["state"] == "CANCELLED" and all(p["state"] != "COMPLETE" for t in v["tiers"] for p in t["phases"])
+    assert Git(demo_repo).rev_parse(f"refs/heads/{v['branch']}") == v["head_commit"] == v["base_commit"]
