@@ -446,6 +446,7 @@ def test_status_follow_reattaches_to_a_run_until_its_end(state: Settings, demo_r
             with session_scope(state.db_url) as s:
                 s.execute(update(Run).where(Run.id == run_id).values(state="DONE_FAILED_CI_FAILED"))
                 emit(s, run_id, "run.finished", state="DONE_FAILED_CI_FAILED")
+            dispatch_pending(SimpleNamespace(db_url=state.db_url), run_id)  # what the events queue does
 
         ender = threading.Thread(target=finish)
         ender.start()
