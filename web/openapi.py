@@ -23,7 +23,7 @@ ERR = {
     "404": _resp("Error", "unknown id"),
     "409": _resp("Error", "illegal transition"),
     "422": _resp("Error", "invalid body; `field` names the offending field"),
-    "503": _resp("Error", "the database is unavailable; send the request again (see Retry-After): POST /runs with its Idempotency-Key, cancel and builder_result answer 409 if the first one landed"),
+    "503": _resp("Error", "the database is unavailable; send the request again (see Retry-After): POST /runs and builder_result with their Idempotency-Key get what the first one made, a cancel answers 409 if the first one landed"),
     "401": _resp("Error", "AUTOPACK_API_TOKEN is set and the request did not carry it (changes take it as a bearer token only)"),
     "415": _resp("Error", "the body is not sent as application/json"),
 }
@@ -78,7 +78,10 @@ def build_openapi() -> dict[str, Any]:
                 "post": {
                     "summary": "An external Builder's edits for a phase that waits for them (plan: builder: external); "
                                "they go through the same governance, test gate and audit as a model's",
-                    "parameters": [run_id, {"name": "phase", "in": "path", "required": True, "schema": {"type": "string"}}],
+                    "parameters": [run_id, {"name": "phase", "in": "path", "required": True, "schema": {"type": "string"}},
+                                   {"name": "Idempotency-Key", "in": "header", "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+                                    "description": "sent again with the same edits (the answer was lost), the request gets the attempt the "
+                                                   "first one went to (Idempotent-Replayed: true) and applies nothing; with other edits, 422"}],
                     "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("BuilderResult")}}},
                     "responses": {"202": _resp("BuilderResultAccepted", "edits stored; the phase's build step is queued"),
                                   "404": ERR["404"], "409": _resp("Error", "the phase is not waiting for a Builder result"),
