@@ -9,6 +9,7 @@ import socket
 import threading
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import and_, or_, select, update
@@ -21,7 +22,7 @@ from autopack.engine.leases import CURRENT_STEP, Claim, Heartbeat, StaleLease, S
 from autopack.engine.ledger import charge_orphans
 from autopack.engine.services import Services
 from autopack.logs import bind
-from autopack.engine.steps import STEPS, _end_run
+from autopack.engine.steps import STEPS, _end_run, take_back_ref_move
 from autopack.engine.store import StaleState, emit, transition
 from autopack.states import PHASE_TERMINAL, PhaseState, RunState, TierState, is_terminal_run
 
@@ -116,9 +117,16 @@ def give_up(services: Services, got: Claim) -> list[tuple[int, str]]:
     was doing so the run ends instead of looping."""
     reason = f"step {got.name} lost its worker {got.deliveries - 1} times"
     ctx = StepContext(got.step_id, got.token, got.run_id)
+    moved: tuple[Any, ...] | None = None
     with session_scope(services.db_url) as s:
         ctx.guard(s)
         run = s.get(Run, got.run_id)
+        if got.name == "decide" and run is not None:
+            # A decide that kept dying between its branch move and its record: the branch may hold
+            # a candidate the run never recorded, to be moved back once the phase is failed.
+            a = s.get(Attempt, int(got.arg))
+            if a is not None and a.decision is None and a.candidate_commit:
+                moved = (Path(run.project.repo_path), run.branch, run.head_commit, a.candidate_commit)
         if run is not None and not is_terminal_run(run.state):
             phase = _phase_of(s, got)
             if phase is not None and phase.state not in PHASE_TERMINAL and run.state == RunState.RUNNING:
@@ -134,6 +142,8 @@ def give_up(services: Services, got: Claim) -> list[tuple[int, str]]:
             else:
                 _end_run(s, run, RunState.DONE_FAILED_INFRASTRUCTURE, reason)
         mark_done(s, got.step_id, got.token, "given_up")
+    if moved is not None:
+        take_back_ref_move(*moved)
     return []
 
 

@@ -621,14 +621,17 @@ def _commit_candidate(services: Services, ctx: StepContext, phase_id: int, attem
         return ctx.finish(s, [("probe", attempt_id)])
 
 
-def _take_back_ref_move(repo: Path, branch: str, head: str | None, moved_to: str | None) -> None:
-    """The run ended (a cancel, its maximum runtime) between this decide step moving the integration
-    branch to the accepted candidate and recording the phase complete: the branch is moved back to
-    the run's head, so it holds exactly the commits of the phases recorded complete. Only from where
-    this step put it (compare-and-set); a failure is logged, the run being over either way."""
+def take_back_ref_move(repo: Path, branch: str, head: str | None, moved_to: str | None) -> None:
+    """The run ended (a cancel, its maximum runtime, a decide step given up) between a decide step
+    moving the integration branch to the accepted candidate and recording the phase complete: the
+    branch is moved back to the run's head, so it holds exactly the commits of the phases recorded
+    complete. Only from the candidate (compare-and-set; a branch elsewhere is left as it is); a
+    failure is logged, the run being over either way."""
     if head is None or moved_to is None:
         return
     try:
+        if Git(repo).rev_parse(f"refs/heads/{branch}") != moved_to:
+            return  # the move never happened (or the branch was moved since): nothing to take back
         wt.update_ref_cas(repo, f"refs/heads/{branch}", head, moved_to, stale_lock_s=STALE_REF_LOCK_S)
         log.warning("run ended before %s was recorded on %s: the branch is back at %s", moved_to[:10], branch, head[:10])
     except GitError as exc:
@@ -1042,7 +1045,7 @@ def decide_attempt(services: Services, attempt_id: int, ctx: StepContext) -> lis
         ph, run = a.phase, a.phase.run
         if a.decision is not None or is_terminal_run(run.state):
             if a.decision is None and decision.action == "complete":
-                _take_back_ref_move(repo, branch, head, sha)
+                take_back_ref_move(repo, branch, head, sha)
             return []
         a.decision = decision.action if action in ("retry_with_fix", "replan") else action
         a.finished_at = utcnow()

@@ -497,6 +497,38 @@ def test_a_step_that_keeps_killing_its_worker_fails_its_phase_and_ends_the_run(s
     assert len(_events(services, run_id)) == events and _row(services, sid).deliveries == limit + 1
 
 
+def test_giving_up_a_decide_that_moved_the_branch_moves_it_back(local_settings: Settings, demo_repo: Path) -> None:
+    """A decide that keeps dying between its branch move and its record (after_ref_moved) is given
+    up: the phase fails, and the branch, which held the candidate of a phase never recorded
+    complete, is moved back to the run's head."""
+    import subprocess
+
+    from autopack.workspace.git import Git
+
+    svc, _ = make_services(local_settings, _no_model)
+    register(local_settings, demo_repo)
+    run_id = _new_run(svc, "RUNNING")
+    _tier, _phase, attempt_id = _running_phase(svc, run_id)
+    git = Git(demo_repo)
+    head = git.rev_parse("refs/heads/main")
+    assert head is not None
+    env = {"PATH": "/usr/bin:/bin", "GIT_AUTHOR_NAME": "a", "GIT_AUTHOR_EMAIL": "a@b", "GIT_COMMITTER_NAME": "a", "GIT_COMMITTER_EMAIL": "a@b"}
+    cand = subprocess.run(["git", "commit-tree", f"{head}^{{tree}}", "-p", head, "-m", "stats: candidate"], cwd=demo_repo,
+                          capture_output=True, text=True, check=True, env=env).stdout.strip()
+    with session_scope(svc.db_url) as s:
+        run, a = s.get(Run, run_id), s.get(Attempt, attempt_id)
+        assert run is not None and a is not None
+        run.base_commit = run.head_commit = head
+        a.candidate_commit, branch = cand, run.branch
+    subprocess.run(["git", "update-ref", f"refs/heads/{branch}", cand], cwd=demo_repo, check=True, env=env)  # the move that was not recorded
+    sid = _step(svc, run_id, "decide", attempt_id, lease="expired", deliveries=svc.settings.max_deliveries)
+
+    assert execute(svc, sid, owner="w") == []
+
+    assert _run(svc, run_id).state == "DONE_FAILED_TIER_BLOCKED"
+    assert git.rev_parse(f"refs/heads/{branch}") == head
+
+
 def test_the_last_allowed_delivery_still_runs_the_step(services: Services, monkeypatch: pytest.MonkeyPatch) -> None:
     run_id = _new_run(services, "RUNNING")
     _tier, _phase, attempt_id = _running_phase(services, run_id)
