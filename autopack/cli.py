@@ -48,7 +48,9 @@ def cmd_web(args: argparse.Namespace, settings: Settings) -> int:
     if server == "gunicorn":
         from web.serve import serve_gunicorn
 
-        serve_gunicorn(lambda: create_app(settings), args.host, args.port, workers=args.workers, threads=args.threads)
+        # Event streams may hold all but two of a process's threads (requests and health checks keep those).
+        serve_gunicorn(lambda: create_app(settings, max_streams=max(1, args.threads - 2)), args.host, args.port,
+                       workers=args.workers, threads=args.threads)
         return 0
     from werkzeug.serving import run_simple
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -94,12 +95,18 @@ def create_app(
     config: AppConfig | None = None,
     enqueue: Enqueue | None = None,
     broker_check: BrokerCheck | None = None,
+    max_streams: int | None = None,
 ) -> Flask:
+    """The API. ``max_streams`` caps the event streams this process serves at once (each holds a
+    server thread for the life of its run): gunicorn gives it its threads less two, so that followers
+    cannot take every thread and stop the API (health checks included); beyond it a stream is
+    answered 503 with Retry-After. ``None``: no cap (werkzeug's server makes a thread per request)."""
     settings = settings or get_settings()
     config = config or load_config(settings.config_dir)
     enqueue = enqueue or _default_enqueue
     broker_check = broker_check or _default_broker_check
     db = settings.db_url
+    streams = threading.BoundedSemaphore(max_streams) if max_streams is not None else None
     app = Flask("autopack", static_folder=None)  # the dashboard serves its own files under /ui/static
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
@@ -339,6 +346,11 @@ def create_app(
         # The handlers of a run's end (run.finished, run.cancelled) write its last events (flaky
         # tests, retired rules): the stream ends once they have run, or after stream_end_wait_s.
         end_types = end_event_types()
+        if streams is not None and not streams.acquire(blocking=False):
+            resp, status = _error(503, "busy", f"this API process already serves {max_streams} event streams: try again "
+                                               f"later, or poll GET /runs/{run_id}/events?after=N")
+            resp.headers["Retry-After"] = "10"
+            return resp, status
 
         def generate():  # type: ignore[no-untyped-def]
             last = after
@@ -364,7 +376,10 @@ def create_app(
                         yield ": keep-alive\n\n"
                     time.sleep(poll)
 
-        return Response(generate(), mimetype="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        resp = Response(generate(), mimetype="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        if streams is not None:  # the server closes the response when the stream ends or its client goes away
+            resp.call_on_close(streams.release)
+        return resp
 
     @app.get("/runs/<run_id>/postmortem")
     def get_postmortem(run_id: str):  # type: ignore[no-untyped-def]

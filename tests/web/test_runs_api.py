@@ -657,3 +657,32 @@ def test_a_finished_runs_stream_ends_after_a_while_when_no_dispatcher_comes(loca
     body = client.get(f"/runs/{run_id}/events/stream?poll=0.05").get_data(as_text=True)
     assert time.monotonic() - started >= 0.5
     assert [b.splitlines()[0] for b in body.split("\n\n") if b.strip()] == ["id: 1", "id: 2", "event: end"]
+
+
+def test_event_streams_beyond_the_cap_are_503_and_leave_threads_for_requests(local_settings: Settings, tmp_path: Path) -> None:
+    """Each stream holds a server thread for the life of its run: with gunicorn's threads less two
+    as the cap, followers cannot take every thread (health checks included). One over the cap is a
+    503 with Retry-After; a stream that ended frees its place."""
+    with session_scope(local_settings.db_url) as s:
+        s.add(Project(name="demo", repo_path=str(tmp_path), base_branch="main"))
+    app = create_app(local_settings, enqueue=lambda steps: None, broker_check=lambda: None, max_streams=1)
+    client = app.test_client()
+    run_id = client.post("/runs", json=PLAN).get_json()["id"]
+    first: dict[str, str] = {}
+    stream = app.test_client().get(f"/runs/{run_id}/events/stream?poll=0.05")  # takes the one place
+    assert stream.status_code == 200
+
+    def follow() -> None:
+        first["body"] = stream.get_data(as_text=True)
+        stream.close()  # as a WSGI server does when a stream ends or its client goes away
+
+    follower = threading.Thread(target=follow)
+    follower.start()
+    second = client.get(f"/runs/{run_id}/events/stream?poll=0.05")
+    assert second.status_code == 503 and second.headers["Retry-After"] == "10" and second.get_json()["error"] == "busy"
+    assert client.get("/health").status_code in (200, 503)  # requests are still served
+    client.post(f"/runs/{run_id}/cancel")
+    dispatch_pending(SimpleNamespace(db_url=local_settings.db_url))
+    follower.join(timeout=10)
+    assert not follower.is_alive() and "event: end" in first["body"]
+    assert client.get(f"/runs/{run_id}/events/stream?poll=0.05").status_code == 200  # the place is free again
