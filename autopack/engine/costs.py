@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import select
@@ -49,6 +49,9 @@ def report(session: Session, project: Project | None, since: datetime | None) ->
     if project is not None:
         q = q.where(Project.id == project.id)
     if since is not None:
+        # One instant whatever its offset (naive: UTC): SQLite's DateTime drops the zone, so a
+        # since of 02:00+02:00 was compared as 02:00 UTC there.
+        since = since.replace(tzinfo=timezone.utc) if since.tzinfo is None else since.astimezone(timezone.utc)
         q = q.where(ModelCall.created_at >= since)
     by_project: dict[str, dict[str, Any]] = defaultdict(_new)
     by_day: dict[str, dict[str, Any]] = defaultdict(_new)

@@ -37,7 +37,10 @@ def provider_state(session: Session, models: ModelsConfig, provider: str, now: d
         inside = ModelCall.created_at > now - PERIODS[period]
         columns += [func.coalesce(func.sum(case((inside, tokens), else_=0)), 0), func.count(case((inside, ModelCall.id)))]
     if cooldown_s > 0:
-        last = select(ModelCall.id).where(ModelCall.provider == provider).order_by(ModelCall.id.desc()).limit(1).correlate(None).scalar_subquery()
+        # By created_at (then id): the (provider, created_at) index serves it with one step back; by
+        # id alone every call the provider ever made was read and sorted, twice per routing decision.
+        last = (select(ModelCall.id).where(ModelCall.provider == provider)
+                .order_by(ModelCall.created_at.desc(), ModelCall.id.desc()).limit(1).correlate(None).scalar_subquery())
         columns += [select(ModelCall.created_at).where(ModelCall.id == last).correlate(None).scalar_subquery(),
                     select(ModelCall.error).where(ModelCall.id == last).correlate(None).scalar_subquery()]
     if not columns:
@@ -62,9 +65,11 @@ def choose_model(session: Session, models: ModelsConfig, routing: RoutingConfig,
     """The first model of ``chain`` whose provider is neither near a quota nor recently out; never a
     weaker one for a high-risk category (then ``stop_reason`` says why).
 
-    When every provider of a normal category's chain is only recently out (none near a quota), the
-    outages are taken as possibly over and the chain is routed on quotas alone: the call then either
-    succeeds or fails as a provider error, which the run's health budget bounds.
+    When every provider of a chain is only recently out (none near a quota), the outages are taken
+    as possibly over and the chain is routed on quotas alone: the call then either succeeds or fails
+    as a provider error, which the run's health budget bounds. A high-risk category takes that retry
+    only with its own first model (trying it again is no downgrade): an outage of its provider in
+    another project's call no longer ends the run before any call of its own.
 
     ``now`` defaults to :func:`lease_clock`'s (the database server's on PostgreSQL), the clock every
     call's ``created_at`` is written on: a worker whose own clock ran behind would see a provider
@@ -75,10 +80,10 @@ def choose_model(session: Session, models: ModelsConfig, routing: RoutingConfig,
     providers = {c.provider for c in cands}
     states = {p: provider_state(session, models, p, now, routing.outage_cooldown_s) for p in providers}
     decision = route(role, complexity, category, high_risk, cands, states, now, routing.quota_margin)
-    if decision.model is None and not high_risk:
+    if decision.model is None:
         quota_only = {p: dataclasses.replace(st, down_until=None, down_reason="") for p, st in states.items()}
         retry = route(role, complexity, category, high_risk, cands, quota_only, now, routing.quota_margin)
-        if retry.model is not None:
+        if retry.model is not None and (not high_risk or retry.model == chain[0]):
             return dataclasses.replace(retry, skipped=[*decision.skipped, (retry.model, "every provider was recently out: trying again")])
     return decision
 

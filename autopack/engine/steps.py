@@ -289,7 +289,7 @@ def fallback_call(services: Services, scope: CallScope, chain: list[str]) -> tup
             try:
                 return make_call(services, dataclasses.replace(scope, model=used[-1]))(system, messages, max_tokens)
             except ProviderUnavailable as exc:
-                nxt = chain.index(used[-1]) + 1
+                nxt = _next_in_chain(services, chain, used[-1])
                 if nxt >= len(chain):
                     raise
                 with session_scope(services.db_url) as s:
@@ -301,6 +301,15 @@ def fallback_call(services: Services, scope: CallScope, chain: list[str]) -> tup
                 used.append(chain[nxt])
 
     return call, used
+
+
+def _next_in_chain(services: Services, chain: list[str], failed: str) -> int:
+    """The index of the model a call falls back to after ``failed``'s provider went out: the next of
+    ``chain`` on another provider (its other models are in that outage too), else the next one."""
+    provider_of = services.config.models.provider_of
+    at = chain.index(failed)
+    out = provider_of(failed)
+    return next((i for i in range(at + 1, len(chain)) if provider_of(chain[i]) != out), at + 1)
 
 
 def _key(req: LLMRequest) -> str:
@@ -555,9 +564,9 @@ def build_phase(services: Services, phase_id: int, ctx: StepContext) -> list[Ste
                           f"phase {spec['id']} is high-risk ({spec['category']}): {model} is unavailable ({exc}); "
                           "high-risk work never falls back to a weaker model")
             return []
-        return _attempt_failed(services, ctx, attempt_id, "provider_error", str(exc))
+        return _attempt_failed(services, ctx, attempt_id, "provider_error", str(exc), used=used)
     except ProviderError as exc:
-        return _attempt_failed(services, ctx, attempt_id, "provider_error", str(exc))
+        return _attempt_failed(services, ctx, attempt_id, "provider_error", str(exc), used=used)
     return _commit_candidate(services, ctx, phase_id, attempt_id, outcome, used, repo, worktree_path, tree, spec,
                              run_id, number, epoch, index)
 
@@ -584,7 +593,7 @@ def _commit_candidate(services: Services, ctx: StepContext, phase_id: int, attem
     """Governed edits → the deterministic candidate commit (kept under the run's refs) → the gate."""
     rounds = [r.__dict__ for r in outcome.rounds]
     if not outcome.ok or outcome.changes is None:
-        return _attempt_failed(services, ctx, attempt_id, outcome.failure_class or "edit_invalid", outcome.failure or "", rounds)
+        return _attempt_failed(services, ctx, attempt_id, outcome.failure_class or "edit_invalid", outcome.failure or "", rounds, used)
     trailers = {"Autopack-Run": run_id, "Autopack-Phase": spec["id"], "Autopack-Attempt": str(number)}
     goal_line = spec["goal"].strip().splitlines()[0][:72]
     try:
@@ -595,11 +604,11 @@ def _commit_candidate(services: Services, ctx: StepContext, phase_id: int, attem
         )
         wt.keep_ref(repo, f"refs/autopack/{run_id}/{spec['id']}/{number}", sha, stale_lock_s=STALE_REF_LOCK_S)
     except UnsafePath as exc:  # the edits name a path git will not record: the edit's fault
-        return _attempt_failed(services, ctx, attempt_id, "edit_refused", f"apply failed: {exc}", rounds)
+        return _attempt_failed(services, ctx, attempt_id, "edit_refused", f"apply failed: {exc}", rounds, used)
     except GitError as exc:
         # git itself failed (a lock another git holds, the worktree): not the edit's fault. Classed as
         # infrastructure it uses no attempt (the health budget bounds it) and teaches nothing.
-        return _attempt_failed(services, ctx, attempt_id, "infrastructure", f"git failed while committing the candidate: {exc}", rounds)
+        return _attempt_failed(services, ctx, attempt_id, "infrastructure", f"git failed while committing the candidate: {exc}", rounds, used)
     crash_point("after_commit")
     with session_scope(services.db_url) as s:
         ctx.guard(s)
@@ -609,9 +618,7 @@ def _commit_candidate(services: Services, ctx: StepContext, phase_id: int, attem
         if is_terminal_run(ph.run.state) or ph.state != PhaseState.EXECUTING:
             return []
         a.state = "BUILT"
-        a.model = used[-1]
-        if len(used) > 1:
-            a.routing = {**(a.routing or {}), "model": used[-1], "fallbacks": used[1:]}
+        _record_models(a, used)
         a.candidate_commit = sha
         a.edits = sorted(outcome.changes)
         a.edit_rounds = rounds
@@ -657,8 +664,16 @@ def _last_model_of_category(s: Session, run: Run, ph: Phase) -> str | None:
                     .order_by(Attempt.number.desc()).limit(1))
 
 
+def _record_models(a: Attempt, used: list[str]) -> None:
+    """The attempt's model is the one that answered last; the ones it fell back from are kept."""
+    a.model = used[-1]
+    if len(used) > 1:
+        a.routing = {**(a.routing or {}), "model": used[-1], "fallbacks": used[1:]}
+
+
 def _attempt_failed(
-    services: Services, ctx: StepContext, attempt_id: int, failure_class: str, failure: str, rounds: list[dict[str, Any]] | None = None
+    services: Services, ctx: StepContext, attempt_id: int, failure_class: str, failure: str, rounds: list[dict[str, Any]] | None = None,
+    used: list[str] | None = None,
 ) -> list[Step]:
     with session_scope(services.db_url) as s:
         ctx.guard(s)
@@ -667,6 +682,8 @@ def _attempt_failed(
         if a.decision is not None or is_terminal_run(a.phase.run.state):
             return []  # decided already, or the run ended (cancelled) while this attempt was built
         a.state = "FAILED"
+        if used:
+            _record_models(a, used)
         a.failure_class = failure_class
         a.failure = failure
         a.failure_signature = stable_output(failure.strip().splitlines()[0] if failure.strip() else failure_class)

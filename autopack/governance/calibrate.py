@@ -93,8 +93,10 @@ def advise(category: str, samples: Sequence[PhaseSample], *, min_completed: int 
                               advice="too few phases", reason=f"{len(done)} completed phases; at least {min_completed} are needed")
     tokens = [float(s.tokens) for s in done]
     costs = [s.cost_usd for s in done]
-    want_tokens = int(_round_up(max(percentile(tokens, 0.9) * headroom, max(tokens)), 1000))
-    want_cost = round(_round_up(max(percentile(costs, 0.9) * headroom, max(costs)), 0.05), 2)
+    # At least one rounding step: a free local model spends $0, and a cap of 0 is no cap the
+    # configuration accepts (nor one a phase could run under).
+    want_tokens = max(1000, int(_round_up(max(percentile(tokens, 0.9) * headroom, max(tokens)), 1000)))
+    want_cost = max(0.05, round(_round_up(max(percentile(costs, 0.9) * headroom, max(costs)), 0.05), 2))
     # Phases stopped at a cap needed more than it gave: never suggest less than half again of that cap.
     if token_stops and token_cap is not None:
         want_tokens = max(want_tokens, int(_round_up(token_cap * 1.5, 1000)))
@@ -102,6 +104,12 @@ def advise(category: str, samples: Sequence[PhaseSample], *, min_completed: int 
         want_cost = max(want_cost, round(_round_up(cost_cap * 1.5, 0.05), 2))
     if stopped or (token_cap is not None and want_tokens > token_cap) or (cost_cap is not None and want_cost > cost_cap):
         advice = "raise"
+        # Raising one cap never cuts the other: the phases stopped at the first spent what they did
+        # under the second, and would stop on it sooner (lowering is the "lower" advice's, alone).
+        if token_cap is not None:
+            want_tokens = max(want_tokens, token_cap)
+        if cost_cap is not None:
+            want_cost = max(want_cost, cost_cap)
         reason = (f"{stopped} of {len(samples)} phases stopped at the cap" if stopped
                   else "the largest completed phases come close to the cap")
     elif (token_cap is not None and want_tokens < token_cap * lower_below) and (cost_cap is None or want_cost < cost_cap * lower_below):

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 
+from autopack.db.models import ModelCall
+from autopack.db.session import session_scope
 from autopack.decide import health_counts, health_exceeded
+from autopack.engine.costs import report
 from autopack.errors import ProviderUnavailable
 from autopack.plan import parse_plan
-from tests.engine.harness import demo_model, drive, make_services, phase, register, submit, view
+from tests.engine.harness import demo_model, drive, make_services, phase, register, stats_model, stats_plan, submit, view
 
 pytestmark = pytest.mark.sandbox
 
@@ -98,3 +102,18 @@ def test_cost_reports_add_up(local_settings, demo_repo: Path) -> None:
     assert client.get("/reports/costs?since=yesterday").status_code == 422
     assert client.get("/reports/costs?project=ghost").status_code == 404
     assert client.get("/reports/costs?since=2999-01-01").get_json()["total"]["calls"] == 0
+
+
+def test_cost_report_since_with_an_offset_is_the_same_instant(local_settings, demo_repo: Path) -> None:
+    """``since=2026-01-01T02:00:00+02:00`` is 00:00 UTC: a call at 01:00 UTC is in the report (SQLite's
+    DateTime dropped the offset, so the report started at 02:00 UTC)."""
+    services, _ = make_services(local_settings, stats_model)
+    register(local_settings, demo_repo)
+    run_id = submit(services, stats_plan("feature"))
+    with session_scope(local_settings.db_url) as s:
+        s.add(ModelCall(run_id=run_id, role="builder", provider="anthropic", model="x", request_key="k", prompt={},
+                        input_tokens=10, output_tokens=0, cost_usd=1.0, created_at=datetime(2026, 1, 1, 1, 0, tzinfo=timezone.utc)))
+    since = datetime.fromisoformat("2026-01-01T02:00:00+02:00")  # what web/app.py parses
+    with session_scope(local_settings.db_url) as s:
+        out = report(s, None, since)
+    assert out["total"]["calls"] == 1, out["by_day"]

@@ -9,14 +9,16 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import create_engine, event, select
+from sqlalchemy.orm import Session
 
 from autopack.config import QuotaConfig, load_config
-from autopack.db.models import ModelCall
+from autopack.db.models import Attempt, Base, ModelCall, Phase
 from autopack.db.session import session_scope
 from autopack.engine.routing import choose_model, provider_state
 from autopack.engine.runs import list_events
 from autopack.errors import ProviderUnavailable
+from autopack.settings import ROOT
 from tests.engine.harness import drive, make_services, phase, register, stats_model, stats_plan, submit, view
 
 pytestmark = pytest.mark.sandbox
@@ -103,9 +105,11 @@ def test_requests_per_day_and_recent_outages(local_settings, demo_repo: Path) ->
         again = choose_model(s, cfg.models, cfg.strategy.run.routing, role="builder", complexity="low", category="feature",
                              high_risk=False, chain=["claude-haiku-4-5", "claude-sonnet-4-6"])
         assert again.model == "claude-haiku-4-5"
+        # A high-risk category does not move to another model, but it may try its own again.
         high = choose_model(s, cfg.models, cfg.strategy.run.routing, role="builder", complexity="low", category="x",
                             high_risk=True, chain=["claude-haiku-4-5", "gpt-5.4-mini"])
-        assert high.model is None and "is down until" in high.skipped[0][1]
+        assert high.model == "claude-haiku-4-5" and "is down until" in high.skipped[0][1]
+        assert high.skipped[-1] == ("claude-haiku-4-5", "every provider was recently out: trying again")
 
 
 def test_normal_category_falls_back_along_the_chain_after_a_backoff(local_settings, demo_repo: Path) -> None:
@@ -225,7 +229,7 @@ def test_quota_windows_sum_the_recorded_calls(backend: str, local_settings, demo
         assert provider_state(s, cfg, "anthropic", now, 60).down_until is None  # its last call succeeded
     outage_at = now - timedelta(seconds=10)
     _usage(url, run_id, "anthropic", 0, at=outage_at, error="ProviderUnavailable: overloaded (529)")
-    _usage(url, run_id, "openai", 0, at=now - timedelta(days=30), error="ProviderUnavailable: down")  # an older id
+    _usage(url, run_id, "openai", 0, at=now - timedelta(days=30), error="ProviderUnavailable: down")  # a newer id, an older time
     bare = services.config.models.model_copy(deep=True)
     bare.providers["anthropic"].quotas = []
     for models in (cfg, bare):  # with quota windows, and with none (the outage alone)
@@ -233,8 +237,9 @@ def test_quota_windows_sum_the_recorded_calls(backend: str, local_settings, demo
             state = provider_state(s, models, "anthropic", now, 60)
             assert state.down_until == outage_at + timedelta(seconds=60) and state.down_reason == "overloaded (529)"
             assert provider_state(s, models, "anthropic", now, 0).down_until is None  # no cooldown: outages do not count
-            # openai's last call (by id) is the outage recorded last, whatever its time.
-            assert provider_state(s, models, "openai", now, 60).down_until == now - timedelta(days=30) + timedelta(seconds=60)
+            # openai's last call is the latest by time (the index's order: by id the provider's whole
+            # history was sorted), the success a minute ago, not the month-old outage written after it.
+            assert provider_state(s, models, "openai", now, 60).down_until is None
     with session_scope(url) as s:
         assert provider_state(s, cfg, "anthropic", now, 60).usage["hour"].requests == 3  # the outage is a request too
 
@@ -275,3 +280,102 @@ def test_outages_are_timed_by_the_database_clock_whatever_the_workers_clocks(loc
     assert as_worker_with_clock("-10 minutes", pg_url, route % 60) == "gpt-5.4-mini"  # inside its cooldown
     time.sleep(1.5)
     assert as_worker_with_clock("-10 minutes", pg_url, route % 1) == "claude-haiku-4-5"  # past it
+
+
+def _call(db_url: str, run_id: str, provider: str, *, model: str = "x", at: datetime | None = None,
+          error: str | None = None, tokens: int = 10) -> None:
+    with session_scope(db_url) as s:
+        c = ModelCall(run_id=run_id, role="builder", provider=provider, model=model, request_key="k", prompt={},
+                      input_tokens=tokens, output_tokens=0, cost_usd=1.0, error=error)
+        if at is not None:
+            c.created_at = at
+        s.add(c)
+
+
+def test_outage_lookup_does_not_sort_the_providers_whole_history(tmp_path: Path) -> None:
+    """The "was the last call an outage" lookup is served by the (provider, created_at) index: by
+    ``id`` it read and sorted every call the provider ever made (0.48 s per provider at 1M calls,
+    twice per routing decision)."""
+    eng = create_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    Base.metadata.create_all(eng)
+    statements: list[tuple[str, object]] = []
+
+    @event.listens_for(eng, "before_cursor_execute")
+    def capture(conn, cursor, statement, params, context, executemany):  # type: ignore[no-untyped-def]
+        statements.append((statement, params))
+
+    cfg = load_config(ROOT / "config")
+    with Session(eng) as s:
+        provider_state(s, cfg.models, "anthropic", datetime.now(timezone.utc), 60)
+    statement, params = statements[-1]
+    with eng.connect() as c:
+        plan = [str(row[3]) for row in c.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, params)]  # type: ignore[arg-type]
+    assert not any("TEMP B-TREE" in p for p in plan), plan
+
+
+def test_failed_attempt_after_a_fallback_records_the_model_that_answered(local_settings, demo_repo: Path) -> None:
+    """A failed attempt records the model that answered (and the ones it fell back from), as a built
+    one does: it kept the primary, which never answered."""
+    def respond(req):  # type: ignore[no-untyped-def]
+        if req.system.startswith("You are the Builder"):
+            if req.model == "claude-haiku-4-5":
+                raise ProviderUnavailable("anthropic", "overloaded_error: Overloaded", 529)
+            return "I cannot help with that."  # no edits at all
+        try:
+            return stats_model(req)
+        except ValueError:  # the Doctor, the planner: nothing to say
+            return "{}"
+
+    services, _ = make_services(local_settings, respond)
+    strategy = services.config.strategy.model_copy(deep=True)
+    strategy.run.routing.backoff_base_s = 0.01
+    services.config = services.config.model_copy(update={"strategy": strategy})
+    register(local_settings, demo_repo)
+    run_id = submit(services, stats_plan("feature"))
+    drive(services, ("start_run", run_id))
+    first = phase(view(services, run_id), "stats")["attempt_details"][0]
+    assert first["failure_class"] is not None
+    with session_scope(local_settings.db_url) as s:
+        first_id = s.scalar(select(Attempt.id).join(Phase).where(Phase.run_id == run_id, Attempt.number == 1))
+        builder_models = [(c.model, c.error is None) for c in s.scalars(
+            select(ModelCall).where(ModelCall.attempt_id == first_id, ModelCall.role == "builder").order_by(ModelCall.id))]
+    # The primary was out; every answer the attempt got (the edit rounds) came from the fallback.
+    assert builder_models[0] == ("claude-haiku-4-5", False) and {m for m, ok in builder_models[1:]} == {"gpt-5.4-mini"}
+    assert first["model"] == "gpt-5.4-mini", first["routing"]
+    assert first["routing"].get("fallbacks") == ["gpt-5.4-mini"], first["routing"]
+
+
+def test_mid_call_fallback_skips_a_model_of_the_provider_that_just_went_out(local_settings, demo_repo: Path) -> None:
+    """After openai answered 529 for gpt-5.4-mini, the fallback goes to the next provider's model,
+    not to gpt-5.4 (openai again, in the same outage)."""
+    def respond(req):  # type: ignore[no-untyped-def]
+        if req.system.startswith("You are the Builder") and req.model.startswith("gpt-"):
+            raise ProviderUnavailable("openai", "overloaded", 529)
+        return stats_model(req)
+
+    services, client = make_services(local_settings, respond)
+    cfg = services.config.model_copy(deep=True)
+    cfg.models.roles["builder"].low = "gpt-5.4-mini"
+    cfg.models.roles["builder"].fallback = ["gpt-5.4", "claude-haiku-4-5"]
+    cfg.strategy.run.routing.backoff_base_s = 0.01
+    services.config = cfg
+    register(local_settings, demo_repo)
+    run_id = submit(services, stats_plan("feature"))
+    drive(services, ("start_run", run_id))
+    first_attempt = [c.model for c in client.calls if c.system.startswith("You are the Builder")][:2]
+    assert first_attempt == ["gpt-5.4-mini", "claude-haiku-4-5"], first_attempt
+
+
+def test_high_risk_phase_retries_its_own_model_after_a_cooldown_outage(local_settings, demo_repo: Path) -> None:
+    """Another project's call got a 529 from the provider 5 s ago: a high-risk phase tries its own
+    model again (no downgrade) instead of ending the run before any call of its own."""
+    services, client = make_services(local_settings, stats_model)
+    register(local_settings, demo_repo)
+    other = submit(services, stats_plan("feature"))
+    _call(local_settings.db_url, other, "anthropic", error="ProviderUnavailable: anthropic: overloaded (HTTP 529)",
+          at=datetime.now(timezone.utc) - timedelta(seconds=5))
+    run_id = submit(services, stats_plan("security_auth_change"))
+    drive(services, ("start_run", run_id))
+    v = view(services, run_id)
+    assert v["state"] != "DONE_FAILED_INFRASTRUCTURE", v["failure_reason"]
+    assert any(c.model == "claude-haiku-4-5" for c in client.calls if c.system.startswith("You are the Builder"))

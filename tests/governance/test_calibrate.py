@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from autopack.governance.calibrate import PhaseSample, advise, calibrate, percentile
+from autopack.strategy import CategoryBudget
 
 
 def _s(tokens: int, *, category: str = "feature", completed: bool = True, cap: int = 60000, cost: float = 0.01,
@@ -62,4 +63,27 @@ def test_a_cost_cap_stop_raises_the_cost_cap_only_and_caps_round_exactly() -> No
     a = advise("feature", [*samples, stopped])
     assert a.advice == "raise" and a.stopped_at_cap == 1
     assert a.suggested_cost_cap_usd == 1.65  # 1.1 x 1.5, exactly
-    assert a.suggested_token_cap == 6000  # not pushed up by the cost stop: p90 3360 x 1.5 = 5040, up to 1000s
+    assert a.suggested_token_cap == 10000  # neither pushed up by the cost stop nor cut while raising
+
+
+def _spent(tokens: int, cost: float, *, cap: int = 10000, cost_cap: float = 2.0, stopped: bool = False,
+       completed: bool = True) -> PhaseSample:
+    return PhaseSample("feature", completed, tokens, cost, 1, cap, cost_cap, stopped_at_token_cap=stopped)
+
+
+def test_a_free_local_model_gets_no_zero_cost_cap() -> None:
+    """A free model (pricing {input: 0, output: 0}) spends $0: the advice is at least one rounding
+    step ($0.05), a cap the configuration accepts (it suggested 0.0, which CategoryBudget refuses)."""
+    a = advise("feature", [_spent(t, 0.0) for t in (9000, 9200, 9400, 9600, 9800)])
+    assert a.advice == "raise"
+    CategoryBudget(token_cap=a.suggested_token_cap, cost_cap_usd=a.suggested_cost_cap_usd)  # raises on 0.0
+
+
+def test_raise_for_token_stops_does_not_cut_the_cost_cap_below_what_the_stopped_phase_spent() -> None:
+    """Most phases are small; the big one stopped at the token cap (10000 tokens, $0.105). Raising the
+    token cap does not cut the cost cap: it computed it from the completed phases only ($2.00 became
+    $0.05), which would have stopped that phase sooner, on cost."""
+    done = [_spent(t, t * 0.0000105) for t in (1600, 1800, 2000, 2200, 2400)]
+    a = advise("feature", [*done, _spent(10000, 0.105, stopped=True, completed=False)])
+    assert a.advice == "raise" and a.suggested_token_cap == 15000
+    assert a.suggested_cost_cap_usd is not None and a.suggested_cost_cap_usd >= 0.105, a
