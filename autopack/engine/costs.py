@@ -13,7 +13,8 @@ from autopack.db.models import ModelCall, Phase, Project, Run
 from autopack.engine.ledger import utc_day
 
 
-def _add(bucket: dict[str, Any], c: ModelCall) -> None:
+def _add(bucket: dict[str, Any], c: Any) -> None:
+    """Count call ``c`` (a ModelCall, or a row with its token and cost columns) in ``bucket``."""
     bucket["calls"] += 1
     bucket["input_tokens"] += c.input_tokens
     bucket["output_tokens"] += c.output_tokens
@@ -45,7 +46,10 @@ def run_costs(session: Session, run: Run) -> dict[str, Any]:
 
 
 def report(session: Session, project: Project | None, since: datetime | None) -> dict[str, Any]:
-    q = select(ModelCall, Run, Project).join(Run, ModelCall.run_id == Run.id).join(Project, Run.project_id == Project.id)
+    # The figures only: whole rows carried every call's prompt and answer, to sum four numbers.
+    q = (select(ModelCall.role, ModelCall.model, ModelCall.created_at, ModelCall.input_tokens, ModelCall.output_tokens,
+                ModelCall.cost_usd, Run.id.label("run_id"), Project.name.label("project"))
+         .join(Run, ModelCall.run_id == Run.id).join(Project, Run.project_id == Project.id))
     if project is not None:
         q = q.where(Project.id == project.id)
     if since is not None:
@@ -58,9 +62,9 @@ def report(session: Session, project: Project | None, since: datetime | None) ->
     by_role_model: dict[str, dict[str, Any]] = defaultdict(_new)
     by_run: dict[str, dict[str, Any]] = defaultdict(_new)
     total = _new()
-    for c, run, proj in session.execute(q):
-        for bucket in (by_project[proj.name], by_day[utc_day(c.created_at)], by_role_model[f"{c.role} · {c.model}"],
-                       by_run[run.id], total):
+    for c in session.execute(q):
+        for bucket in (by_project[c.project], by_day[utc_day(c.created_at)], by_role_model[f"{c.role} · {c.model}"],
+                       by_run[c.run_id], total):
             _add(bucket, c)
     return {"project": project.name if project else None, "since": since.isoformat() if since else None, "total": total,
             "by_project": dict(by_project), "by_day": dict(sorted(by_day.items())), "by_role_model": dict(by_role_model),

@@ -6,6 +6,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+from sqlalchemy import event
 
 from autopack.db.models import ModelCall
 from autopack.db.session import session_scope
@@ -114,6 +115,19 @@ def test_cost_report_since_with_an_offset_is_the_same_instant(local_settings, de
         s.add(ModelCall(run_id=run_id, role="builder", provider="anthropic", model="x", request_key="k", prompt={},
                         input_tokens=10, output_tokens=0, cost_usd=1.0, created_at=datetime(2026, 1, 1, 1, 0, tzinfo=timezone.utc)))
     since = datetime.fromisoformat("2026-01-01T02:00:00+02:00")  # what web/app.py parses
+    statements: list[str] = []
+
+    def seen(conn, cursor, statement, params, context, executemany):  # type: ignore[no-untyped-def]
+        statements.append(statement)
+
     with session_scope(local_settings.db_url) as s:
-        out = report(s, None, since)
-    assert out["total"]["calls"] == 1, out["by_day"]
+        engine = s.get_bind()
+        event.listen(engine, "before_cursor_execute", seen)
+        try:
+            out = report(s, None, since)
+        finally:
+            event.remove(engine, "before_cursor_execute", seen)
+    assert out["total"] == {"calls": 1, "input_tokens": 10, "output_tokens": 0, "cost_usd": 1.0}, out["by_day"]
+    assert list(out["by_day"]) == ["2026-01-01"] and list(out["by_role_model"]) == ["builder · x"]
+    # The figures only: not every call's prompt and answer (whole rows), to sum four numbers.
+    assert not any("prompt" in st or "response_text" in st for st in statements), statements
