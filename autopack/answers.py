@@ -19,16 +19,26 @@ def clean_text(text: str) -> str:
     surrogate cannot be encoded as UTF-8 and PostgreSQL's text columns refuse NUL. A valid pair of
     surrogates is joined into its character."""
     text = text.replace("\x00", "")
-    if any("\ud800" <= ch <= "\udfff" for ch in text):
+    if _has_surrogate(text):
         text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
     return text
+
+
+def _has_surrogate(text: str) -> bool:
+    """Whether ``text`` holds a surrogate, the one thing UTF-8 cannot encode: one C pass (this runs on
+    every model call's prompt and answer), not a Python loop over its characters."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def storable(text: str) -> str:
     """``text`` as a database can store it: a NUL (PostgreSQL's text refuses it) or a lone surrogate
     (no UTF-8 for it) becomes U+FFFD. For the record of a model's prompt or answer, whose raw text
     goes on to its reader unchanged."""
-    if "\x00" not in text and not any("\ud800" <= ch <= "\udfff" for ch in text):
+    if "\x00" not in text and not _has_surrogate(text):
         return text
     return clean_text(text.replace("\x00", "\ufffd"))
 

@@ -101,9 +101,10 @@ def _run_claimed(services: Services, got: Claim) -> list[tuple[int, str]]:
     except StaleState as exc:
         # A compare-and-set lost to another writer. If that was the step's new holder (this worker
         # was paused past its lease), this worker's result is discarded as for a stale lease.
-        with session_scope(services.db_url) as s:
-            fence = s.scalar(select(StepRow.fence).where(StepRow.id == step_id, StepRow.done_at.is_(None)))
-        if fence != got.token:
+        try:
+            with session_scope(services.db_url) as s:
+                ctx.guard(s)
+        except StaleLease:
             log.warning("step %s (%s %s): %s, and the step was taken over; this worker's result is discarded",
                         step_id, got.name, got.arg, exc)
             return []

@@ -56,8 +56,8 @@ def _write_postmortem(session: Session, services: Any, event: dict[str, Any]) ->
     run = session.get(Run, event["run_id"])
     if run is None or session.get(Postmortem, run.id) is not None:
         return
-    if calls_in_flight(session, run.id):
-        raise CallsInFlight(f"run {run.id}: {calls_in_flight(session, run.id)} model call(s) still answering; its postmortem waits")
+    if in_flight := calls_in_flight(session, run.id):
+        raise CallsInFlight(f"run {run.id}: {in_flight} model call(s) still answering; its postmortem waits")
     facts = postmortem.collect_facts(session, run)
     session.add(Postmortem(run_id=run.id, facts=facts, markdown=postmortem.render(facts, event.get("prepared"))))
 

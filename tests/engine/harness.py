@@ -118,19 +118,28 @@ def stats_plan(category: str, **extra: Any) -> Plan:
         "scope": ["calc/stats.py"], "deliverables": ["calc/stats.py"], "acceptance_tests": ["tests/test_stats.py"], **extra}]}]})
 
 
-def required_audit_run(settings: Settings, respond: Respond, repo: Path, *, max_replans: int | None = None) -> tuple[Services, str]:
-    """Services whose ``feature`` phases have 3 attempts and a required audit (``max_replans`` if
-    given), the repository registered, and a submitted, driven :func:`stats_plan` run."""
-    services, _ = make_services(settings, respond)
+def require_audit(services: Services, *, max_replans: int | None = None) -> None:
+    """``feature`` phases get 3 attempts and a required audit (and ``max_replans``, if given)."""
     strategy = services.config.strategy.model_copy(deep=True)
     strategy.categories["feature"] = {"max_attempts": 3, "audit": "required"}
     if max_replans is not None:
         strategy.run.max_replans = max_replans
     services.config = services.config.model_copy(update={"strategy": strategy})
-    register(settings, repo)
+
+
+def driven_stats_run(services: Services) -> str:
+    """A :func:`stats_plan` run (``feature``), submitted and driven to its end."""
     run_id = submit(services, stats_plan("feature"))
     drive(services, ("start_run", run_id))
-    return services, run_id
+    return run_id
+
+
+def required_audit_run(settings: Settings, respond: Respond, repo: Path, *, max_replans: int | None = None) -> tuple[Services, str]:
+    """Services with :func:`require_audit`, the repository registered, and a driven stats run."""
+    services, _ = make_services(settings, respond)
+    require_audit(services, max_replans=max_replans)
+    register(settings, repo)
+    return services, driven_stats_run(services)
 
 
 def stats_model(req: LLMRequest) -> str | LLMResponse:

@@ -12,7 +12,8 @@ import pytest
 from autopack.db.session import session_scope
 from autopack.engine.issues import backlog, issue_key, run_issues
 from autopack.engine.runs import get_project, get_run
-from tests.engine.harness import demo_model, demo_plan, drive, make_services, register, submit, view
+from tests.engine.harness import (demo_model, demo_plan, drive, driven_stats_run, make_services, register, require_audit,
+                                  required_audit_run, submit, view)
 
 pytestmark = pytest.mark.sandbox
 
@@ -101,23 +102,10 @@ def _rejects_once_with(text: str):  # type: ignore[no-untyped-def]
     return respond
 
 
-def _required_stats_run(services) -> str:  # type: ignore[no-untyped-def]
-    from tests.engine.harness import stats_plan
-
-    strategy = services.config.strategy.model_copy(deep=True)
-    strategy.categories["feature"] = {"max_attempts": 3, "audit": "required"}
-    services.config = services.config.model_copy(update={"strategy": strategy})
-    run_id = submit(services, stats_plan("feature"))
-    drive(services, ("start_run", run_id))
-    return run_id
-
-
 def test_a_lone_surrogate_in_an_auditor_objection_is_recorded(local_settings, demo_repo: Path) -> None:
     """Valid JSON, "\\ud83d" is half of an emoji's escape: it cannot be encoded, so the issue's key,
     the feedback and the summary get a replacement character instead (the step does not crash)."""
-    services, _ = make_services(local_settings, _rejects_once_with("bad \\ud83d"))
-    register(local_settings, demo_repo)
-    run_id = _required_stats_run(services)
+    services, run_id = required_audit_run(local_settings, _rejects_once_with("bad \\ud83d"), demo_repo)
     v = view(services, run_id)
     assert v["state"] == "DONE_SUCCESS", v["failure_reason"]
     with session_scope(local_settings.db_url) as s:
@@ -130,7 +118,8 @@ def test_a_nul_in_an_auditor_objection_is_recorded_on_postgres(pg_url: str, tmp_
 
     settings, _ = on_postgres(pg_url, tmp_path, demo_repo)
     services, _ = make_services(settings, _rejects_once_with("a \\u0000 b"))
-    run_id = _required_stats_run(services)
+    require_audit(services)
+    run_id = driven_stats_run(services)
     v = view(services, run_id)
     assert v["state"] == "DONE_SUCCESS", v["failure_reason"]
     with session_scope(settings.db_url) as s:

@@ -13,7 +13,8 @@ from autopack.engine import runs as runsvc
 from autopack.llm.base import LLMResponse, Usage
 from autopack.workspace.git import Git
 from autopack.workspace.worktree import branch_log
-from tests.engine.harness import call_step, demo_model, demo_plan, drive, make_services, phase, register, submit, view
+from tests.engine.harness import (call_step, demo_model, demo_plan, drive, driven_stats_run, make_services, phase, register,
+                                  require_audit, submit, view)
 
 pytestmark = pytest.mark.sandbox
 
@@ -268,29 +269,15 @@ def _first_audit_then_approve(first_answer: str):  # type: ignore[no-untyped-def
     return respond
 
 
-def _required_audit(services) -> None:  # type: ignore[no-untyped-def]
-    strategy = services.config.strategy.model_copy(deep=True)
-    strategy.categories["feature"] = {"max_attempts": 3, "audit": "required"}
-    services.config = services.config.model_copy(update={"strategy": strategy})
-
-
-def _stats_run(services, local_settings, demo_repo: Path) -> dict:  # type: ignore[no-untyped-def,type-arg]
-    from tests.engine.harness import stats_plan
-
-    register(local_settings, demo_repo)
-    run_id = submit(services, stats_plan("feature"))
-    drive(services, ("start_run", run_id))
-    return view(services, run_id)
-
-
 def test_an_approval_that_lists_a_major_issue_does_not_pass_a_required_audit(local_settings, demo_repo: Path) -> None:
     import json
 
     contradiction = json.dumps({"verdict": "approve", "summary": "fine", "issues": [
         {"severity": "major", "summary": "median() deletes the caller's data", "path": "calc/stats.py"}]})
     services, _ = make_services(local_settings, _first_audit_then_approve(contradiction))
-    _required_audit(services)
-    v = _stats_run(services, local_settings, demo_repo)
+    require_audit(services)
+    register(local_settings, demo_repo)
+    v = view(services, driven_stats_run(services))
     assert v["state"] == "DONE_SUCCESS", v["failure_reason"]
     first = phase(v, "stats")["attempt_details"][0]
     assert first["decision"] == "retry" and first["audit"]["approved"] is False
@@ -304,8 +291,9 @@ def test_a_truncated_auditor_answer_is_no_approval(local_settings, demo_repo: Pa
     cut = ('I must answer like {"verdict": "approve", "summary": "...", "issues": []} or with a rejection.\n'
            + reasoning + '\n{"verdict": "reject", "summary": "median is wrong", "issues": []}')
     services, client = make_services(local_settings, _first_audit_then_approve(cut))
-    _required_audit(services)
-    v = _stats_run(services, local_settings, demo_repo)
+    require_audit(services)
+    register(local_settings, demo_repo)
+    v = view(services, driven_stats_run(services))
     assert v["state"] == "DONE_SUCCESS", v["failure_reason"]
     first = phase(v, "stats")["attempt_details"][0]
     assert first["audit"]["verdict"] == "invalid" and "cut off at the token limit" in first["audit"]["summary"]
