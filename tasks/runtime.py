@@ -10,7 +10,7 @@ from celery import Celery, Task
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 
 from autopack.engine.faults import crash_point
-from autopack.engine.runner import ReconcileReport, execute_step, fail_step_row, is_infrastructure_error, reconcile
+from autopack.engine.runner import ReconcileReport, execute_step, fail_step_row, is_infrastructure_error, note_time_limit, reconcile
 from autopack.engine.services import Services, build_services
 from autopack.errors import RetryableError
 from autopack.events.dispatch import dispatch_pending
@@ -115,6 +115,10 @@ class StepTask(Task):  # type: ignore[misc]
             # is given up after max_deliveries, which fails its phase rather than the whole run.
             log.warning("step %s ran over its time limit (%s); its lease will expire and the reconciler retries it", args[0],
                         type(exc).__name__)
+            try:
+                note_time_limit(services(), int(args[0]), exc)
+            except Exception as note_exc:  # noqa: BLE001 - only the wording of a later give-up depends on it
+                log.warning("could not note the time limit of step %s (%s)", args[0], note_exc)
             return
         try:
             run_id = fail_step_row(services(), int(args[0]), exc)

@@ -116,11 +116,15 @@ def _run_claimed(services: Services, got: Claim) -> list[tuple[int, str]]:
 def give_up(services: Services, got: Claim) -> list[tuple[int, str]]:
     """A step delivered more than ``max_deliveries`` times (its worker keeps dying): fail what it
     was doing so the run ends instead of looping."""
-    reason = f"step {got.name} lost its worker {got.deliveries - 1} times"
     ctx = StepContext(got.step_id, got.token, got.run_id)
     moved: tuple[Any, ...] | None = None
     with session_scope(services.db_url) as s:
         ctx.guard(s)
+        row = s.get(StepRow, got.step_id)
+        if row is not None and row.outcome == TIME_LIMIT_NOTE:
+            reason = f"step {got.name} did not finish in {got.deliveries - 1} deliveries: it ran over its time limit"
+        else:
+            reason = f"step {got.name} lost its worker {got.deliveries - 1} times"
         run = s.get(Run, got.run_id)
         if got.name == "decide" and run is not None:
             # A decide that kept dying between its branch move and its record: the branch may hold
@@ -146,6 +150,23 @@ def give_up(services: Services, got: Claim) -> list[tuple[int, str]]:
     if moved is not None:
         take_back_ref_move(*moved)
     return []
+
+
+# What an open step's ``outcome`` says when a delivery of it was stopped at its queue's time limit:
+# a step given up after ``max_deliveries`` then says so, not that it lost its worker.
+TIME_LIMIT_NOTE = "time_limit"
+
+
+def note_time_limit(services: Services, step_id: int, exc: BaseException) -> None:
+    """Record on the open step that a delivery ran over its time limit (under the claim the error
+    was raised in, when it carries one: a hard limit's error, raised in the worker's main process,
+    carries none)."""
+    claimed = claim_of(exc)
+    cond = [StepRow.id == step_id, StepRow.done_at.is_(None)]
+    if claimed is not None and claimed[0] == step_id:
+        cond.append(StepRow.fence == claimed[1])
+    with session_scope(services.db_url) as s:
+        s.execute(update(StepRow).where(*cond).values(outcome=TIME_LIMIT_NOTE).execution_options(synchronize_session=False))
 
 
 def _phase_of(s: Any, got: Claim) -> Phase | None:

@@ -117,3 +117,15 @@ def test_a_step_over_its_time_limit_is_stopped_and_left_to_its_lease(local_setti
         row, run = s.get(StepRow, step_id), s.get(Run, run_id)
         assert row is not None and run is not None
         assert row.done_at is None and row.deliveries == 1 and run.state == "RUNNING", (row.outcome, run.state, run.failure_reason)
+        # The step keeps its note; once its deliveries are used up, giving it up says why.
+        assert row.outcome == "time_limit"
+        row.deliveries, row.lease_expires_at = services.settings.max_deliveries, None
+    from autopack.engine.runner import execute
+
+    assert execute(services, step_id) == []
+    with session_scope(services.db_url) as s:
+        row, run = s.get(StepRow, step_id), s.get(Run, run_id)
+        assert row is not None and run is not None
+        reason = f"step build did not finish in {services.settings.max_deliveries} deliveries: it ran over its time limit"
+        assert (row.outcome, run.state) == ("given_up", "DONE_FAILED_TIER_BLOCKED"), (row.outcome, run.state)
+        assert run.failure_reason.endswith(reason), run.failure_reason
