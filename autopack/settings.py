@@ -61,6 +61,10 @@ class Settings(BaseSettings):
     max_tasks_per_child: int = 200
     max_memory_per_child_kb: int = 1_000_000
     soft_shutdown_timeout_s: float = 60.0
+    # How long a worker waits for a killed pool process's result before it gives the task back to
+    # the broker (Celery's ``worker_lost_wait``; its pool slot stays taken until then). A step sent
+    # again after its result did arrive changes nothing: its claim finds it done.
+    worker_lost_wait_s: float = Field(default=10.0, gt=0)
     worker_name_prefix: str = Field(default="autopack")
 
     # Leases: a claimed step's lease lasts this long and is renewed every third of it while the

@@ -68,6 +68,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_max_tasks_per_child": settings.max_tasks_per_child,
         "worker_max_memory_per_child": settings.max_memory_per_child_kb,
         "worker_soft_shutdown_timeout": settings.soft_shutdown_timeout_s,
+        "worker_lost_wait": settings.worker_lost_wait_s,
         "timezone": "UTC",
     }
     if settings.celery_broker_url.startswith("filesystem://"):

@@ -37,6 +37,8 @@ def base_env(state: Path, **extra: str) -> dict[str, str]:
         AUTOPACK_PICKUP_GRACE_S="6",
         AUTOPACK_RECONCILE_INTERVAL_S="1",
         AUTOPACK_MAX_DELIVERIES="4",
+        # A killed pool process's task goes back to the broker after 1 s, not Celery's 10 s.
+        AUTOPACK_WORKER_LOST_WAIT_S="1",
     )
     env.update(extra)
     return env

@@ -18,7 +18,7 @@ from tasks.app import LONG_QUEUES, QUEUES, ROUTES, celery_config, queue_time_lim
 def test_long_task_settings_reach_celery(profile: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
     extra = {"state_dir": tmp_path} if profile == "local" else {}
     settings = Settings(profile=profile, max_tasks_per_child=7, max_memory_per_child_kb=123_456,
-                        soft_shutdown_timeout_s=45, max_deliveries=2, **extra)
+                        soft_shutdown_timeout_s=45, max_deliveries=2, worker_lost_wait_s=1.5, **extra)
     conf = celery_config(settings)
     # A task whose worker died is handed to another (acked only when done, rejected on loss);
     # the step row's delivery count, not Celery, bounds how often (runner.give_up).
@@ -27,6 +27,7 @@ def test_long_task_settings_reach_celery(profile: str, tmp_path) -> None:  # typ
     assert conf["worker_max_tasks_per_child"] == 7
     assert conf["worker_max_memory_per_child"] == 123_456
     assert conf["worker_soft_shutdown_timeout"] == 45
+    assert conf["worker_lost_wait"] == 1.5  # a killed pool process's slot is free again after this
     assert conf["worker_send_task_events"] is True and conf["task_send_sent_event"] is True  # Flower sees both profiles
 
 
