@@ -23,6 +23,15 @@ _RULES: tuple[tuple[re.Pattern[str], str], ...] = (
 )
 
 
+def strip_volatile(text: str, limit: int = 2000) -> str:
+    """``text`` with only what differs between runs of the same thing replaced (timestamps, UUIDs,
+    addresses, hex ids) and blanks folded; numbers and paths stay, as they tell things apart."""
+    out = text[:limit * 2]
+    for pattern, repl in _RULES[:4]:
+        out = pattern.sub(repl, out)
+    return " ".join(out.split())[:limit]
+
+
 def normalize_error(text: str, limit: int = 2000) -> str:
     """``text`` with run-specific details replaced by placeholders, whitespace folded, lines trimmed."""
     out = text[:limit * 2]

@@ -369,6 +369,8 @@ class IssueOccurrence(Base):
     tier_key: Mapped[str] = mapped_column(String(64))
     attempt_id: Mapped[int] = mapped_column(Integer)
     open: Mapped[bool] = mapped_column(Boolean, default=True)
+    # As raised here (None on rows from before migration 0006: their issue's severity stands for it).
+    severity: Mapped[str | None] = mapped_column(String(8), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

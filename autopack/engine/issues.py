@@ -7,16 +7,19 @@ import hashlib
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from autopack.db.models import Attempt, Issue, IssueOccurrence, Project, Run, as_utc, utcnow
-from autopack.normalize import normalize_error
+from autopack.normalize import strip_volatile
 
 
 def issue_key(source: str, summary: str, path: str) -> str:
-    """Stable across runs: the source, the file and the normalised summary."""
-    norm = normalize_error(summary).lower()
+    """Stable across runs: the source, the file and the summary without what differs from run to run
+    (timestamps, ids, addresses; blanks folded). Numbers and URL paths stay: "no authentication on
+    /admin/delete_user" and "... on /api/export", or the regressions of ``test_x[1]`` and
+    ``test_x[2]``, are different issues."""
+    norm = strip_volatile(summary).lower()
     return f"{source}:{hashlib.sha256(f'{path}|{norm}'.encode()).hexdigest()[:16]}"
 
 
@@ -58,28 +61,52 @@ def record(session: Session, a: Attempt, accepted: bool) -> int:
         key = issue_key(item["source"], item["summary"], item["path"])
         issue = session.scalar(select(Issue).where(Issue.project_id == run.project_id, Issue.key == key))
         if issue is None:
+            # Open only once an attempt that settles its phase raises it: one a retry fixed is seen, not open.
             issue = Issue(project_id=run.project_id, key=key, source=item["source"], severity=item["severity"],
-                          summary=item["summary"][:2000], path=item["path"], count=0, first_seen=now)
+                          summary=item["summary"][:2000], path=item["path"], count=0, first_seen=now,
+                          status="open" if accepted else "seen")
             session.add(issue)
             session.flush()
         if session.scalar(select(IssueOccurrence.id).where(IssueOccurrence.issue_id == issue.id, IssueOccurrence.attempt_id == a.id)):
             continue
+        if accepted:
+            issue.status = "open"
+        same_build = _occurrence_of_build(session, issue.id, run.id, a.candidate_commit)
+        if same_build is not None:
+            # The same candidate again (a re-audit of a build whose auditor was out): one occurrence.
+            same_build.open = same_build.open or accepted
+            if item["severity"] == "major":
+                same_build.severity = "major"
+            continue
         issue.count += 1
         issue.last_seen = now
         if item["severity"] == "major":
-            issue.severity = "major"
-        if accepted:
-            issue.status = "open"
-        session.add(IssueOccurrence(issue_id=issue.id, run_id=run.id, phase_key=ph.key, tier_key=ph.tier.key, attempt_id=a.id, open=accepted))
+            issue.severity = "major"  # the project-wide worst; a run counts its own occurrences' severity
+        session.add(IssueOccurrence(issue_id=issue.id, run_id=run.id, phase_key=ph.key, tier_key=ph.tier.key, attempt_id=a.id,
+                                    open=accepted, severity=item["severity"]))
         n += 1
     return n
 
 
+def _occurrence_of_build(session: Session, issue_id: int, run_id: str, commit: str | None) -> IssueOccurrence | None:
+    """The occurrence of ``issue_id`` in ``run_id`` on an attempt of the same candidate ``commit``."""
+    if commit is None:
+        return None
+    return session.scalar(select(IssueOccurrence).join(Attempt, Attempt.id == IssueOccurrence.attempt_id)
+                          .where(IssueOccurrence.issue_id == issue_id, IssueOccurrence.run_id == run_id,
+                                 Attempt.candidate_commit == commit).limit(1))
+
+
+def _severity(occ: IssueOccurrence, issue: Issue) -> str:
+    """The severity an occurrence was raised with (its issue's, for rows from before it was kept)."""
+    return occ.severity or issue.severity
+
+
 def open_major_in_tier(session: Session, run_id: str, tier_key: str) -> int:
-    q = (select(IssueOccurrence).join(Issue, IssueOccurrence.issue_id == Issue.id)
+    q = (select(IssueOccurrence.issue_id).join(Issue, IssueOccurrence.issue_id == Issue.id)
          .where(IssueOccurrence.run_id == run_id, IssueOccurrence.tier_key == tier_key, IssueOccurrence.open.is_(True),
-                Issue.severity == "major"))
-    return len({o.issue_id for o in session.scalars(q)})
+                func.coalesce(IssueOccurrence.severity, Issue.severity) == "major"))
+    return len(set(session.scalars(q)))
 
 
 def _age_days(dt: datetime, now: datetime) -> float:
@@ -98,9 +125,12 @@ def run_issues(session: Session, run: Run) -> dict[str, Any]:
                            .where(IssueOccurrence.run_id == run.id).order_by(IssueOccurrence.id)).all()
     by_key: dict[str, dict[str, Any]] = {}
     for occ, issue in rows:
-        view = by_key.setdefault(issue.key, {**_issue_view(issue, now), "in_run": 0, "open_in_run": False, "phases": []})
+        view = by_key.setdefault(issue.key, {**_issue_view(issue, now), "severity": "minor", "project_severity": issue.severity,
+                                             "in_run": 0, "open_in_run": False, "phases": []})
         view["in_run"] += 1
         view["open_in_run"] = view["open_in_run"] or occ.open
+        if _severity(occ, issue) == "major":  # in this run: the worst its occurrences here were raised with
+            view["severity"] = "major"
         if occ.phase_key not in view["phases"]:
             view["phases"].append(occ.phase_key)
     issues = list(by_key.values())

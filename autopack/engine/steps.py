@@ -630,7 +630,8 @@ def _commit_candidate(services: Services, ctx: StepContext, phase_id: int, attem
 
 def take_back_ref_move(repo: Path, branch: str, head: str | None, moved_to: str | None) -> None:
     """The run ended (a cancel, its maximum runtime, a decide step given up) between a decide step
-    moving the integration branch to the accepted candidate and recording the phase complete: the
+    moving the integration branch (to the accepted candidate, or to the base for the Doctor's
+    ``rollback_run``) and recording it: the
     branch is moved back to the run's head, so it holds exactly the commits of the phases recorded
     complete. Only from the candidate (compare-and-set; a branch elsewhere is left as it is); a
     failure is logged, the run being over either way."""
@@ -1063,6 +1064,8 @@ def decide_attempt(services: Services, attempt_id: int, ctx: StepContext) -> lis
         if a.decision is not None or is_terminal_run(run.state):
             if a.decision is None and decision.action == "complete":
                 take_back_ref_move(repo, branch, head, sha)
+            elif a.decision is None and action == "rollback_run":
+                take_back_ref_move(repo, branch, head, base)  # the run keeps its completed phases: so does its branch
             return []
         a.decision = decision.action if action in ("retry_with_fix", "replan") else action
         a.finished_at = utcnow()

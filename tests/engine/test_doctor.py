@@ -195,3 +195,37 @@ def test_a_truncated_doctor_answer_is_no_decision(local_settings, demo_repo: Pat
     doc = ph["attempt_details"][1]["doctor"]
     assert doc["action"] == "retry_with_fix" and doc["hint"] == advice
     assert "cut off at the token limit" in doc["calls"][0]["error"] and doc["calls"][1]["model"] == "claude-sonnet-4-6"
+
+
+def test_a_cancel_during_the_doctors_rollback_leaves_the_branch_with_the_completed_phases(
+        local_settings, demo_repo: Path, monkeypatch) -> None:
+    """decide moved the branch back to the base for the Doctor's rollback_run; the user cancels the
+    run before decide records it. The run ends CANCELLED with its completed phases recorded (head
+    at stats' commit), so its branch must still hold them, as take_back_ref_move does for a
+    completed phase."""
+    from autopack.engine import steps
+    from autopack.engine.runs import cancel_run
+
+    script = Script({"claude-haiku-4-5": _doctor_json("rollback_run", 0.9, reason="stats broke the package")})
+    services, _ = make_services(local_settings, script)
+    register(local_settings, demo_repo)
+    run_id = submit(services, demo_plan())
+    real = steps.crash_point
+
+    def hook(name: str) -> None:
+        real(name)
+        if name != "after_ref_moved":
+            return
+        with session_scope(local_settings.db_url) as s:
+            run = get_run(s, run_id)
+            if Git(demo_repo).rev_parse(f"refs/heads/{run.branch}") == run.base_commit != run.head_commit:
+                cancel_run(s, run_id)  # the user's POST /runs/<id>/cancel lands now
+
+    monkeypatch.setattr(steps, "crash_point", hook)
+    drive(services, ("start_run", run_id))
+    v = view(services, run_id)
+    assert v["state"] == "CANCELLED"
+    stats = [p for t in v["tiers"] for p in t["phases"] if p["id"] == "stats"][0]
+    assert stats["state"] == "COMPLETE" and v["head_commit"] == stats["commit"] != v["base_commit"]
+    # The database says the branch holds stats; git must agree.
+    assert Git(demo_repo).rev_parse(f"refs/heads/{v['branch']}") == v["head_commit"]
