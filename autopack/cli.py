@@ -457,13 +457,18 @@ def _non_negative_seconds(text: str) -> float:
 
 def cmd_cleanup(args: argparse.Namespace, settings: Settings) -> int:
     """What beat's cleanup does, by hand: remove the worktrees of runs over for a while."""
-    from autopack.engine.cleanup import remove_finished_worktrees
+    import tempfile
+
+    from autopack.engine.cleanup import remove_finished_worktrees, remove_stale_temp, stale_temp_age_s
 
     older = settings.worktree_retention_s if args.older_than is None else args.older_than
     report = remove_finished_worktrees(settings.db_url, settings.worktrees_dir, older)
-    _out(json.dumps(report.as_dict()) if args.json else
+    # Left by killed workers: only folders no step can still be using (older than any step may run).
+    temp = remove_stale_temp(Path(tempfile.gettempdir()), stale_temp_age_s(settings))
+    _out(json.dumps({**report.as_dict(), "temp_removed": temp}) if args.json else
          f"removed the worktrees of {len(report.removed)} finished run(s); kept {report.kept}; "
-         f"left {len(report.unknown)} folder(s) of unknown runs alone" + (f"; {len(report.failed)} failed (see the log)" if report.failed else ""))
+         f"left {len(report.unknown)} folder(s) of unknown runs alone; removed {len(temp)} temp folder(s) killed workers left"
+         + (f"; {len(report.failed)} failed (see the log)" if report.failed else ""))
     return 1 if report.failed else 0
 
 

@@ -3,9 +3,11 @@ worktrees, and the ageing of known-flaky test records."""
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
 from typing import Any
 
-from autopack.engine.cleanup import remove_finished_worktrees
+from autopack.engine.cleanup import remove_finished_worktrees, remove_stale_temp, stale_temp_age_s
 from autopack.engine.flakiness import age_records
 from autopack.settings import get_settings
 from tasks.app import app
@@ -20,9 +22,11 @@ def reconcile() -> dict[str, Any]:
 
 @app.task(name="autopack.maintenance.cleanup")
 def cleanup() -> dict[str, Any]:
-    """Remove the worktrees of runs over for longer than the retention."""
+    """Remove the worktrees of runs over for longer than the retention, and the temp folders killed
+    workers' steps left."""
     settings = services().settings
-    return remove_finished_worktrees(settings.db_url, settings.worktrees_dir, settings.worktree_retention_s).as_dict()
+    report = remove_finished_worktrees(settings.db_url, settings.worktrees_dir, settings.worktree_retention_s).as_dict()
+    return {**report, "temp_removed": remove_stale_temp(Path(tempfile.gettempdir()), stale_temp_age_s(settings))}
 
 
 @app.task(name="autopack.maintenance.flakiness")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import subprocess
 import threading
 import time
@@ -195,8 +196,15 @@ def test_reconcile_ends_overdue_runs_and_requeues_lost_steps_on_the_broker(state
             path.unlink()
 
 
-def test_cleanup_removes_finished_runs_worktrees_by_hand(state: Settings, demo_repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cleanup_removes_finished_runs_worktrees_by_hand(state: Settings, demo_repo: Path, capsys: pytest.CaptureFixture[str],
+                                                         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tempfile
+
     from autopack.workspace import worktree as wt
+
+    temp = tmp_path / "system-temp"  # the system's temp folder, as tempfile sees it
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
 
     services, _ = make_services(state, lambda req: "")
     register(state, demo_repo)
@@ -207,10 +215,17 @@ def test_cleanup_removes_finished_runs_worktrees_by_hand(state: Settings, demo_r
     paths = {r: wt.ensure_worktree(demo_repo, state.worktrees_dir / r, "main") for r in (finished, young)}
     capsys.readouterr()
     assert main(["cleanup"]) == 0  # the default retention is an hour: nothing is old enough
-    assert capsys.readouterr().out.strip() == "removed the worktrees of 0 finished run(s); kept 2; left 0 folder(s) of unknown runs alone"
+    assert capsys.readouterr().out.strip() == ("removed the worktrees of 0 finished run(s); kept 2; left 0 folder(s) of unknown runs "
+                                               "alone; removed 0 temp folder(s) killed workers left")
+    # A sandbox folder a killed worker left a day ago goes too (--older-than is the worktrees' only).
+    left = temp / "autopack-sandbox-left"
+    left.mkdir()
+    day_ago = time.time() - 86400
+    os.utime(left, (day_ago, day_ago))
     assert main(["cleanup", "--older-than", "600", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out) == {"removed": [finished], "kept": 1, "unknown": [], "failed": []}
-    assert not paths[finished].exists() and paths[young].is_dir()
+    assert json.loads(capsys.readouterr().out) == {"removed": [finished], "kept": 1, "unknown": [], "failed": [],
+                                                   "temp_removed": ["autopack-sandbox-left"]}
+    assert not paths[finished].exists() and paths[young].is_dir() and not left.exists()
     with pytest.raises(SystemExit):
         main(["cleanup", "--older-than", "soon"])
     assert "not a number of seconds" in capsys.readouterr().err

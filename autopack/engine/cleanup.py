@@ -5,12 +5,18 @@ over nothing needs it: its branch holds the completed phases, and every candidat
 under ``refs/autopack/<run>/`` (a worktree can always be made again from the repository). Left
 alone, every run would keep a full checkout on disk and a registration in the repository's
 ``.git/worktrees``. A run's worktree is removed once the run has been over for the retention period.
+
+Steps also make folders in the system's temp folder (a test run's sandbox, a tree exported for it,
+a private index); a step removes its own, but a worker killed mid-step (SIGKILL, the OOM killer)
+leaves them behind. Those no step has touched for longer than any step may run are removed too.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -20,6 +26,8 @@ from sqlalchemy import select
 from autopack.db.models import Project, Run, as_utc
 from autopack.db.session import session_scope
 from autopack.errors import GitError
+from autopack.sandbox._workspace import remove_run_dir
+from autopack.settings import Settings
 from autopack.states import RUN_TERMINAL
 from autopack.workspace import worktree as wt
 
@@ -76,3 +84,42 @@ def _remove(repo: Path, path: Path) -> None:
         wt.remove_worktree(repo, path)
     if path.exists():  # not a worktree of that repository (any more): only our own folder goes
         shutil.rmtree(path)
+
+
+# The folders steps make with ``tempfile`` (sandbox runs, exported trees, private indexes, diffs).
+TEMP_PREFIXES = ("autopack-sandbox-", "autopack-tree-", "autopack-probe-", "autopack-index-", "autopack-diff-", "autopack-export-")
+
+
+def remove_stale_temp(temp_dir: Path, older_than_s: float, now: float | None = None) -> list[str]:
+    """Remove the folders of ``temp_dir`` that steps make (by name), owned by this user and not
+    modified for ``older_than_s`` seconds: what a killed worker left. Returns their names. A folder
+    that cannot be removed is logged and left."""
+    now = time.time() if now is None else now
+    removed: list[str] = []
+    try:
+        entries = list(os.scandir(temp_dir))
+    except OSError as exc:
+        log.warning("could not list %s: %s", temp_dir, exc)
+        return removed
+    for entry in entries:
+        if not entry.name.startswith(TEMP_PREFIXES) or not entry.is_dir(follow_symlinks=False):
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+            if st.st_uid != os.getuid() or now - st.st_mtime < older_than_s:
+                continue
+            remove_run_dir(Path(entry.path))
+        except OSError as exc:
+            log.warning("could not remove %s: %s", entry.path, exc)
+            continue
+        if not os.path.lexists(entry.path):
+            removed.append(entry.name)
+    return removed
+
+
+def stale_temp_age_s(settings: Settings) -> float:
+    """How long a step's temp folder may go untouched before it counts as left behind: longer than
+    any queue lets a step run (its hard time limit), plus the worktree retention as a margin."""
+    longest = max(settings.build_time_limit, settings.ci_time_limit, settings.audit_time_limit,
+                  settings.agents_time_limit, settings.default_time_limit)
+    return float(longest) + settings.worktree_retention_s

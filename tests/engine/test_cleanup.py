@@ -4,7 +4,9 @@ repository; running and recently finished runs keep theirs; folders naming no kn
 
 from __future__ import annotations
 
+import os
 import subprocess
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -12,7 +14,7 @@ from sqlalchemy import update
 
 from autopack.db.models import Run
 from autopack.db.session import session_scope
-from autopack.engine.cleanup import remove_finished_worktrees
+from autopack.engine.cleanup import remove_finished_worktrees, remove_stale_temp, stale_temp_age_s
 from autopack.engine.leases import now_utc
 from autopack.settings import Settings
 from autopack.workspace import worktree as wt
@@ -82,3 +84,51 @@ def test_a_retention_of_zero_removes_every_finished_runs_worktree(local_settings
     run_id, path = _run_with_worktree(local_settings, demo_repo, "DONE_SUCCESS", 1)
     assert remove_finished_worktrees(local_settings.db_url, local_settings.worktrees_dir, 0).removed == [run_id]
     assert not path.exists()
+
+
+# -- the temp folders of killed workers' steps ------------------------------------------------------
+
+
+def _aged(path: Path, seconds: float) -> Path:
+    then = time.time() - seconds
+    os.utime(path, (then, then), follow_symlinks=False)
+    return path
+
+
+def test_temp_folders_a_killed_worker_left_are_removed_once_no_step_can_use_them(tmp_path: Path) -> None:
+    """A worker killed mid-step leaves its sandbox run folder, exported tree or private index in the
+    temp folder. Ours (by name and owner) untouched for longer than the limit go, also with files
+    the code under test made unwritable; recent ones, other programs' folders, files and links stay."""
+    old_sandbox = tmp_path / "autopack-sandbox-abc"
+    (old_sandbox / "workspace" / "locked").mkdir(parents=True)
+    (old_sandbox / "workspace" / "locked" / "f.txt").write_text("x")
+    (old_sandbox / "workspace" / "locked").chmod(0o500)
+    old_tree = tmp_path / "autopack-tree-def"
+    (old_tree / "tree").mkdir(parents=True)
+    for p in (old_sandbox / "workspace", old_sandbox, old_tree):
+        _aged(p, 7200)
+    recent = tmp_path / "autopack-export-ghi"
+    recent.mkdir()
+    other = tmp_path / "pytest-of-someone"
+    other.mkdir()
+    _aged(other, 7200)
+    a_file = tmp_path / "autopack-index-file"
+    a_file.write_text("not a folder")
+    _aged(a_file, 7200)
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    link = tmp_path / "autopack-diff-link"
+    link.symlink_to(target)
+    _aged(link, 7200)
+
+    removed = remove_stale_temp(tmp_path, 3600)
+
+    assert sorted(removed) == ["autopack-sandbox-abc", "autopack-tree-def"]
+    assert not old_sandbox.exists() and not old_tree.exists()
+    assert recent.is_dir() and other.is_dir() and a_file.is_file() and link.is_symlink() and target.is_dir()
+    assert remove_stale_temp(tmp_path / "missing", 3600) == []  # no temp folder: nothing to do, no error
+
+
+def test_a_step_temp_folder_counts_as_left_only_after_the_longest_time_limit() -> None:
+    settings = Settings(ci_time_limit=5000, build_time_limit=10, worktree_retention_s=60)
+    assert stale_temp_age_s(settings) == 5060

@@ -4,9 +4,13 @@ known-flaky test records."""
 
 from __future__ import annotations
 
+import os
+import tempfile
+import time
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
 from celery.contrib.testing.worker import start_worker
 from sqlalchemy import update
 
@@ -31,7 +35,12 @@ def test_the_maintenance_tasks_are_on_beats_schedule_on_the_maintenance_queue() 
         assert app.conf.task_routes[entry["task"]] == {"queue": "maintenance"}
 
 
-def test_a_worker_runs_the_reconciler_the_cleanup_and_the_flakiness_ageing(local_settings: Settings, demo_repo: Path) -> None:
+def test_a_worker_runs_the_reconciler_the_cleanup_and_the_flakiness_ageing(local_settings: Settings, demo_repo: Path,
+                                                                            tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    temp = tmp_path / "system-temp"  # the system's temp folder, as tempfile sees it: a killed worker left a tree a day ago
+    (temp / "autopack-tree-left").mkdir(parents=True)
+    os.utime(temp / "autopack-tree-left", (time.time() - 86400,) * 2)
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
     services, _ = make_services(local_settings, lambda req: "")
     register(local_settings, demo_repo)
     overdue, finished = submit(services, demo_plan()), submit(services, demo_plan())
@@ -57,6 +66,7 @@ def test_a_worker_runs_the_reconciler_the_cleanup_and_the_flakiness_ageing(local
         run = s.get(Run, overdue)
         assert run is not None and run.state == "DONE_FAILED_TIMEOUT"
     assert cleaned["removed"] == [finished] and not path.exists()
+    assert cleaned["temp_removed"] == ["autopack-tree-left"] and not (temp / "autopack-tree-left").exists()
     assert aged == {"cleared": ["demo: tests/t.py::test_x"], "forgotten": [], "kept": 1}
     with session_scope(local_settings.db_url) as s:
         assert s.query(FlakyTest).one().state == "cleared"
