@@ -118,5 +118,16 @@ def consult(
     if decision.action is DoctorAction.REPLAN and already_replanned:
         return _record(DoctorDecision(DoctorAction.RETRY_WITH_FIX, decision.hint, decision.confidence, decision.reason,
                                       source="model"), last.cls, calls, "asked for a re-plan; the phase was already re-planned")
+    if decision.action in UNDOING and needs_escalation(decision, cfg.escalate_below_confidence):
+        # Ending the run, or throwing its completed phases away, on an answer too unsure to act on
+        # (the strong model was out, over budget, or unsure too): the phase retries instead, within
+        # its attempts, with the Doctor's hint.
+        return _record(DoctorDecision(DoctorAction.RETRY_WITH_FIX, decision.hint, decision.confidence, decision.reason,
+                                      source="model"), last.cls, calls,
+                       f"{decision.action.value} at confidence {decision.confidence:.2f} is too unsure to act on: retried instead")
     return _record(decision, last.cls, calls)
+
+
+# What the Doctor may do only when sure: end the run, or roll its branch back to the base.
+UNDOING = frozenset({DoctorAction.MARK_FATAL, DoctorAction.ROLLBACK_RUN})
 

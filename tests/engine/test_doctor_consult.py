@@ -67,6 +67,25 @@ def test_a_failing_strong_model_leaves_the_cheap_answer() -> None:
     assert asked == ["cheap", "strong"] and rec["action"] == "skip_phase" and "ProviderUnavailable" in rec["calls"][1]["error"]
 
 
+@pytest.mark.parametrize("action", ["mark_fatal", "rollback_run"])
+@pytest.mark.parametrize("strong", ["down", _answer("mark_fatal", 0.3, "look at the parser")], ids=["strong-down", "strong-unsure"])
+def test_an_unsure_answer_never_ends_the_run_or_rolls_it_back(action: str, strong: str) -> None:
+    """Ending the run or throwing its completed phases away is done only on a sure answer: an unsure
+    one (the strong model out, or unsure too) is a retry with the hint, within the phase's attempts."""
+    rec, asked = _consult({"cheap": _answer(action, 0.1, "look at the parser"), "strong": strong})
+    assert asked == ["cheap", "strong"]
+    assert (rec["action"], rec["source"], rec["hint"]) == ("retry_with_fix", "model", "look at the parser")
+    assert "too unsure to act on" in rec["reason"]
+
+
+@pytest.mark.parametrize("action", ["mark_fatal", "rollback_run"])
+def test_a_sure_answer_may_end_the_run_or_roll_it_back(action: str) -> None:
+    rec, asked = _consult({"cheap": _answer(action, 0.1), "strong": _answer(action, 0.9)})
+    assert asked == ["cheap", "strong"] and rec["action"] == action
+    rec, asked = _consult({"cheap": _answer(action, 0.8)})
+    assert asked == ["cheap"] and rec["action"] == action
+
+
 def test_a_failing_cheap_model_goes_to_the_strong_one() -> None:
     rec, asked = _consult({"cheap": "no json here", "strong": _answer("retry_with_fix", 0.9, "fix the loop")})
     assert asked == ["cheap", "strong"] and rec["hint"] == "fix the loop"
