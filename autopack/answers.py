@@ -18,9 +18,15 @@ def clean_text(text: str) -> str:
     Both are valid in a JSON string (``"\\u0000"``, ``"\\ud83d"``) but neither can be stored: a
     surrogate cannot be encoded as UTF-8 and PostgreSQL's text columns refuse NUL. A valid pair of
     surrogates is joined into its character."""
-    text = text.replace("\x00", "")
+    return without_surrogates(text.replace("\x00", ""))
+
+
+def without_surrogates(text: str) -> str:
+    """``text`` with lone UTF-16 surrogates replaced by U+FFFD (a valid pair is joined into its
+    character); ``text`` itself when it holds none. A non-UTF-8 file read with ``surrogateescape``
+    holds such escapes, which no UTF-8 encoder (an SDK's, a cassette's) accepts."""
     if _has_surrogate(text):
-        text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
     return text
 
 
@@ -65,6 +71,8 @@ def json_object(text: str) -> dict[str, Any]:
     while i != -1:
         try:
             value, end = _DECODER.raw_decode(text, i)
+        except RecursionError:
+            raise ValueError("the JSON nests too deeply") from None
         except json.JSONDecodeError as exc:
             error = error or str(exc)
             i = text.find("{", i + 1)
@@ -74,20 +82,26 @@ def json_object(text: str) -> dict[str, Any]:
         i = text.find("{", end)
     if found is None:
         raise ValueError(f"invalid JSON: {error}" if error else "no JSON object in the answer")
-    return _clean(found)  # type: ignore[no-any-return]
+    try:
+        return _clean(found)  # type: ignore[no-any-return]
+    except RecursionError:
+        raise ValueError("the JSON nests too deeply") from None
 
 
 class TruncatedAnswer(ValueError):
     """The model was stopped at its token limit: its answer is not complete."""
 
 
-def parse_answer(text: str, model: type[M], who: str, error: type[Exception], *, truncated: bool = False) -> M:
+def parse_answer(text: str, model: type[M], who: str, error: type[Exception], *, truncated: bool = False,
+                 stop_reason: str = "max_tokens") -> M:
     """The answer's JSON object validated as ``model``; ``error`` naming ``who`` answered otherwise.
-    A ``truncated`` answer (stopped at max_tokens) is refused whatever it holds: the object in it
-    may be an example or a draft the model had not finished with."""
+    A ``truncated`` answer (not finished: stopped at max_tokens, or by the provider for
+    ``stop_reason``, a refusal or a content filter say) is refused whatever it holds: the object in
+    it may be an example or a draft the model had not finished with."""
     try:
         if truncated:
-            raise TruncatedAnswer("it was cut off at the token limit")
+            raise TruncatedAnswer("it was cut off at the token limit" if stop_reason == "max_tokens"
+                                  else f"the provider stopped it before its end ({stop_reason})")
         return model.model_validate(json_object(text))
     except ValueError as exc:  # ValidationError is a ValueError too
         kind = "malformed" if isinstance(exc, ValidationError) else "unusable"

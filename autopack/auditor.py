@@ -57,9 +57,10 @@ def render_auditor_prompt(
     return system, user
 
 
-def parse_verdict(text: str, *, truncated: bool = False) -> AuditVerdict:
-    """The JSON verdict in the Auditor's answer (a fenced or bare object); none in a ``truncated`` one."""
-    return parse_answer(text, AuditVerdict, "the auditor", VerdictError, truncated=truncated)
+def parse_verdict(text: str, *, truncated: bool = False, stop_reason: str = "max_tokens") -> AuditVerdict:
+    """The JSON verdict in the Auditor's answer (a fenced or bare object); none in a ``truncated``
+    (unfinished) one."""
+    return parse_answer(text, AuditVerdict, "the auditor", VerdictError, truncated=truncated, stop_reason=stop_reason)
 
 
 class JudgeDecision(BaseModel):
@@ -69,8 +70,8 @@ class JudgeDecision(BaseModel):
     reasoning: str = ""
 
 
-def parse_judge(text: str, *, truncated: bool = False) -> JudgeDecision:
-    return parse_answer(text, JudgeDecision, "the judge", VerdictError, truncated=truncated)
+def parse_judge(text: str, *, truncated: bool = False, stop_reason: str = "max_tokens") -> JudgeDecision:
+    return parse_answer(text, JudgeDecision, "the judge", VerdictError, truncated=truncated, stop_reason=stop_reason)
 
 
 # A reviewer's verdict that is no opinion on the change: its provider failed ("error") or its answer

@@ -174,6 +174,10 @@ def run_builder(
             truncation_retried = True
             limit *= 2
             continue
+        if resp.incomplete:  # stopped by the provider (a refusal, a content filter): no edits to take from it
+            rounds.append(BuildRound(n, limit, resp.stop_reason, "truncated", f"the provider stopped the answer ({resp.stop_reason})"))
+            return BuildOutcome(False, None, rounds, f"the model's answer was stopped by the provider ({resp.stop_reason})",
+                                "truncated", resp.text)
         rnd, changes, error, kind = _check_round(n, limit, resp.stop_reason, resp.text, read, policy)
         rounds.append(rnd)
         if changes is not None:

@@ -84,6 +84,6 @@ class ReplanError(ValueError):
     """The planner's answer is not a usable plan."""
 
 
-def parse_replan(text: str, *, truncated: bool = False) -> Replanned:
-    """The planner's new goal and approach; none from a ``truncated`` answer."""
-    return parse_answer(text, Replanned, "the planner", ReplanError, truncated=truncated)
+def parse_replan(text: str, *, truncated: bool = False, stop_reason: str = "max_tokens") -> Replanned:
+    """The planner's new goal and approach; none from a ``truncated`` (unfinished) answer."""
+    return parse_answer(text, Replanned, "the planner", ReplanError, truncated=truncated, stop_reason=stop_reason)

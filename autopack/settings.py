@@ -44,45 +44,48 @@ class Settings(BaseSettings):
     # A Python file whose respond(request) plays the model (authoring cassettes, tests). Off by default.
     llm_script: Path | None = None
 
-    # Celery tuning: filesystem transport polling and per-queue hard time limits (seconds).
-    poll_interval: float = 0.05
-    build_time_limit: int = 900
-    ci_time_limit: int = 1200
-    audit_time_limit: int = 600
-    agents_time_limit: int = 900  # the Doctor: up to three model calls (cheap, strong, planner) and git
-    default_time_limit: int = 300
+    # Celery tuning: filesystem transport polling and per-queue hard time limits (seconds). Durations
+    # and counts below must be positive (finite) unless a comment says 0 turns something off.
+    poll_interval: float = Field(default=0.05, gt=0, allow_inf_nan=False)
+    build_time_limit: int = Field(default=900, ge=1)
+    ci_time_limit: int = Field(default=1200, ge=1)
+    audit_time_limit: int = Field(default=600, ge=1)
+    agents_time_limit: int = Field(default=900, ge=1)  # the Doctor: up to three model calls (cheap, strong, planner) and git
+    default_time_limit: int = Field(default=300, ge=1)
     # Redis redelivers an unacknowledged message after this; the broker gets the larger of it and
     # every queue's hard limit, plus a minute (tasks/app.py).
-    visibility_timeout: int = 4 * 3600
+    visibility_timeout: int = Field(default=4 * 3600, ge=1)
     # Worker recycling and deploys: a pool process is replaced after this many tasks or this much
     # resident memory (KiB). A cold shutdown (SIGQUIT; SIGTERM too where REMAP_SIGTERM=SIGQUIT, as the
     # Procfile and docker-compose.yml set for workers) first lets running steps go on for up to the
     # soft shutdown timeout; a plain SIGTERM is Celery's warm shutdown, which waits for them.
-    max_tasks_per_child: int = 200
-    max_memory_per_child_kb: int = 1_000_000
-    soft_shutdown_timeout_s: float = 60.0
+    # 0 KiB: no memory cap; 0 s: no soft shutdown (Celery's meanings). Celery refuses 0 tasks.
+    max_tasks_per_child: int = Field(default=200, ge=1)
+    max_memory_per_child_kb: int = Field(default=1_000_000, ge=0)
+    soft_shutdown_timeout_s: float = Field(default=60.0, ge=0, allow_inf_nan=False)
     # How long a worker waits for a killed pool process's result before it gives the task back to
     # the broker (Celery's ``worker_lost_wait``; its pool slot stays taken until then). A step sent
     # again after its result did arrive changes nothing: its claim finds it done.
-    worker_lost_wait_s: float = Field(default=10.0, gt=0)
+    worker_lost_wait_s: float = Field(default=10.0, gt=0, allow_inf_nan=False)
     worker_name_prefix: str = Field(default="autopack")
 
     # Leases: a claimed step's lease lasts this long and is renewed every third of it while the
     # worker is alive; the reconciler re-enqueues steps whose lease expired or that no worker
     # picked up within the grace period; a step delivered this many times is given up.
-    lease_ttl_s: float = 60.0
-    pickup_grace_s: float = 120.0
-    max_deliveries: int = 3
-    reconcile_interval_s: float = 30.0
-    # Cleanup (beat): a finished run's worktree is removed once the run has been over this long.
-    worktree_retention_s: float = 3600.0
-    cleanup_interval_s: float = 600.0
+    lease_ttl_s: float = Field(default=60.0, gt=0, allow_inf_nan=False)
+    pickup_grace_s: float = Field(default=120.0, gt=0, allow_inf_nan=False)
+    max_deliveries: int = Field(default=3, ge=1)
+    reconcile_interval_s: float = Field(default=30.0, gt=0, allow_inf_nan=False)
+    # Cleanup (beat): a finished run's worktree is removed once the run has been over this long
+    # (0: at the next cleanup).
+    worktree_retention_s: float = Field(default=3600.0, ge=0, allow_inf_nan=False)
+    cleanup_interval_s: float = Field(default=600.0, gt=0, allow_inf_nan=False)
     # Flakiness (beat): known-flaky test records are aged (cleared, forgotten) this often.
-    flakiness_interval_s: float = 3600.0
+    flakiness_interval_s: float = Field(default=3600.0, gt=0, allow_inf_nan=False)
     # An event stream of a finished run ends once the run's last events are written: those its
     # end's handlers add (flaky tests, retired rules) come from the events queue; if that is down,
     # the stream ends after this many seconds anyway.
-    stream_end_wait_s: float = 30.0
+    stream_end_wait_s: float = Field(default=30.0, ge=0, allow_inf_nan=False)
 
     @field_validator("api_token", mode="before")
     @classmethod

@@ -6,15 +6,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from autopack.errors import ConfigError, PlanError
 from autopack.flakiness import FlakinessConfig
-from autopack.plan import Plan
+from autopack.plan import Plan, command_problem, error_field
+
+# Strict: numbers must be numbers in the file (``max_attempts: yes`` is YAML's true, not 1; ``"3"`` a
+# string). A float field still takes an integer (``cost_cap_usd: 2``).
+_STRICT = ConfigDict(extra="forbid", strict=True)
 
 
 class CategoryBudget(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT
 
     max_attempts: int = Field(3, ge=1, le=20)
     token_cap: int = Field(60000, gt=0)
@@ -30,7 +34,7 @@ class DoctorConfig(BaseModel):
     """The Doctor: a cheap model decides what a repeated failure needs; below the confidence
     threshold the strong model is asked. ``model: null`` leaves the decision to the rules alone."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT
 
     model: str | None = None
     strong_model: str | None = None
@@ -43,7 +47,7 @@ class DoctorConfig(BaseModel):
 class RoutingConfig(BaseModel):
     """Routing past providers near a quota or recently out, and the backoff between fallbacks."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT
 
     quota_margin: float = Field(0.9, gt=0, le=1)  # a provider at this share of a quota window is skipped
     outage_cooldown_s: float = Field(60.0, ge=0)  # a provider whose last call was an outage is skipped this long
@@ -52,7 +56,7 @@ class RoutingConfig(BaseModel):
 
 
 class RunBudget(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT
 
     token_cap: int = Field(500000, gt=0)
     cost_cap_usd: float = Field(10.0, gt=0)
@@ -84,9 +88,18 @@ class RunBudget(BaseModel):
     doctor: DoctorConfig = Field(default_factory=DoctorConfig)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
 
+    @field_validator("test_command")
+    @classmethod
+    def _command(cls, v: list[str]) -> list[str]:
+        # The plan's rule: [] would make the sandbox run the first of the options it adds as a program.
+        problem = command_problem(v)
+        if problem:
+            raise ValueError(problem)
+        return v
+
 
 class LearningConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT
 
     promotion_threshold: int = Field(2, ge=1)  # occurrences of a failure key in a project before a rule
     rules_token_cap: int = Field(600, gt=0)  # rules and hints in one prompt stay under this
@@ -104,11 +117,25 @@ class StrategyConfig(BaseModel):
     learning: LearningConfig = Field(default_factory=LearningConfig)
     flakiness: FlakinessConfig = Field(default_factory=FlakinessConfig)
 
+    # Partial CategoryBudgets, merged by budget_for; every merge a phase can get is checked at load.
     defaults: dict[str, Any] = Field(default_factory=dict)
     high_risk_categories: list[str] = Field(default_factory=list)
     high_risk: dict[str, Any] = Field(default_factory=dict)
     categories: dict[str, dict[str, Any]] = Field(default_factory=dict)
     run: RunBudget = Field(default_factory=RunBudget)
+
+    @model_validator(mode="after")
+    def _budgets(self) -> "StrategyConfig":
+        # A typo (max_attemps) or a wrong value in a category is found when the file is loaded, not as
+        # an error at the submission of the first plan that uses the category.
+        try:
+            _merge([("defaults", self.defaults)])
+            _merge([("defaults", self.defaults), ("high_risk", self.high_risk)])
+            for category in [*self.categories, *self.high_risk_categories]:
+                budget_for(category, self)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return self
 
 
 class PhaseStrategy(CategoryBudget):
@@ -143,26 +170,57 @@ def load_strategy_config(path: Path) -> StrategyConfig:
         return StrategyConfig.model_validate(data)
     except FileNotFoundError:
         raise ConfigError(f"strategy file not found: {path}") from None
-    except (yaml.YAMLError, ValidationError) as exc:
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not UTF-8 (byte {exc.start})") from None
+    except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {problems(exc)}") from None
+
+
+def problems(exc: ValidationError) -> str:
+    """A validation's errors as ``dotted.field: what is wrong``, one after another."""
+    out: list[str] = []
+    for err in exc.errors():
+        loc = ".".join(str(x) for x in err["loc"])
+        msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
+        out.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(out)
+
+
+# The playbook's most attempts for a phase of a high-risk category, whatever the file says.
+HIGH_RISK_MAX_ATTEMPTS = 2
+
+
+def _merge(layers: list[tuple[str, dict[str, Any]]]) -> CategoryBudget:
+    """``layers`` (section name, partial budget) merged in order, later keys winning, and validated;
+    a ``ConfigError`` names the section that gave the offending key."""
+    merged: dict[str, Any] = {}
+    for _, layer in layers:
+        merged.update(layer)
+    try:
+        return CategoryBudget.model_validate(merged)
+    except ValidationError as exc:
+        field, msg = error_field(exc)
+        where = next((name for name, layer in reversed(layers) if field in layer), layers[-1][0])
+        raise ConfigError(f"{where}.{field}: {msg}") from None
 
 
 def budget_for(category: str, cfg: StrategyConfig) -> tuple[CategoryBudget, bool]:
-    """The budget of one category and whether it is high-risk."""
-    merged: dict[str, Any] = dict(cfg.defaults)
-    merged.update(cfg.categories.get(category, {}))
+    """The budget of one category and whether it is high-risk. Raises ``ConfigError`` naming the
+    strategy section and key at fault (``StrategyConfig`` checks every category when it is loaded)."""
+    layers = [("defaults", cfg.defaults), (f"categories.{category}", cfg.categories.get(category, {}))]
     high = category in cfg.high_risk_categories
     if high:
-        merged.update(cfg.high_risk)
-        # The playbook's floor for high-risk work, whatever the file says.
-        merged["ci_profile"] = "strict"
-        merged["audit"] = "required"
-        merged["dual_audit"] = True
-        merged["max_attempts"] = min(int(merged.get("max_attempts", 2)), 2)
+        layers.append(("high_risk", cfg.high_risk))
     try:
-        return CategoryBudget.model_validate(merged), high
-    except ValidationError as exc:
+        budget = _merge(layers)
+    except ConfigError as exc:
         raise ConfigError(f"strategy for category {category!r}: {exc}") from None
+    if high:  # the playbook's floor for high-risk work, whatever the file says
+        budget = budget.model_copy(update={"ci_profile": "strict", "audit": "required", "dual_audit": True,
+                                           "max_attempts": min(budget.max_attempts, HIGH_RISK_MAX_ATTEMPTS)})
+    return budget, high
 
 
 def compile_strategy(plan: Plan, cfg: StrategyConfig) -> CompiledStrategy:

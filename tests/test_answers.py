@@ -51,3 +51,14 @@ def test_a_truncated_answer_is_refused_whatever_it_holds() -> None:
     assert parse_answer('{"verdict": "approve"}', _Verdict, "the auditor", _Refused).verdict == "approve"
     with pytest.raises(_Refused, match="the auditor's answer is unusable: it was cut off at the token limit"):
         parse_answer('{"verdict": "approve"}', _Verdict, "the auditor", _Refused, truncated=True)
+
+
+def test_an_answer_nested_deeper_than_the_parser_goes_is_refused() -> None:
+    # ~1,200 nested brackets: json's decoder raised RecursionError, which no caller catches (the
+    # diagnose step crashed instead of keeping the phase's plan).
+    from autopack.replan import ReplanError, parse_replan
+
+    with pytest.raises(ValueError, match="nests too deeply"):
+        json_object('{"goal": "x", "a": ' + "[" * 1200 + "]" * 1200 + "}")
+    with pytest.raises(ReplanError):
+        parse_replan('{"goal": "x", "a": ' + "[" * 1200 + "]" * 1200 + "}")

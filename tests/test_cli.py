@@ -112,7 +112,7 @@ def test_client_commands_against_a_real_server(state: Settings, demo_repo: Path,
         assert "HTTP 404" in capsys.readouterr().err
         # A YAML date is the text the author wrote; a file that is not UTF-8 is named.
         dated = demo_repo / "dated.yaml"
-        dated.write_text((ROOT / "examples" / "demo" / "plan.yaml").read_text() + "name: 2024-06-01\n")
+        dated.write_text((ROOT / "examples" / "demo" / "plan.yaml").read_text().replace("name: statistics for calc", "name: 2024-06-01"))
         assert main(["run", str(dated), "--dry-run", "--api", api]) == 0
         capsys.readouterr()
         latin = demo_repo / "latin.yaml"
@@ -558,3 +558,17 @@ def test_rules_export_writes_the_file_or_says_why_not(state: Settings, demo_repo
     for bad in (tmp_path / "missing" / "rules.json", tmp_path):
         assert main(["rules", "export", "--project", "demo", "--out", str(bad)]) == 2
         assert f"cannot write {bad}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content", [
+    "project: demo\nzz: &a [*a]\n",  # a list that contains itself: json.dumps died on it
+    "project: demo\nx: " + "1" * 5000 + "\n",  # more digits than int() converts
+    "[" * 50000,  # deeper than the parser recurses
+], ids=["recursive-alias", "huge-int", "deep"])
+def test_run_with_an_unreadable_plan_exits_2_without_a_traceback(tmp_path: Path, content: str,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(content, encoding="utf-8")
+    assert main(["run", str(plan), "--api", "http://127.0.0.1:9", "--retry-for", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "autopack: plan: " in err and "Traceback" not in err

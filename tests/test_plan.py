@@ -110,3 +110,78 @@ def test_a_blank_goal_is_refused() -> None:
     with pytest.raises(PlanError, match="must not be blank") as err:
         parse_plan(data)
     assert err.value.field == "tiers.0.phases.0.goal"
+
+
+@pytest.mark.parametrize("text", [
+    '{"project": "demo", "x": ' + "1" * 5000 + "}",
+    "project: demo\nx: " + "1" * 5000 + "\n",
+], ids=["json", "yaml"])
+def test_a_number_longer_than_python_converts_is_a_plan_error(text: str) -> None:
+    with pytest.raises(PlanError, match="4300 digits"):
+        load_plan_text(text)
+
+
+@pytest.mark.parametrize("text", [
+    "[" * 50000,  # deeper than the parsers recurse
+    "project: demo\nx: " + "[" * 50000,
+    '{"project": "demo", "x": ' + "[" * 100 + "]" * 100 + "}",  # parsed, but deeper than any plan field
+], ids=["json", "yaml", "parsed"])
+def test_deep_nesting_is_a_plan_error(text: str) -> None:
+    with pytest.raises(PlanError, match="nested"):
+        load_plan_text(text)
+
+
+def test_a_yaml_alias_inside_its_own_value_is_a_plan_error() -> None:
+    # SafeLoader builds a list that contains itself; sending it as JSON died on the circular reference.
+    with pytest.raises(PlanError, match="contains itself"):
+        load_plan_text("project: demo\nzz: &a [*a]\n")
+
+
+def test_an_alias_bomb_is_refused() -> None:
+    # 600 bytes that stand for 10**9 strings: loading is instant (shared references), but the CLI
+    # then wrote it out as JSON to send it.
+    lines = ["project: demo", "a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 9)]
+    with pytest.raises(PlanError, match="MiB as JSON"):
+        load_plan_text("\n".join(lines) + "\n")
+    # Aliases as such stay: a shared list, and a merge whose key is overridden.
+    data = load_plan_text("base: &b {a: 1, b: 2}\nx:\n  <<: *b\n  a: 3\nl: &l [p]\nm: [*l, *l]\n")
+    assert data["x"] == {"a": 3, "b": 2} and data["m"] == [["p"], ["p"]]
+
+
+@pytest.mark.parametrize("text", [
+    '{"project": "demo", "project": "other", "tiers": []}',
+    "project: demo\nname: a\nname: b\ntiers: []\n",
+], ids=["json", "yaml"])
+def test_a_key_given_twice_is_refused(text: str) -> None:
+    # The last one used to win silently.
+    with pytest.raises(PlanError, match="duplicate key"):
+        load_plan_text(text)
+
+
+@pytest.mark.parametrize("scope", [".", "./", " . ", "./."])
+def test_a_scope_that_names_no_path_is_refused(scope: str) -> None:
+    # Edited paths are compared normalised: "." matched none, so every edit was refused.
+    data = _minimal()
+    data["tiers"][0]["phases"][0]["scope"] = [scope]
+    with pytest.raises(PlanError, match=r"names no path; use '\*\*' for the whole repository") as err:
+        parse_plan(data)
+    assert err.value.field == "tiers.0.phases.0.scope"
+
+
+def test_dot_parts_of_a_path_are_dropped() -> None:
+    data = _minimal()
+    data["tiers"][0]["phases"][0]["scope"] = ["./calc/stats.py", "calc/./", "docs/."]
+    assert parse_plan(data).tiers[0].phases[0].scope == ["calc/stats.py", "calc/", "docs"]
+
+
+@pytest.mark.parametrize(("field", "limit"), [("project", 64), ("base_branch", 200), ("category", 64)])
+def test_names_longer_than_their_database_column_are_refused(field: str, limit: int) -> None:
+    data = _minimal()
+    where = data["tiers"][0]["phases"][0] if field == "category" else data
+    where[field] = "b" * limit
+    parse_plan(data)
+    where[field] = "b" * (limit + 1)
+    with pytest.raises(PlanError, match=f"at most {limit} characters") as err:
+        parse_plan(data)
+    assert err.value.field.endswith(field)

@@ -22,8 +22,8 @@ from autopack.engine.external import submit_builder_result
 from autopack.engine.leases import add_steps
 from autopack.engine.store import StaleState
 from autopack.events.dispatch import HANDLERS
-from autopack.errors import Conflict, InvalidRequest, NotFound, PlanError
-from autopack.plan import check_rel_glob, parse_plan
+from autopack.errors import ConfigError, Conflict, InvalidRequest, NotFound, PlanError
+from autopack.plan import check_rel_glob, parse_plan, unique_keys
 from autopack.settings import Settings, get_settings
 from autopack.states import RunState, is_terminal_run
 from web.auth import OPEN_PATHS, token_matches
@@ -169,6 +169,13 @@ def create_app(
     def _422(exc: PlanError):  # type: ignore[no-untyped-def]
         return _error(422, "invalid_plan", exc.message, exc.field)
 
+    @app.errorhandler(ConfigError)
+    def _config(exc: ConfigError):  # type: ignore[no-untyped-def]
+        # The operator's config/ is wrong (load_config checks it at start; a strategy changed since
+        # can still fail here): no request can succeed until it is fixed, and the answer says why.
+        log.error("configuration error for %s %s: %s", request.method, request.path, exc)
+        return _error(503, "config_error", f"the server's configuration is wrong: {exc}")
+
     @app.errorhandler(DBAPIError)
     def _database(exc: DBAPIError):  # type: ignore[no-untyped-def]
         answer = database_answer(exc)
@@ -199,12 +206,12 @@ def create_app(
         if not raw.strip():
             raise bad("body", f"empty body: send {what} as JSON")
         try:
-            body = json.loads(raw)
+            body = json.loads(raw, object_pairs_hook=unique_keys)  # a key given twice is refused
         except json.JSONDecodeError as exc:
             raise bad("body", f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
         except RecursionError:
             raise bad("body", "invalid JSON: nested too deeply") from None
-        except ValueError as exc:  # a number of more digits than Python converts
+        except ValueError as exc:  # a duplicate key, or a number of more digits than Python converts
             raise bad("body", f"invalid JSON: {exc}") from None
         problem = text_problem(body)
         if problem is not None:

@@ -109,6 +109,7 @@ def make_client_provider(settings: Settings, config: AppConfig) -> Callable[[str
                     pc = config.models.providers[name]
                     entry = config.models.models[model]
                     inner = make_client(pc.kind, api_key_env=pc.api_key_env, base_url=pc.base_url, provider_name=name,
+                                        max_retries=pc.max_retries, timeout_s=pc.timeout_s,
                                         reasoning_effort=entry.reasoning_effort, send_temperature=entry.temperature)
                 client = RecordingClient(inner, settings.cassette) if settings.llm_mode == "record" else inner  # type: ignore[arg-type]
             cache[model] = client

@@ -883,7 +883,7 @@ def audit(services: Services, attempt_id: int, ctx: StepContext) -> list[Step]:
         call, used = fallback_call(services, scope, chain)
         try:
             resp = call(system, [Message(role="user", content=user)], 1500)
-            verdict = parse_verdict(resp.text, truncated=resp.truncated)
+            verdict = parse_verdict(resp.text, truncated=resp.incomplete, stop_reason=resp.stop_reason)
             out = {**verdict.model_dump(), "approved": verdict.approved}
         except VerdictError as exc:
             out = {"verdict": "invalid", "approved": None, "summary": str(exc), "issues": []}
@@ -978,7 +978,7 @@ def _judge(services: Services, run_id: str, phase_id: int, attempt_id: int, comp
     call = make_call(services, CallScope(run_id, phase_id, attempt_id, "judge", model, None))
     try:
         resp = call(services.prompts.render("judge_system"), [Message(role="user", content=user)], 800)
-        decision = parse_judge(resp.text, truncated=resp.truncated)
+        decision = parse_judge(resp.text, truncated=resp.incomplete, stop_reason=resp.stop_reason)
         return {"model": model, "verdict": decision.verdict, "reasoning": decision.reasoning}
     except VerdictError as exc:
         return {"model": model, "verdict": "invalid", "reasoning": str(exc)}
@@ -1223,8 +1223,9 @@ def diagnose(services: Services, attempt_id: int, ctx: StepContext) -> list[Step
         )
         call = make_call(services, CallScope(ph.run_id, ph.id, attempt_id, "doctor", model, None))
         resp = call(system, [Message(role="user", content=user)], cfg.max_tokens)
-        if resp.truncated:  # an answer cut off at max_tokens is no decision, whatever object it holds
-            raise DoctorVerdictError("Doctor answer: it was cut off at the token limit")
+        if resp.incomplete:  # an unfinished answer (max_tokens, a refusal) is no decision, whatever object it holds
+            raise DoctorVerdictError("Doctor answer: " + ("it was cut off at the token limit" if resp.truncated
+                                                          else f"the provider stopped it before its end ({resp.stop_reason})"))
         return resp.text
 
     record = consult(args.failures, cfg=cfg, already_replanned=args.already_replanned, replan_reason=args.replan_reason,
@@ -1257,7 +1258,7 @@ def _replan(services: Services, ph: Phase, current: Attempt, why: str) -> tuple[
     call = make_call(services, CallScope(ph.run_id, ph.id, current.id, "planner", model, None))
     try:
         resp = call(services.prompts.render("replan_system"), [Message(role="user", content=user)], 800)
-        plan = parse_replan(resp.text, truncated=resp.truncated)
+        plan = parse_replan(resp.text, truncated=resp.incomplete, stop_reason=resp.stop_reason)
     except (BudgetExceeded, ProviderError, ReplanError) as exc:
         log.warning("re-planning phase %s failed (%s); retrying with the old plan", ph.key, exc)
         return None

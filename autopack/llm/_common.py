@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.utils
+import logging
 import random
 import string
 import time
@@ -10,7 +11,7 @@ from collections.abc import Callable, Mapping
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from autopack.llm.base import LLMRequest
+from autopack.llm.base import LLMRequest, Usage
 
 if TYPE_CHECKING:
     from autopack.errors import ProviderError
@@ -19,6 +20,8 @@ if TYPE_CHECKING:
 # overloaded). When one of them still ends a call, the provider is unavailable for now: the caller
 # may try again later or fall back to another provider.
 _PASSING_STATUSES = frozenset({408, 409, 429})
+
+log = logging.getLogger(__name__)
 
 REDACTED = "[REDACTED]"
 T = TypeVar("T")
@@ -106,6 +109,38 @@ def estimate_input_tokens(request: LLMRequest) -> int:
     return estimate_tokens(request.system + "".join(m.content for m in request.messages))
 
 
+def booked_usage(provider: str, request: LLMRequest, text: str, input_tokens: int | None,
+                 output_tokens: int | None) -> Usage:
+    """The usage to book for an answer whose provider reported ``input_tokens`` and
+    ``output_tokens`` (None: not reported). Budgets must not settle at zero, nor below what was
+    used: a count that is missing, null or zero (no prompt is zero tokens; no answer with text is)
+    is taken for unreported, and the same high estimate that bounds the call's reservation is
+    booked in its place (some compatible servers send no usage, or only ``total_tokens``, or
+    zeros)."""
+    unreported: list[str] = []
+    if not input_tokens:
+        unreported.append("input")
+        input_tokens = bound_tokens(request.system + "".join(m.content for m in request.messages))
+    if not output_tokens:
+        if text:
+            unreported.append("output")
+            output_tokens = min(bound_tokens(text), request.max_tokens)
+        else:
+            output_tokens = 0
+    if unreported:
+        log.warning("%s reported no %s token count for model %s; booking the budgets' high estimate",
+                    provider, " or ".join(unreported), request.model)
+    return Usage(input_tokens=input_tokens, output_tokens=output_tokens)
+
+
+def unreadable_answer(provider: str, exc: Exception, clean: Callable[[str], str]) -> ProviderError:
+    """The error for an answer the adapter could not read (a 200 that holds an error object, fields
+    of another shape): it was generated, so it may have been billed."""
+    from autopack.errors import ProviderError
+
+    return ProviderError(provider, clean(f"unreadable answer: {type(exc).__name__}: {short(str(exc))}"), maybe_billed=True)
+
+
 def status_phrase(status: int | None) -> str:
     if status == 429:
         return "rate limited"
@@ -133,10 +168,16 @@ def short(text: str, limit: int = 300) -> str:
 
 
 def status_error(provider: str, status: int, kind: str | None, api_message: str | None, sdk_message: str,
-                 request_id: str | None, retries: str | None, clean: Callable[[str], str]) -> ProviderError:
-    """The typed error for an HTTP error a provider answered with (after the SDK's retries):
-    ``ProviderUnavailable`` for passing faults (429, 5xx, 529), ``ProviderError`` otherwise."""
+                 request_id: str | None, retries: str | None, clean: Callable[[str], str], *,
+                 passing: bool | None = None) -> ProviderError:
+    """The typed error for an HTTP error a provider answered with (after the adapter's retries):
+    ``ProviderUnavailable`` for passing faults (429, 5xx, 529), ``ProviderError`` otherwise.
+    ``passing=False``: the server said not to retry (``x-should-retry: false``, a spend limit say),
+    a plain ``ProviderError`` whatever the status."""
     from autopack.errors import ProviderError, ProviderUnavailable
+
+    if passing is None:
+        passing = is_passing_status(status)
 
     parts = [status_phrase(status)]
     if kind and kind != parts[0]:
@@ -145,7 +186,9 @@ def status_error(provider: str, status: int, kind: str | None, api_message: str 
     message = ": ".join(parts)
     if request_id:
         message += f" [request-id {request_id}]"
-    if not is_passing_status(status):
+    if not passing:
+        if is_passing_status(status):
+            message += " (the provider asked not to retry)"
         return ProviderError(provider, clean(message), status)
     if retries is not None:  # the SDK stamps each attempt with how many retries preceded it
         message += f" after {retries} retries"
@@ -153,12 +196,16 @@ def status_error(provider: str, status: int, kind: str | None, api_message: str 
 
 
 def send_with_retries(create: Callable[[dict[str, str]], T], *, sdk: ModuleType, provider: str, max_retries: int,
-                      clean: Callable[[str], str], status_error: Callable[[Any], ProviderError]) -> T:
+                      clean: Callable[[str], str], status_error: Callable[[Any, bool | None], ProviderError]) -> T:
     """``create(headers)`` (an SDK's create call, its own retries off), retried where that cannot
     bill twice: answers with a passing status (408/409/429/5xx) and connections never made, up to
-    ``max_retries`` times. An answer lost on the way (a read timeout, a dropped connection, a body
-    that could not be read) is not asked for again: the error says ``maybe_billed``. ``sdk`` is the
-    ``anthropic`` or ``openai`` module (both name their errors alike)."""
+    ``max_retries`` times. The server's ``x-should-retry`` header overrides the status: ``false``
+    (a spend limit, say) is not retried and raises a plain ``ProviderError`` (no outage), ``true``
+    is retried. An answer lost on the way (a read timeout, a dropped connection, a body that could
+    not be read) is not asked for again: the error says ``maybe_billed``. A request that cannot be
+    encoded is never sent: a ``ProviderError``, not billed. ``sdk`` is the ``anthropic`` or
+    ``openai`` module (both name their errors alike); ``status_error(err, passing)`` builds the
+    error for an error status (``passing`` None: by the status)."""
     from autopack.errors import ProviderError, ProviderUnavailable
 
     for retries in range(max_retries + 1):
@@ -166,9 +213,15 @@ def send_with_retries(create: Callable[[dict[str, str]], T], *, sdk: ModuleType,
         try:
             return create({"x-stainless-retry-count": str(retries)})  # what the SDK would stamp, for the server's logs
         except sdk.APIStatusError as err:
-            if last or not is_passing_status(err.status_code):
-                raise status_error(err) from None
+            should_retry = (err.response.headers.get("x-should-retry") or "").strip().lower()
+            if should_retry == "false":
+                raise status_error(err, False) from None
+            if last or not (should_retry == "true" or is_passing_status(err.status_code)):
+                raise status_error(err, None) from None
             time.sleep(retry_wait(err.response.headers, retries))
+        except UnicodeEncodeError as err:  # raised while the SDK builds the request: nothing was sent
+            raise ProviderError(provider, clean(f"the request could not be encoded ({err.encoding}: {err.reason} at "
+                                                f"position {err.start}); it was not sent")) from None
         except sdk.APIConnectionError as err:
             outside = foreign_cause(err)
             if outside is not None:

@@ -24,11 +24,13 @@ import anthropic
 
 from autopack.errors import ConfigError, ProviderError
 from autopack.llm._common import (
+    booked_usage,
     send_with_retries,
     redact,
     status_error,
+    unreadable_answer,
 )
-from autopack.llm.base import LLMRequest, LLMResponse, Usage
+from autopack.llm.base import LLMRequest, LLMResponse
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +83,16 @@ class AnthropicClient:
         if request.system:
             kwargs["system"] = request.system
         message = self._send(kwargs)
+        try:
+            return self._response(request, message)
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:  # ValidationError is a ValueError
+            raise unreadable_answer(self.provider, exc, self._clean) from None
 
+    def _response(self, request: LLMRequest, message: Any) -> LLMResponse:
         text = "".join(block.text for block in message.content if getattr(block, "type", None) == "text")
         usage = message.usage
         input_tokens = (
-            usage.input_tokens
+            (usage.input_tokens or 0)
             + (usage.cache_creation_input_tokens or 0)
             + (usage.cache_read_input_tokens or 0)
         )
@@ -93,7 +100,7 @@ class AnthropicClient:
         return LLMResponse(
             text=text,
             stop_reason=_STOP_REASONS.get(raw_stop, raw_stop),
-            usage=Usage(input_tokens=input_tokens, output_tokens=usage.output_tokens),
+            usage=booked_usage(self.provider, request, text, input_tokens, usage.output_tokens),
             model=message.model or request.model,
             provider=self.provider,
         )
@@ -108,8 +115,8 @@ class AnthropicClient:
     def _clean(self, text: str) -> str:
         return redact(text, self._secret)
 
-    def _status_error(self, err: anthropic.APIStatusError) -> ProviderError:
+    def _status_error(self, err: anthropic.APIStatusError, passing: bool | None = None) -> ProviderError:
         return status_error(self.provider, err.status_code, err.type, err.api_message, err.message, err.request_id,
-                            err.response.request.headers.get("x-stainless-retry-count"), self._clean)
+                            err.response.request.headers.get("x-stainless-retry-count"), self._clean, passing=passing)
 
 

@@ -41,11 +41,13 @@ def _request_dict(req: LLMRequest) -> dict[str, Any]:
 
 
 def request_key(req: LLMRequest) -> str:
-    """sha256 (hex) of the canonical JSON of model, system, messages, max_tokens and temperature."""
+    """sha256 (hex) of the canonical JSON of model, system, messages, max_tokens and temperature.
+    A lone surrogate (an ``LLMRequest`` built without validation) is hashed as its UTF-16 code unit
+    rather than failing the key of a call that may have been paid for."""
     canonical = json.dumps(
         _request_dict(req), sort_keys=True, separators=(",", ":"), ensure_ascii=False
     )
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    return hashlib.sha256(canonical.encode("utf-8", errors="surrogatepass")).hexdigest()
 
 
 def _last_user_message(req: LLMRequest) -> str:
@@ -65,7 +67,9 @@ def append_exchange(path: Path, request: LLMRequest, response: LLMResponse) -> N
         ensure_ascii=False,
         separators=(",", ":"),
     )
-    data = (line + "\n").encode("utf-8")
+    # A lone surrogate (an answer's JSON may escape one) only occurs inside a JSON string, where
+    # backslashreplace writes it as the JSON escape it came from: the line still reads back as it was.
+    data = (line + "\n").encode("utf-8", errors="backslashreplace")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:

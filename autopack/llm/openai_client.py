@@ -28,12 +28,13 @@ import openai
 
 from autopack.errors import ConfigError, ProviderError
 from autopack.llm._common import (
-    bound_tokens,
+    booked_usage,
     send_with_retries,
     redact,
     status_error,
+    unreadable_answer,
 )
-from autopack.llm.base import LLMRequest, LLMResponse, Usage
+from autopack.llm.base import LLMRequest, LLMResponse
 
 log = logging.getLogger(__name__)
 
@@ -98,26 +99,26 @@ class OpenAIClient:
         if self._reasoning_effort is not None:
             kwargs["reasoning_effort"] = self._reasoning_effort
         completion = self._send(kwargs)
+        try:
+            return self._response(request, completion)
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:  # ValidationError is a ValueError
+            raise unreadable_answer(self.provider, exc, self._clean) from None
 
+    def _response(self, request: LLMRequest, completion: Any) -> LLMResponse:
         if not completion.choices:
             raise ProviderError(self.provider, "the answer holds no choices")
         choice = completion.choices[0]
-        text = choice.message.content or ""
+        content = choice.message.content
+        if isinstance(content, list):  # some compatible servers send a list of parts: its text parts
+            content = "".join(part["text"] for part in content if isinstance(part, dict) and part.get("type") == "text")
+        text = content or ""
         raw_finish = choice.finish_reason or "unknown"
         stop_reason = _FINISH_REASONS.get(raw_finish, raw_finish)
         if not text and getattr(choice.message, "refusal", None):
             stop_reason = "refusal"
-        if completion.usage is not None:
-            usage = Usage(
-                input_tokens=completion.usage.prompt_tokens or 0,
-                output_tokens=completion.usage.completion_tokens or 0,
-            )
-        else:
-            # Some compatible servers report no usage. Budgets must not settle at zero, nor below
-            # what was used: the same high estimate that bounds the call's reservation is booked.
-            log.warning("%s reported no usage for model %s; booking the budgets' high estimate", self.provider, request.model)
-            prompt = request.system + "".join(m.content for m in request.messages)
-            usage = Usage(input_tokens=bound_tokens(prompt), output_tokens=min(bound_tokens(text), request.max_tokens))
+        reported = completion.usage
+        usage = booked_usage(self.provider, request, text, None if reported is None else reported.prompt_tokens,
+                             None if reported is None else reported.completion_tokens)
         return LLMResponse(
             text=text,
             stop_reason=stop_reason,
@@ -136,10 +137,11 @@ class OpenAIClient:
     def _clean(self, text: str) -> str:
         return redact(text, self._secret)
 
-    def _status_error(self, err: openai.APIStatusError) -> ProviderError:
+    def _status_error(self, err: openai.APIStatusError, passing: bool | None = None) -> ProviderError:
         body = err.body if isinstance(err.body, dict) else {}
         api_message = body.get("message") if isinstance(body.get("message"), str) else None
         return status_error(self.provider, err.status_code, body.get("code") or body.get("type"), api_message, err.message,
-                            err.request_id, err.response.request.headers.get("x-stainless-retry-count"), self._clean)
+                            err.request_id, err.response.request.headers.get("x-stainless-retry-count"), self._clean,
+                            passing=passing)
 
 

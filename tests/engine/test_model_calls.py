@@ -76,6 +76,19 @@ def test_a_call_the_provider_refused_costs_nothing(local_settings, demo_repo: Pa
     assert calls[0].cost_usd == 0.0
 
 
+def test_a_prompt_with_a_latin1_file_is_sent_and_settled(local_settings, demo_repo: Path, fake: FakeProvider) -> None:
+    """A repository file that is not UTF-8 reaches the prompt as surrogate escapes (Git.read_blob):
+    sent with U+FFFD in their place and settled at its usage, not charged at its worst case for a
+    request the SDK could not encode."""
+    latin1 = "# caf" + b"\xe9".decode("utf-8", "surrogateescape") + "\nx = 1\n"
+    client = AnthropicClient("sk-test", base_url=fake.anthropic_base_url, max_retries=0, timeout_s=5)
+    services, run_id, call = _call(local_settings, demo_repo, client)
+    resp = call("system", [Message(role="user", content=latin1)], 100)
+    assert resp.text and fake.requests[0].body["messages"][0]["content"] == "# caf\ufffd\nx = 1\n"
+    run, states, calls = _ledger(services, run_id)
+    assert states == ["settled"] and calls[0].error is None and len(calls[0].request_key) == 64
+
+
 @pytest.mark.postgres
 def test_a_nul_in_a_prompt_or_an_answer_is_recorded_not_fatal(pg_url: str, tmp_path: Path, demo_repo: Path) -> None:
     """PostgreSQL's text refuses NUL: a repository file or a model answer holding one failed the

@@ -136,6 +136,42 @@ def test_truncated_answer_is_retried_once_with_a_larger_limit(local_settings, de
     assert Git(demo_repo).read_blob(v["head_commit"], "calc/stats.py").count("def mean") == 1
 
 
+def test_an_answer_the_provider_stopped_is_never_applied(local_settings, demo_repo: Path) -> None:
+    """A Builder answer stopped by the provider (a refusal, a content filter) may hold edits, but
+    not the finished ones: nothing of it is applied, and the retry builds the phase."""
+    good = demo_model()
+    builds = {"n": 0}
+
+    def respond(req):  # type: ignore[no-untyped-def]
+        if req.system.startswith("You are the Builder") and "# Phase stats" in req.messages[0].content:
+            builds["n"] += 1
+            if builds["n"] == 1:
+                return _text("=== FILE: calc/stats.py ===\n```python\nBROKEN = 1\n```\n", "refusal")
+        return good(req)
+
+    services, _ = make_services(local_settings, respond)
+    register(local_settings, demo_repo)
+    run_id = submit(services, demo_plan())
+    drive(services, ("start_run", run_id))
+    v = view(services, run_id)
+    assert v["state"] == "DONE_SUCCESS", v["failure_reason"]
+    first = phase(v, "stats")["attempt_details"][0]
+    assert first["commit"] is None and "stopped by the provider (refusal)" in first["failure"]
+    assert [r["outcome"] for r in first["edit_rounds"]] == ["truncated"]
+    assert "BROKEN" not in Git(demo_repo).read_blob(v["head_commit"], "calc/stats.py")
+
+
+def test_an_auditor_answer_the_provider_stopped_is_no_approval(local_settings, demo_repo: Path) -> None:
+    services, _ = make_services(local_settings, _first_audit_then_approve(_text(APPROVE, "content_filter")))
+    require_audit(services)
+    register(local_settings, demo_repo)
+    v = view(services, driven_stats_run(services))
+    assert v["state"] == "DONE_SUCCESS", v["failure_reason"]
+    first = phase(v, "stats")["attempt_details"][0]
+    assert first["audit"]["verdict"] == "invalid" and "stopped it before its end (content_filter)" in first["audit"]["summary"]
+    assert first["decision"] == "retry"
+
+
 def test_phase_fails_after_its_attempts_and_the_run_ends_tier_blocked(local_settings, demo_repo: Path) -> None:
     good = demo_model()
 

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import logging
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
+from autopack.auditor import parse_verdict
 from autopack.errors import ProviderError, ProviderUnavailable, RetryableError
 from autopack.llm.anthropic_client import AnthropicClient
 from autopack.llm.base import LLMClient, LLMRequest, Message
 from autopack.llm.openai_client import OpenAIClient
 from tests.llm.fake_provider import (
+    Behaviour,
     FakeProvider,
+    RecordedRequest,
     bad_request,
     disconnect,
     slow,
@@ -39,6 +43,27 @@ def _openai(fake: FakeProvider, max_retries: int = 2) -> LLMClient:
 
 
 ADAPTERS = [pytest.param(_anthropic, id="anthropic"), pytest.param(_openai, id="openai")]
+
+
+class PatchedProvider(FakeProvider):
+    """The fake provider, rewriting each successful answer's body with ``patch`` (when set)."""
+
+    patch: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+
+    def _anthropic(self, record: RecordedRequest, b: Behaviour) -> tuple[int, dict[str, Any], list[tuple[str, str]]]:
+        return self._patched(*super()._anthropic(record, b))
+
+    def _openai(self, record: RecordedRequest, b: Behaviour) -> tuple[int, dict[str, Any], list[tuple[str, str]]]:
+        return self._patched(*super()._openai(record, b))
+
+    def _patched(self, status: int, body: dict[str, Any], headers: list[tuple[str, str]]) -> tuple[int, dict[str, Any], list[tuple[str, str]]]:
+        return status, (self.patch(body) if self.patch is not None and status == 200 else body), headers
+
+
+@pytest.fixture
+def pfake() -> Iterator[PatchedProvider]:
+    with PatchedProvider() as server:
+        yield server
 
 
 def _request(**overrides: object) -> LLMRequest:
@@ -155,6 +180,27 @@ def test_bad_request_is_a_provider_error_and_not_retried(fake: FakeProvider, mak
 
 
 @pytest.mark.parametrize("make", ADAPTERS)
+def test_x_should_retry_is_obeyed(fake: FakeProvider, make: Factory) -> None:
+    """A spend limit is a 429 the server marks ``x-should-retry: false``: not sent again, and a plain
+    error, not an outage to wait out; ``true`` is retried whatever the status."""
+    spend_limit = Behaviour("error", status=429, error_type="rate_limit_error",
+                            error_message="Your organization has reached its monthly spend limit.",
+                            headers=(("retry-after-ms", "1"), ("x-should-retry", "false")))
+    fake.queue(spend_limit)  # a retry would get the default answer
+    with pytest.raises(ProviderError) as info:
+        make(fake, max_retries=3).complete(_request())
+    assert not isinstance(info.value, ProviderUnavailable) and not info.value.maybe_billed
+    assert info.value.status == 429 and "asked not to retry" in str(info.value)
+    assert len(fake.requests) == 1
+
+    retry_me = Behaviour("error", status=400, error_type="invalid_request_error", error_message="try again",
+                         headers=(("retry-after-ms", "1"), ("x-should-retry", "true")))
+    fake.queue(retry_me, ok("the second time"))
+    assert make(fake, max_retries=3).complete(_request()).text == "the second time"
+    assert len(fake.requests) == 3
+
+
+@pytest.mark.parametrize("make", ADAPTERS)
 def test_truncated_answer_reports_max_tokens(fake: FakeProvider, make: Factory) -> None:
     fake.queue(truncated("half an ans", output_tokens=321))
 
@@ -164,6 +210,24 @@ def test_truncated_answer_reports_max_tokens(fake: FakeProvider, make: Factory) 
     assert resp.truncated
     assert resp.text == "half an ans"
     assert resp.usage.output_tokens == 321
+
+
+def test_an_anthropic_refusal_is_an_incomplete_answer(pfake: PatchedProvider) -> None:
+    pfake.patch = lambda body: {**body, "stop_reason": "refusal"}
+    pfake.queue(ok('Example: {"verdict": "approve", "issues": []} and now the real'))
+    resp = _anthropic(pfake).complete(_request())
+    assert resp.stop_reason == "refusal" and resp.incomplete and not resp.truncated
+    with pytest.raises(ValueError):  # VerdictError: the stopped answer is no verdict
+        parse_verdict(resp.text, truncated=resp.incomplete)
+
+
+def test_an_openai_content_filter_stop_is_an_incomplete_answer(pfake: PatchedProvider) -> None:
+    pfake.patch = lambda body: {**body, "choices": [{**body["choices"][0], "finish_reason": "content_filter"}]}
+    pfake.queue(ok('{"verdict": "approve", "issues": []}'))
+    resp = _openai(pfake).complete(_request())
+    assert resp.stop_reason == "content_filter" and resp.incomplete
+    with pytest.raises(ValueError):
+        parse_verdict(resp.text, truncated=resp.incomplete)
 
 
 @pytest.mark.parametrize("make", ADAPTERS)
@@ -210,6 +274,31 @@ def test_connection_error_is_unavailable(fake: FakeProvider, make: Factory) -> N
     assert info.value.status is None
     assert "connection" in str(info.value).lower()
     assert KEY not in str(info.value)
+
+
+# -- text the SDKs cannot encode ------------------------------------------------------------------
+
+# A repository file that is not UTF-8 reaches a prompt as surrogate escapes (Git.read_blob).
+LATIN1_FILE = "# caf" + b"\xe9".decode("utf-8", "surrogateescape") + "\nx = 1\n"
+
+
+@pytest.mark.parametrize("make", ADAPTERS)
+def test_a_prompt_with_surrogate_escapes_is_sent_with_replacement_characters(fake: FakeProvider, make: Factory) -> None:
+    resp = make(fake).complete(_request(system="sys " + LATIN1_FILE, messages=[Message(role="user", content=LATIN1_FILE)]))
+    assert resp.text and len(fake.requests) == 1
+    sent = fake.requests[0].body
+    assert "# caf\ufffd\nx = 1\n" in (sent["system"] if make is _anthropic else sent["messages"][0]["content"])
+    assert sent["messages"][-1]["content"] == "# caf\ufffd\nx = 1\n"
+
+
+@pytest.mark.parametrize("make", ADAPTERS)
+def test_a_request_that_cannot_be_encoded_is_not_sent_nor_billed(fake: FakeProvider, make: Factory) -> None:
+    unchecked = LLMRequest.model_construct(model="model-x", system="", max_tokens=10, temperature=0.0,
+                                           messages=[Message.model_construct(role="user", content="\udce9")])
+    with pytest.raises(ProviderError) as info:
+        make(fake, max_retries=2).complete(unchecked)
+    assert not isinstance(info.value, ProviderUnavailable) and not info.value.maybe_billed
+    assert "not sent" in str(info.value) and not fake.requests
 
 
 # -- what may have been billed is not sent again -------------------------------------------------
@@ -351,6 +440,47 @@ def test_an_answer_without_usage_books_the_budgets_high_estimate(fake: FakeProvi
     fake.queue(replace(ok(answer), report_usage=False))
     capped = OpenAIClient(KEY, base_url=fake.openai_base_url, max_retries=0, provider="local").complete(_request(max_tokens=10))
     assert capped.usage.output_tokens == 10  # never more than the answer could hold
+
+
+@pytest.mark.parametrize("usage", [
+    {"total_tokens": 120},
+    {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+    {"prompt_tokens": None, "completion_tokens": None, "total_tokens": None},
+], ids=["only-total", "zeros", "nulls"])
+def test_a_usage_without_counts_books_the_high_estimate(pfake: PatchedProvider, usage: dict[str, Any]) -> None:
+    from autopack.engine.ledger import estimate_tokens
+
+    pfake.patch = lambda body: {**body, "usage": usage}
+    pfake.queue(ok("a long enough answer with several words in it"))
+    resp = _openai(pfake).complete(_request())
+    assert resp.usage.input_tokens == estimate_tokens("You are the Builder.Add a docstring to util.py")
+    assert resp.usage.output_tokens == estimate_tokens("a long enough answer with several words in it")
+
+
+# -- answers the adapter cannot read -------------------------------------------------------------
+
+
+def test_an_answer_of_text_parts_is_read_as_their_text(pfake: PatchedProvider) -> None:
+    # Some compatible servers (Mistral's reasoning models, proxies) send content as a list of parts.
+    pfake.patch = lambda body: {**body, "choices": [{**body["choices"][0], "message": {
+        "role": "assistant", "content": [{"type": "thinking", "thinking": "hm"}, {"type": "text", "text": "hello"},
+                                         {"type": "text", "text": " world"}]}}]}
+    assert _openai(pfake).complete(_request()).text == "hello world"
+
+
+@pytest.mark.parametrize("make, patch", [
+    pytest.param(_anthropic, lambda body: {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}},
+                 id="anthropic-200-with-an-error"),  # as some Anthropic-compatible gateways send
+    pytest.param(_openai, lambda body: {**body, "choices": [{**body["choices"][0], "message": {"role": "assistant", "content": 42}}]},
+                 id="openai-content-of-another-type"),
+])
+def test_an_unreadable_answer_is_a_maybe_billed_provider_error(pfake: PatchedProvider, make: Factory,
+                                                               patch: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+    pfake.patch = patch
+    with pytest.raises(ProviderError) as info:
+        make(pfake).complete(_request())
+    assert info.value.maybe_billed and "unreadable answer" in str(info.value)
+    assert len(pfake.requests) == 1
 
 
 def test_openai_compatible_uses_max_tokens_and_its_provider_name(fake: FakeProvider) -> None:

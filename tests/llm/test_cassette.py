@@ -59,6 +59,26 @@ def test_request_key_is_stable_and_covers_every_field() -> None:
     assert request_key(base) not in keys
 
 
+def test_a_prompt_with_surrogate_escapes_has_a_key_and_records(tmp_path: Path) -> None:
+    """A repository file that is not UTF-8 reaches a prompt as surrogate escapes: the request holds
+    U+FFFD in their place, so it has a key and a cassette line; a request built without validation
+    still has a key (the key of a paid call must not fail)."""
+    latin1 = "# caf" + b"\xe9".decode("utf-8", "surrogateescape") + "\n"
+    req = _req(latin1, system="sys " + latin1)
+    assert req.messages[0].content == "# caf\ufffd\n" and req.system == "sys # caf\ufffd\n"
+    assert request_key(req) == request_key(_req("# caf\ufffd\n", system="sys # caf\ufffd\n"))
+    assert _req("café ✓ \U0001f600").messages[0].content == "café ✓ \U0001f600"  # text without any is untouched
+    unchecked = LLMRequest.model_construct(**{**_req().model_dump(), "messages": [Message.model_construct(role="user", content=latin1)]})
+    assert len(request_key(unchecked)) == 64
+
+    cassette = tmp_path / "latin1.jsonl"
+    RecordingClient(ScriptedClient(_echo), cassette).complete(req)
+    assert ReplayClient(cassette).complete(_req(latin1, system="sys " + latin1)).text == "answer to: # caf\ufffd\n"
+    # An answer may hold one too (a JSON escape of half a pair): recorded, and read back as it was.
+    RecordingClient(ScriptedClient(["half a pair \ud83d"]), cassette).complete(_req("other"))
+    assert ReplayClient(cassette).complete(_req("other")).text == "half a pair \ud83d"
+
+
 # -- record and replay ---------------------------------------------------------------------------
 
 

@@ -104,6 +104,33 @@ def test_reasoning_effort_on_an_anthropic_model_is_a_config_error(tmp_path: Path
         load_config(tmp_path)
 
 
+def test_a_provider_timeout_and_retries_can_be_configured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A slow local server (or a large builder_max_tokens: the Anthropic SDK itself budgets 3600 s x
+    max_tokens / 128000 for a non-streamed answer) needs more than the default 120 s; an answer that
+    takes longer is lost after it was billed."""
+    for name in ("models.yaml", "pricing.yaml", "strategy.yaml"):
+        (tmp_path / name).write_text((CONFIG / name).read_text())
+    models = yaml.safe_load((CONFIG / "models.yaml").read_text())
+    models["providers"]["local"].update(timeout_s=900, max_retries=1)
+    models["models"]["qwen-local"] = {"provider": "local"}
+    (tmp_path / "models.yaml").write_text(yaml.safe_dump(models))
+    pricing = yaml.safe_load((CONFIG / "pricing.yaml").read_text())
+    pricing["models"]["qwen-local"] = {"input": 0, "output": 0}
+    (tmp_path / "pricing.yaml").write_text(yaml.safe_dump(pricing))
+    monkeypatch.setenv("LOCAL_LLM_API_KEY", SECRET)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", SECRET)
+    config = load_config(tmp_path)
+    provider = make_client_provider(Settings(state_dir=tmp_path / "state", config_dir=tmp_path), config)
+
+    local, claude = provider("qwen-local"), provider("claude-haiku-4-5")
+    assert (local._client.timeout, local._max_retries) == (900, 1)  # type: ignore[attr-defined]
+    assert (claude._client.timeout, claude._max_retries) == (120, 3)  # type: ignore[attr-defined]
+    models["providers"]["local"]["timeout_s"] = 0
+    (tmp_path / "models.yaml").write_text(yaml.safe_dump(models))
+    with pytest.raises(ConfigError, match="timeout_s"):
+        load_config(tmp_path)
+
+
 def test_openai_compatible_entry_without_a_key(fake: FakeProvider) -> None:
     client = make_client(
         "openai_compatible", api_key_env=None, base_url=fake.openai_base_url, provider_name="local_llama"

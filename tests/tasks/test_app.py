@@ -7,6 +7,7 @@ import inspect
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from autopack.llm.factory import make_client
 from autopack.procs import WORKER_GROUPS
@@ -63,3 +64,32 @@ def test_every_pool_that_runs_a_limited_queue_applies_time_limits() -> None:
             assert "threads" not in command, name
     assert {pool for _, _, pool, _ in WORKER_GROUPS} == {"prefork"}
     assert {q for _, queues, _, _ in WORKER_GROUPS for q in queues.split(",")} == set(QUEUES)
+
+
+@pytest.mark.parametrize(("var", "value"), [
+    ("AUTOPACK_LEASE_TTL_S", "0"),  # the heartbeat waits ttl/3 = 0: a busy loop renewing the lease
+    ("AUTOPACK_LEASE_TTL_S", "-5"),
+    ("AUTOPACK_LEASE_TTL_S", "nan"),
+    ("AUTOPACK_MAX_DELIVERIES", "0"),  # every step given up at its first delivery
+    ("AUTOPACK_BUILD_TIME_LIMIT", "0"),  # soft_time_limit max(1, 0 - 30) = 1 s: every build killed
+    ("AUTOPACK_CI_TIME_LIMIT", "-1"),
+    ("AUTOPACK_POLL_INTERVAL", "0"),
+    ("AUTOPACK_RECONCILE_INTERVAL_S", "0"),
+    ("AUTOPACK_RECONCILE_INTERVAL_S", "inf"),
+    ("AUTOPACK_PICKUP_GRACE_S", "-1"),
+    ("AUTOPACK_VISIBILITY_TIMEOUT", "-1"),
+    ("AUTOPACK_MAX_TASKS_PER_CHILD", "0"),  # billiard refuses it when the worker starts
+])
+def test_settings_refuse_non_positive_durations_and_counts(monkeypatch: pytest.MonkeyPatch, var: str, value: str) -> None:
+    monkeypatch.setenv(var, value)
+    with pytest.raises(ValidationError, match=var.removeprefix("AUTOPACK_").lower()):
+        Settings()
+
+
+@pytest.mark.parametrize("var", ["AUTOPACK_MAX_MEMORY_PER_CHILD_KB", "AUTOPACK_SOFT_SHUTDOWN_TIMEOUT_S",
+                                 "AUTOPACK_WORKTREE_RETENTION_S", "AUTOPACK_STREAM_END_WAIT_S"])
+def test_settings_where_zero_means_off_or_now_take_zero(monkeypatch: pytest.MonkeyPatch, var: str) -> None:
+    # No memory cap, no soft shutdown (Celery's meanings), worktrees removed at the next cleanup,
+    # a finished run's stream ends at once.
+    monkeypatch.setenv(var, "0")
+    assert getattr(Settings(), var.removeprefix("AUTOPACK_").lower()) == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import json
 import threading
 import time
 from datetime import datetime, timedelta, timezone
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
+from autopack.config import load_config
 from autopack.db.migrate import upgrade
 from autopack.db.models import Attempt, Event, FlakyTest, Phase, Project, Run, StepRow
 from autopack.db.session import session_scope
@@ -102,8 +104,6 @@ def test_bad_bodies(api) -> None:  # type: ignore[no-untyped-def]
     assert resp.status_code == 422 and resp.get_json()["field"] == "body"
     resp = client.post("/runs", json=[1, 2])
     assert resp.status_code == 422 and resp.get_json()["field"] == "plan"
-    import json
-
     for mimetype in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data",  # what a form can send
                      "application/xml"):  # and any other type that is not JSON
         resp = client.post("/runs", data=json.dumps(PLAN), content_type=mimetype)
@@ -686,3 +686,35 @@ def test_event_streams_beyond_the_cap_are_503_and_leave_threads_for_requests(loc
     follower.join(timeout=10)
     assert not follower.is_alive() and "event: end" in first["body"]
     assert client.get(f"/runs/{run_id}/events/stream?poll=0.05").status_code == 200  # the place is free again
+
+
+def test_a_key_given_twice_in_a_body_is_422(api) -> None:  # type: ignore[no-untyped-def]
+    client, sent = api
+    # The author listed the phase's scope twice: the second one silently replaced the first.
+    body = json.dumps(PLAN).replace('"scope": ["calc/stats.py"]', '"scope": ["calc/stats.py"], "scope": ["calc"]', 1)
+    resp = client.post("/runs?dry_run=true", data=body, content_type="application/json")
+    assert resp.status_code == 422 and resp.get_json()["field"] == "body"
+    assert "duplicate key 'scope'" in resp.get_json()["message"]
+    assert sent == []
+
+
+def test_a_strategy_error_at_submission_is_a_json_503_not_a_500(local_settings: Settings, tmp_path: Path) -> None:
+    # load_config checks every category at start; a strategy changed since (here in place) fails at compile.
+    config = load_config(ROOT / "config")
+    config.strategy.categories["feature"] = {"max_attemps": 5}
+    with session_scope(local_settings.db_url) as s:
+        s.add(Project(name="demo", repo_path=str(tmp_path), base_branch="main"))
+    client = create_app(local_settings, config=config, enqueue=lambda steps: None, broker_check=lambda: None).test_client()
+    resp = client.post("/runs?dry_run=true", json=PLAN)
+    assert resp.status_code == 503 and resp.get_json()["error"] == "config_error"
+    assert "categories.feature.max_attemps: unknown field" in resp.get_json()["message"]
+
+
+@pytest.mark.postgres
+def test_a_base_branch_longer_than_its_column_is_422_on_postgres(pg_url: str, tmp_path: Path) -> None:
+    upgrade(pg_url)
+    settings = Settings(state_dir=tmp_path / "state", profile="prod", database_url=pg_url)
+    client, sent = _client(settings, tmp_path / "elsewhere")  # the web process cannot read the repository
+    resp = client.post("/runs", json={**PLAN, "base_branch": "feature/" + "b" * 250})  # valid for git; the column is 200
+    assert resp.status_code == 422 and resp.get_json()["field"] == "base_branch", resp.get_json()
+    assert sent == []
