@@ -94,9 +94,11 @@ def auditor_guidance(session: Session, phase: Phase, cfg: LearningConfig) -> tup
     return sel.text, [v.id for v in sel.rules], sel.tokens
 
 
-def prompt_guidance(session: Session, phase: Phase, cfg: LearningConfig) -> tuple[str, list[int], list[int], int]:
+def prompt_guidance(session: Session, phase: Phase, cfg: LearningConfig, *, count: bool = True) -> tuple[str, list[int], list[int], int]:
     """(text, rule ids, hint ids, tokens) for the Builder prompt of ``phase``: the project's rules
-    that match its scope and category, then this run's hints from earlier phases that match."""
+    that match its scope and category, then this run's hints from earlier phases that match.
+    ``count``: the rules' ``times_applied`` goes up (once per attempt: not for a redelivered build
+    step, which builds the same attempt's prompt again)."""
     run = phase.run
     views = [rl.RuleView(r.id, r.text, r.scope_pattern, r.category, len(r.provenance.get("hints", [])), r.status)
              for r in session.scalars(select(Rule).where(Rule.project_id == run.project_id, Rule.status == "active"))]
@@ -119,7 +121,7 @@ def prompt_guidance(session: Session, phase: Phase, cfg: LearningConfig) -> tupl
     text = "\n".join(lines)
     now = utcnow()
     for r in session.scalars(select(Rule).where(Rule.id.in_([v.id for v in sel.rules]))):
-        r.times_applied += 1
+        r.times_applied += 1 if count else 0
         r.last_matched_at = now
     return text, [v.id for v in sel.rules], hint_ids, rl.estimate_tokens(text) if text else 0
 

@@ -517,15 +517,17 @@ def build_phase(services: Services, phase_id: int, ctx: StepContext) -> list[Ste
                 return ctx.finish(s, [], outcome="failed")
             model = route.model
             emit(s, run.id, "attempt.started", phase_key=ph.key, attempt_id=attempt.id, number=attempt.number, model=model)
+            fresh = True
         elif ph.state == PhaseState.EXECUTING and current is not None and current.decision is None and current.failure_class is None:
             if external and current.submission is None:
                 return ctx.finish(s, [])  # still waiting for the external Builder
             attempt = current  # redelivery (or the external Builder's edits): the same attempt again
             model = attempt.model or services.model_for("builder", ph.spec["complexity"])
             emit(s, run.id, "attempt.resumed", phase_key=ph.key, attempt_id=attempt.id, number=attempt.number)
+            fresh = False
         else:
             return []
-        guidance, rule_ids, hint_ids, guidance_tokens = prompt_guidance(s, ph, services.config.strategy.learning)
+        guidance, rule_ids, hint_ids, guidance_tokens = prompt_guidance(s, ph, services.config.strategy.learning, count=fresh)
         repo, head, spec, feedback = Path(run.project.repo_path), attempt.parent_commit, dict(ph.spec), ph.feedback
         budget, run_id, epoch, index = dict(ph.budget), run.id, run.commit_epoch, ph.index
         attempt_id, number = attempt.id, attempt.number

@@ -305,3 +305,45 @@ def test_two_runs_promoting_one_key_together_both_count(pg_url: str, tmp_path: P
         rules = {r.key: r for r in s.scalars(select(Rule))}
         assert set(rules) == {"k:1", "k:2"}
         assert len(rules["k:1"].provenance["hints"]) == 3 and len(rules["k:2"].provenance["hints"]) == 2
+
+
+def test_a_redelivered_build_does_not_count_its_rules_twice(local_settings, demo_repo: Path) -> None:
+    """A worker that dies during the Builder's call leaves the build step to another delivery, which
+    builds the same attempt's prompt again: the rule it carries was applied once."""
+    from autopack.db.models import Phase
+    from tests.engine.harness import call_step, stats_plan
+
+    good = demo_model()
+    builds = {"n": 0}
+
+    def respond(req):  # type: ignore[no-untyped-def]
+        if req.system.startswith("You are the Builder"):
+            builds["n"] += 1
+            if builds["n"] == 1:
+                raise RuntimeError("the worker died here")  # escapes the step, as a SIGKILL would leave it
+        return good(req)
+
+    services, _ = make_services(local_settings, respond)
+    register(local_settings, demo_repo)
+    with session_scope(local_settings.db_url) as s:
+        project = s.scalar(select(Project).where(Project.name == "demo"))
+        assert project is not None
+        s.add(Rule(project_id=project.id, key="test_failure:1", text="Handle empty input.", scope_pattern="calc/**",
+                   category=None, provenance={"hints": [1, 2]}))
+    run_id = submit(services, stats_plan("feature"))
+    assert call_step(services, run_id, "start_run", run_id) == [("baseline", run_id)]
+    nxt = call_step(services, run_id, "baseline", run_id)
+    assert nxt and nxt[0][0] == "build"
+    try:
+        call_step(services, run_id, "build", nxt[0][1])
+    except RuntimeError as exc:
+        assert "the worker died here" in str(exc)
+    else:
+        raise AssertionError("the first delivery should have died in the Builder's call")
+    assert call_step(services, run_id, "build", nxt[0][1])[0][0] == "probe"  # the same attempt, built this time
+    with session_scope(local_settings.db_url) as s:
+        phase = s.scalar(select(Phase).where(Phase.run_id == run_id))
+        assert phase is not None and len(phase.attempts) == 1
+        rule = s.scalar(select(Rule))
+        assert rule is not None and rule.times_applied == 1
+    assert _rules_carried(local_settings.db_url, run_id)[-1] == [rule.id]  # the second delivery's prompt carried it
