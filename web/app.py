@@ -12,6 +12,7 @@ from typing import Any
 from flask import Flask, Response, jsonify, request
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
 from autopack.config import AppConfig, load_config
@@ -177,7 +178,8 @@ def create_app(
         return _error(503, "config_error", f"the server's configuration is wrong: {exc}")
 
     @app.errorhandler(DBAPIError)
-    def _database(exc: DBAPIError):  # type: ignore[no-untyped-def]
+    @app.errorhandler(PoolTimeout)  # every connection of this process's pool busy: the database is away for now
+    def _database(exc: DBAPIError | PoolTimeout):  # type: ignore[no-untyped-def]
         answer = database_answer(exc)
         resp, status = _error(answer.status, answer.code, answer.message)
         resp.headers.update(answer.headers)
@@ -293,14 +295,14 @@ def create_app(
     @app.get("/runs")
     def list_runs():  # type: ignore[no-untyped-def]
         limit = _num_arg("limit", 50, 1, 1000)
-        with session_scope(db) as s:
+        with session_scope(db, read_only=True) as s:
             runs = runsvc.list_runs(s, limit=limit, state=request.args.get("state") or None,
                                     project=request.args.get("project") or None)
             return jsonify({"runs": runs})
 
     @app.get("/runs/<run_id>")
     def get_run(run_id: str):  # type: ignore[no-untyped-def]
-        with session_scope(db) as s:
+        with session_scope(db, read_only=True) as s:
             view = runsvc.run_view(s, runsvc.get_run(s, run_id))
             # A finished run's end handlers (events queue) may still add its last events.
             view["events_pending"] = is_terminal_run(view["state"]) and runsvc.has_undispatched(s, run_id, end_event_types())
@@ -330,7 +332,7 @@ def create_app(
     @app.get("/runs/<run_id>/events")
     def events(run_id: str):  # type: ignore[no-untyped-def]
         after = _num_arg("after", 0, 0, 10**9)
-        with session_scope(db) as s:
+        with session_scope(db, read_only=True) as s:
             evs = runsvc.list_events(s, run_id, after=after)
         return jsonify({"run_id": run_id, "events": evs, "last_seq": evs[-1]["seq"] if evs else after})
 
@@ -347,7 +349,7 @@ def create_app(
             # adds the last id it received: that id is where this connection resumes.
             after = int(header)
         poll = _num_arg("poll", 0.5, 0.05, 10.0, float)  # seconds between looks at a live run
-        with session_scope(db) as s:
+        with session_scope(db, read_only=True) as s:
             runsvc.get_run(s, run_id)
 
         # The handlers of a run's end (run.finished, run.cancelled) write its last events (flaky
@@ -364,7 +366,7 @@ def create_app(
             idle = 0.0
             ended_at: float | None = None
             while True:
-                with session_scope(db) as s:
+                with session_scope(db, read_only=True) as s:
                     evs = runsvc.list_events(s, run_id, after=last)
                     state = runsvc.get_run(s, run_id).state
                     settling = is_terminal_run(state) and not evs and runsvc.has_undispatched(s, run_id, end_types)
@@ -392,7 +394,7 @@ def create_app(
     def get_postmortem(run_id: str):  # type: ignore[no-untyped-def]
         if request.args.get("format", "markdown") not in ("markdown", "json"):
             raise PlanError("format", "must be markdown or json")
-        with session_scope(db) as s:
+        with session_scope(db, read_only=True) as s:
             run = runsvc.get_run(s, run_id)
             pm = s.get(Postmortem, run_id)
             if pm is None:
@@ -405,21 +407,21 @@ def create_app(
     def get_run_issues(run_id: str):  # type: ignore[no-untyped-def]
         from autopack.engine.issues import run_issues
 
-        with session_scope(db) as s:
+        with session_scope(db, read_only=True) as s:
             return jsonify(run_issues(s, runsvc.get_run(s, run_id)))
 
     @app.get("/projects/<name>/backlog")
     def get_backlog(name: str):  # type: ignore[no-untyped-def]
         from autopack.engine.issues import backlog
 
-        with session_scope(db) as s:
+        with session_scope(db, read_only=True) as s:
             return jsonify(backlog(s, runsvc.get_project(s, name)))
 
     @app.get("/runs/<run_id>/costs")
     def run_costs(run_id: str):  # type: ignore[no-untyped-def]
         from autopack.engine.costs import run_costs as costs_of
 
-        with session_scope(db) as s:
+        with session_scope(db, read_only=True) as s:
             return jsonify(costs_of(s, runsvc.get_run(s, run_id)))
 
     @app.get("/reports/costs")
@@ -434,7 +436,7 @@ def create_app(
                 since = datetime.fromisoformat(raw)
             except ValueError:
                 raise PlanError("since", "must be an ISO date or date-time, e.g. 2026-11-28") from None
-        with session_scope(db) as s:
+        with session_scope(db, read_only=True) as s:
             project = runsvc.get_project(s, request.args["project"]) if request.args.get("project") else None
             return jsonify(report(s, project, since))
 
@@ -444,7 +446,7 @@ def create_app(
         from autopack.governance.calibrate import DAYS, MIN_COMPLETED
 
         days, min_completed = _num_arg("days", *DAYS), _num_arg("min_completed", *MIN_COMPLETED)
-        with session_scope(db) as s:
+        with session_scope(db, read_only=True) as s:
             project = runsvc.get_project(s, request.args["project"]) if request.args.get("project") else None
             return jsonify(report(s, project, days, min_completed=min_completed))
 
@@ -452,7 +454,7 @@ def create_app(
     def project_rules(name: str):  # type: ignore[no-untyped-def]
         from autopack.engine.learning import project_rules as rules_of
 
-        with session_scope(db) as s:
+        with session_scope(db, read_only=True) as s:
             return jsonify({"project": name, "rules": rules_of(s, runsvc.get_project(s, name))})
 
     @app.get("/projects/<name>/flaky-tests")
@@ -463,7 +465,7 @@ def create_app(
         state = request.args.get("state")
         if state is not None and state not in STATES:
             raise PlanError("state", f"must be one of {', '.join(STATES)}")
-        with session_scope(db) as s:
+        with session_scope(db, read_only=True) as s:
             return jsonify({"project": name, "tests": project_flaky_tests(s, runsvc.get_project(s, name), state)})
 
     @app.put("/projects/<name>/flaky-tests/<path:test_id>")
@@ -491,7 +493,7 @@ def create_app(
     def export_rules(name: str):  # type: ignore[no-untyped-def]
         from autopack.engine.learning import export_json
 
-        with session_scope(db) as s:
+        with session_scope(db, read_only=True) as s:
             body = export_json(s, runsvc.get_project(s, name))
         return Response(body, mimetype="application/json",
                         headers={"Content-Disposition": 'attachment; filename="project_learned_rules.json"'})
@@ -531,7 +533,7 @@ def create_app(
     def health():  # type: ignore[no-untyped-def]
         db_state = broker_state = "ok"
         try:
-            with session_scope(db) as s:
+            with session_scope(db, read_only=True) as s:
                 s.execute(text("SELECT 1"))
         except Exception as exc:  # noqa: BLE001 - reported, not raised
             db_state = f"error: {type(exc).__name__}"

@@ -59,7 +59,7 @@ def dashboard_blueprint(db_url: str) -> Blueprint:
     def runs_page():  # type: ignore[no-untyped-def]
         project = request.args.get("project") or None
         state = request.args.get("state") or None
-        with session_scope(db_url) as s:
+        with session_scope(db_url, read_only=True) as s:
             runs = runsvc.list_runs(s, limit=100, state=state, project=project)
             projects = list(s.scalars(select(Project.name).order_by(Project.name)))
         return render_template("runs.html", runs=runs, projects=projects, states=list(RunState.__members__),
@@ -67,7 +67,7 @@ def dashboard_blueprint(db_url: str) -> Blueprint:
 
     @bp.get("/ui/runs/<run_id>")
     def run_page(run_id: str):  # type: ignore[no-untyped-def]
-        with session_scope(db_url) as s:
+        with session_scope(db_url, read_only=True) as s:
             run = runsvc.get_run(s, run_id)
             view = runsvc.run_view(s, run)
             first = max(0, run.event_seq - EVENTS_SHOWN)

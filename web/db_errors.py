@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from flask import request
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from autopack.db.problems import database_problem
 
@@ -22,7 +23,7 @@ class DatabaseAnswer:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-def database_answer(exc: DBAPIError) -> DatabaseAnswer:
+def database_answer(exc: DBAPIError | PoolTimeout) -> DatabaseAnswer:
     """503 with ``Retry-After`` for a database that is away (restarting, failing over, out of
     connections), 500 naming ``autopack migrate`` for a schema older than the code, else a plain 500."""
     problem = database_problem(exc)

@@ -37,8 +37,9 @@ def get_engine(url: str) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _begin(conn):  # type: ignore[no-untyped-def]
-            # Take the write lock at BEGIN so read-then-write transactions never deadlock on upgrade.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # Take the write lock at BEGIN so read-then-write transactions never deadlock on upgrade;
+            # a read-only session's (session_scope(read_only=True)) reads beside a writer (WAL).
+            conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE")
 
         return engine
     engine = create_engine(url, pool_size=5, max_overflow=10)
@@ -75,15 +76,22 @@ def _ping_after_idle(engine: Engine) -> None:
             raise DisconnectionError(f"pooled connection failed its ping: {exc}") from exc
 
 
-@lru_cache(maxsize=8)
-def _factory(url: str) -> sessionmaker[Session]:
-    return sessionmaker(bind=get_engine(url), expire_on_commit=False)
+# The connection option a read-only session's transactions carry (see the SQLite "begin" hook).
+READ_ONLY = "autopack_read_only"
+
+
+@lru_cache(maxsize=16)
+def _factory(url: str, read_only: bool = False) -> sessionmaker[Session]:
+    engine = get_engine(url)
+    return sessionmaker(bind=engine.execution_options(**{READ_ONLY: True}) if read_only else engine, expire_on_commit=False)
 
 
 @contextmanager
-def session_scope(url: str) -> Iterator[Session]:
-    """A transaction: committed on success, rolled back on error."""
-    session = _factory(url)()
+def session_scope(url: str, *, read_only: bool = False) -> Iterator[Session]:
+    """A transaction: committed on success, rolled back on error. ``read_only``: one that only reads
+    (the API's GETs, event streams), which on SQLite then does not take the database's write lock,
+    so it neither waits for another process's write transaction nor holds up one; it must not write."""
+    session = _factory(url, read_only)()
     try:
         yield session
         session.commit()

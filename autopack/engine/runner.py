@@ -189,8 +189,9 @@ def is_infrastructure_error(exc: BaseException) -> bool:
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeoutError
     from sqlalchemy.exc import DBAPIError
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-    if isinstance(exc, DBAPIError):
+    if isinstance(exc, DBAPIError | PoolTimeout):
         return database_problem(exc) is not None
     return isinstance(exc, KombuOperationalError | RedisConnectionError | RedisTimeoutError | ConnectionError)
 

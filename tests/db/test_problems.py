@@ -84,3 +84,34 @@ def test_a_sqlite_database_that_cannot_take_a_write_now(tmp_path: Path) -> None:
     closed = _error_after(url, _close, "SELECT 1")
     assert closed.connection_invalidated, closed
     assert database_problem(closed) == "unavailable"
+
+
+def test_an_exhausted_connection_pool_is_an_infrastructure_error() -> None:
+    # Every connection of the process's pool (5 + 10 overflow) busy for pool_timeout: SQLAlchemy
+    # raises its own TimeoutError, not a DBAPIError. It says nothing about the step: the step must
+    # be left to its lease, not end its run as DONE_FAILED_INFRASTRUCTURE (and the API must answer
+    # 503, not 500).
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+    from autopack.engine.runner import is_infrastructure_error
+
+    exc = PoolTimeout("QueuePool limit of size 5 overflow 10 reached, connection timed out, timeout 30.00")
+    assert is_infrastructure_error(exc)
+
+
+@pytest.mark.postgres
+def test_a_read_only_postgres_is_unavailable_not_the_steps_own_error(pg_url: str) -> None:
+    # During a failover the old primary (or a standby the DNS name still points at) refuses writes
+    # with SQLSTATE 25006. That is the database's state, as SQLite's "readonly database" already
+    # counts; classified as the step's own error it ends the run.
+    from autopack.db.session import get_engine
+
+    with get_engine(pg_url).connect() as conn:
+        conn.exec_driver_sql("CREATE TABLE t (x int)")
+        conn.commit()
+        conn.exec_driver_sql("SET TRANSACTION READ ONLY")  # what a standby's every transaction is
+        with pytest.raises(DBAPIError) as info:
+            conn.exec_driver_sql("INSERT INTO t VALUES (1)")
+        conn.rollback()
+    assert getattr(info.value.orig, "sqlstate", None) == "25006"
+    assert database_problem(info.value) == "unavailable"

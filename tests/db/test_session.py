@@ -3,6 +3,8 @@ transactions pay no ping, and a connection the server dropped while idle is repl
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import psycopg
 import pytest
 from sqlalchemy import text
@@ -49,3 +51,38 @@ def test_a_connection_the_server_dropped_while_idle_is_replaced(pg_url: str, mon
         assert conn.execute("SELECT pg_terminate_backend(%s)", (first,)).fetchone() == (True,)
     second = _backend_pid(pg_url)  # no error reaches the caller
     assert second != first and len(pings) >= 1
+
+
+def test_sqlite_read_only_sessions_are_not_blocked_by_an_open_write_transaction(tmp_path: Path) -> None:
+    # WAL lets readers read while one writer writes, but every transaction began with BEGIN
+    # IMMEDIATE, reads included: the API's GETs and event streams queued behind every write
+    # transaction of every process (up to busy_timeout, then "database is locked"). A read-only
+    # session (what the API's GETs use) begins a plain transaction.
+    import sqlite3
+    import threading
+
+    from autopack.db.migrate import upgrade
+
+    db = tmp_path / "r.sqlite"
+    upgrade(f"sqlite:///{db}")
+    url = f"sqlite:///{db}"
+    with session_scope(url) as s:  # the engine exists and the file is in WAL mode
+        s.execute(text("SELECT 1"))
+    writer = sqlite3.connect(db, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")
+    writer.execute("INSERT INTO projects (name, repo_path, base_branch, created_at) VALUES ('p', '/r', 'main', '2026-01-01')")
+    done = threading.Event()
+
+    def read() -> None:
+        with session_scope(url, read_only=True) as s:
+            s.execute(text("SELECT count(*) FROM projects")).scalar_one()
+        done.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert done.wait(3), "a read-only transaction waited for another process's write transaction"
+    finally:
+        writer.execute("COMMIT")
+        writer.close()
+        reader.join(35)
