@@ -20,14 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from autopack import gate as gatelib
 from autopack.answers import storable
 from autopack.auditor import NO_VERDICT, VerdictError, combine, needs_judge, parse_judge, parse_verdict, render_auditor_prompt
 from autopack.builder import BuildOutcome, PhaseContext, check_submission, render_builder_prompt, run_builder
-from autopack.db.models import Attempt, ModelCall, Phase, Run, Tier, utcnow
+from autopack.db.models import Attempt, BudgetReservation, ModelCall, Phase, Run, Tier, utcnow
+from autopack.db.problems import database_problem
 from autopack.db.session import session_scope
 from autopack.decide import NOT_BURNING, AttemptOutcome, decide, health_counts, health_exceeded
 from autopack.edits.govern import EditPolicy, default_protected
@@ -230,7 +231,9 @@ def make_call(services: Services, scope: CallScope) -> Callable[[str, list[Messa
             # Otherwise its answer was lost (a read timeout, a dropped connection, the step stopped
             # mid-call) and it may have been billed in full: counted at its worst case.
             refused = isinstance(exc, ProviderError) and not exc.maybe_billed
-            with session_scope(services.db_url) as s:
+            failure = storable(f"{type(exc).__name__}: {exc}" + ("" if refused else " (usage unknown: counted at its worst case)"))
+
+            def record_failure(s: Session) -> None:
                 if refused:
                     settle(s, reservation, 0, 0.0)
                 else:
@@ -240,21 +243,22 @@ def make_call(services: Services, scope: CallScope) -> Callable[[str, list[Messa
                         run_id=scope.run_id, phase_id=scope.phase_id, attempt_id=scope.attempt_id, role=scope.role,
                         provider=provider, model=scope.model, request_key=_key(req),
                         prompt=prompt, max_tokens=max_tokens,
-                        error=storable(f"{type(exc).__name__}: {exc}" + ("" if refused else " (usage unknown: counted at its worst case)")),
+                        error=failure,
                         input_tokens=0 if refused else est_in, output_tokens=0 if refused else max_tokens,
                         cost_usd=0.0 if refused else worst_cost,
+                        rules=list(scope.rules), hints=list(scope.hints), rules_tokens=scope.rules_tokens,
                         created_at=record_clock(s),
                     )
                 )
-                if not refused and scope.attempt_id is not None:
-                    a = s.get(Attempt, scope.attempt_id)
-                    if a is not None:
-                        a.tokens_used += worst_tokens
-                        a.cost_usd += worst_cost
+                if not refused:
+                    _add_to_attempt(s, scope.attempt_id, worst_tokens, worst_cost)
+
+            _record_through_outage(services, record_failure, reservation.id, "settled" if refused else "charged")
             raise
         used = resp.usage.input_tokens + resp.usage.output_tokens
         cost = pricing.cost(scope.model, resp.usage.input_tokens, resp.usage.output_tokens)
-        with session_scope(services.db_url) as s:
+
+        def record_answer(s: Session) -> None:
             settle(s, reservation, used, cost)
             s.add(
                 ModelCall(
@@ -266,15 +270,47 @@ def make_call(services: Services, scope: CallScope) -> Callable[[str, list[Messa
                     created_at=record_clock(s),
                 )
             )
-            if scope.attempt_id is not None:
-                a = s.get(Attempt, scope.attempt_id)
-                if a is not None:
-                    a.tokens_used += used
-                    a.cost_usd += cost
+            _add_to_attempt(s, scope.attempt_id, used, cost)
+
+        _record_through_outage(services, record_answer, reservation.id, "settled")
         crash_point("after_model_answer")
         return resp
 
     return call
+
+
+def _add_to_attempt(s: Session, attempt_id: int | None, tokens: int, cost: float) -> None:
+    """Add a call's spend to its attempt in the database (not to a loaded copy: the step's new holder
+    and a paused worker coming back may both be recording a call of the attempt)."""
+    if attempt_id is not None:
+        s.execute(update(Attempt).where(Attempt.id == attempt_id)
+                  .values(tokens_used=Attempt.tokens_used + tokens, cost_usd=Attempt.cost_usd + cost)
+                  .execution_options(synchronize_session=False))
+
+
+# How long a paid call's record is retried while the database is away (a restart, a failover):
+# given up, the answer is lost and the step's next delivery pays for the call again.
+RECORD_RETRY_S = (0.5, 1.0, 2.0, 4.0, 8.0)
+
+
+def _record_through_outage(services: Services, write: Callable[[Session], None], reservation_id: int, closed: str) -> None:
+    """Run ``write`` (which closes reservation ``reservation_id`` as ``closed``) in a transaction,
+    again after a pause (``RECORD_RETRY_S``) while the database is unavailable; any other error, or
+    the last one, is raised. A try after one whose commit may have gone through (the connection
+    dropped at the commit) writes nothing if the reservation is closed so already."""
+    for n, pause in enumerate((*RECORD_RETRY_S, None)):
+        try:
+            with session_scope(services.db_url) as s:
+                if n and s.scalar(select(BudgetReservation.state).where(BudgetReservation.id == reservation_id)) == closed:
+                    return
+                write(s)
+            return
+        except Exception as exc:
+            if pause is None or database_problem(exc) != "unavailable":
+                raise
+            log.warning("the database is unavailable while recording a model call (%s); trying again in %.1fs",
+                        type(exc).__name__, pause)
+            time.sleep(pause)
 
 
 def fallback_call(services: Services, scope: CallScope, chain: list[str]) -> tuple[Callable[[str, list[Message], int], LLMResponse], list[str]]:

@@ -89,6 +89,57 @@ def test_a_prompt_with_a_latin1_file_is_sent_and_settled(local_settings, demo_re
     assert states == ["settled"] and calls[0].error is None and len(calls[0].request_key) == 64
 
 
+def test_a_paid_answer_is_recorded_once_the_database_is_back(local_settings, demo_repo: Path, fake: FakeProvider,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The database goes away just after the provider answered (a restart, a failover): the record
+    of the paid call is written once it is back, not lost (the step's next delivery would pay for
+    the call again and the first one would be charged at its worst case)."""
+    from sqlalchemy.exc import OperationalError
+
+    from autopack.engine import steps
+
+    client = AnthropicClient("sk-test", base_url=fake.anthropic_base_url, max_retries=0, timeout_s=5)
+    services, run_id, call = _call(local_settings, demo_repo, client)
+    real_settle, down = steps.settle, {"left": 2}
+
+    def settle(*args, **kwargs):  # type: ignore[no-untyped-def]
+        if down["left"]:
+            down["left"] -= 1
+            raise OperationalError("UPDATE reservations ...", {}, Exception("server closed the connection unexpectedly"),
+                                   connection_invalidated=True)
+        return real_settle(*args, **kwargs)
+
+    monkeypatch.setattr(steps, "settle", settle)
+    monkeypatch.setattr(steps, "RECORD_RETRY_S", (0.01, 0.01, 0.01))
+    resp = call("system", [Message(role="user", content=PROMPT)], 100)
+    assert resp.text and down["left"] == 0 and len(fake.requests) == 1
+    run, states, calls = _ledger(services, run_id)
+    assert states == ["settled"] and len(calls) == 1 and calls[0].response_text == resp.text
+    assert run.tokens_used == resp.usage.input_tokens + resp.usage.output_tokens and run.tokens_reserved == 0
+
+
+def test_a_database_that_stays_away_fails_the_record_after_the_retries(local_settings, demo_repo: Path, fake: FakeProvider,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    from autopack.engine import steps
+
+    client = AnthropicClient("sk-test", base_url=fake.anthropic_base_url, max_retries=0, timeout_s=5)
+    services, run_id, call = _call(local_settings, demo_repo, client)
+    tries = []
+
+    def settle(*args, **kwargs):  # type: ignore[no-untyped-def]
+        tries.append(1)
+        raise OperationalError("UPDATE reservations ...", {}, Exception("could not connect"), connection_invalidated=True)
+
+    monkeypatch.setattr(steps, "settle", settle)
+    monkeypatch.setattr(steps, "RECORD_RETRY_S", (0.01, 0.01))
+    with pytest.raises(OperationalError):
+        call("system", [Message(role="user", content=PROMPT)], 100)
+    assert len(tries) == 3  # the first try and one per pause; the reservation stays for the reconciler
+    assert _ledger(services, run_id)[1] == ["open"]
+
+
 @pytest.mark.postgres
 def test_a_nul_in_a_prompt_or_an_answer_is_recorded_not_fatal(pg_url: str, tmp_path: Path, demo_repo: Path) -> None:
     """PostgreSQL's text refuses NUL: a repository file or a model answer holding one failed the
