@@ -501,7 +501,7 @@ def create_app(
     @app.patch("/projects/<name>/rules/<int:rule_id>")
     def edit_rule(name: str, rule_id: int):  # type: ignore[no-untyped-def]
         from autopack.db.models import Rule
-        from autopack.engine.learning import rule_view
+        from autopack.engine.learning import reenable, rule_view
 
         body = _json_body()
         if not isinstance(body, dict) or not set(body) <= {"status", "text", "scope"} or not body:
@@ -514,7 +514,10 @@ def create_app(
             if "status" in body:
                 if body["status"] not in ("active", "disabled"):
                     raise PlanError("status", "must be 'active' or 'disabled'")
-                rule.status, rule.status_reason = body["status"], "set by a person" if body["status"] == "disabled" else None
+                if body["status"] == "active":
+                    reenable(rule)  # judged from now on: the evidence that retired it does not retire it again
+                else:
+                    rule.status, rule.status_reason = "disabled", "set by a person"
             if "text" in body:
                 if not isinstance(body["text"], str) or not body["text"].strip():
                     raise PlanError("text", "must be a non-empty string")

@@ -69,8 +69,10 @@ def promote(session: Session, project_id: int, key: str, cfg: LearningConfig, ru
                   "phases": [f"{h.run_id}/{h.phase_key}" for h in hints]}
     rule = session.scalar(select(Rule).where(Rule.project_id == project_id, Rule.key == key))
     if rule is not None:
-        # The phases it was learned from stay as they were: later hints are recurrences.
-        rule.provenance = {**provenance, "learned_from": (rule.provenance or {}).get("learned_from", provenance["phases"])}
+        # The phases it was learned from stay as they were: later hints are recurrences. What else
+        # the record holds (when a person re-enabled it) stays too.
+        old = rule.provenance or {}
+        rule.provenance = {**old, **provenance, "learned_from": old.get("learned_from", provenance["phases"])}
         return rule
     provenance["learned_from"] = list(provenance["phases"])
     categories = {h.category for h in hints}
@@ -126,7 +128,25 @@ def prompt_guidance(session: Session, phase: Phase, cfg: LearningConfig, *, coun
     return text, [v.id for v in sel.rules], hint_ids, rl.estimate_tokens(text) if text else 0
 
 
-def rule_effect(session: Session, rule: Rule) -> dict[str, Any]:
+def reenabled_at(rule: Rule) -> datetime | None:
+    """When a person last made the rule active again (after it was retired or disabled), if ever."""
+    when = (rule.provenance or {}).get("reenabled_at")
+    return as_utc(datetime.fromisoformat(when)) if isinstance(when, str) else None
+
+
+def reenable(rule: Rule, now: datetime | None = None) -> None:
+    """A person makes ``rule`` active again: what retired it is kept in the record, and from now its
+    retirement is judged on the phases after this only (else the same evidence, and its staleness,
+    retired it again at the next run's end)."""
+    now = now or datetime.now(timezone.utc)
+    if rule.status != "active":
+        rule.provenance = {**(rule.provenance or {}), "reenabled_at": now.isoformat(),
+                           "reenabled_from": {"status": rule.status, "reason": rule.status_reason}}
+        rule.last_matched_at = now
+    rule.status, rule.status_reason = "active", None
+
+
+def rule_effect(session: Session, rule: Rule, since: datetime | None = None) -> dict[str, Any]:
     """How often the rule's key occurred in the project's phases that carried it from their first
     Builder call vs the phases of its scope that never carried it.
 
@@ -136,7 +156,10 @@ def rule_effect(session: Session, rule: Rule) -> dict[str, Any]:
     carried: list[bool] = []
     other: list[bool] = []
     learned_from = set(rule.provenance.get("learned_from", rule.provenance.get("phases", [])))
-    phases = session.scalars(select(Phase).join(Run).where(Run.project_id == rule.project_id)).all()
+    q = select(Phase).join(Run).where(Run.project_id == rule.project_id)
+    if since is not None:  # only the runs submitted since (a person re-enabled the rule then)
+        q = q.where(Run.created_at >= since)
+    phases = session.scalars(q).all()
     for ph in phases:
         if not ph.attempts or f"{ph.run_id}/{ph.key}" in learned_from:
             continue
@@ -165,6 +188,9 @@ def retire_rules(session: Session, cfg: LearningConfig, now: datetime | None = N
         effect = rule_effect(session, rule)
         rule.effect = effect
         created, last = as_utc(rule.created_at), as_utc(rule.last_matched_at)
+        since = reenabled_at(rule)
+        if since is not None:  # a person re-enabled it: judged on what happened since, not on what retired it
+            effect, created = rule_effect(session, rule, since), since
         reason = rl.retire_reason(effect, last, created, now, stale_after=timedelta(days=cfg.stale_after_days), min_carried=cfg.min_carried)
         if reason:
             rule.status, rule.status_reason = "retired", reason

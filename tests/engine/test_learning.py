@@ -10,7 +10,7 @@ from sqlalchemy import select
 from autopack.db.models import Hint, ModelCall, Project, Rule
 from autopack.db.session import session_scope
 from autopack.demo import create_target_repo
-from autopack.engine.learning import rule_effect
+from autopack.engine.learning import reenable, retire_rules, rule_effect
 from autopack.events.dispatch import dispatch_pending
 from tests.engine.harness import demo_model, demo_plan, drive, make_services, register, submit, view
 
@@ -267,6 +267,22 @@ def test_a_rule_that_changes_nothing_is_retired(local_settings, tmp_path: Path) 
         assert rule is not None and rule.effect["other_phases"] == 0, rule.effect
         assert (rule.effect["carried_phases"], rule.effect["carried_failures"]) == (4, 2), rule.effect
         assert rule.status == "retired" and "no phase of its scope went without it" in (rule.status_reason or "")
+        retired_reason = rule.status_reason
+        reenable(rule)  # a person makes it active again (PATCH /projects/<name>/rules/<id>)
+    # The evidence that retired it does not retire it again: it is judged on the phases from now on.
+    with session_scope(local_settings.db_url) as s:
+        assert retire_rules(s, services.config.strategy.learning) == []
+        rule = s.scalar(select(Rule))
+        assert rule is not None and rule.status == "active"
+        assert rule.provenance["reenabled_from"] == {"status": "retired", "reason": retired_reason}
+    # Still ignored in the next run: its 3 phases since (min_carried) carried it, 2 failed: retired on those.
+    run_id = submit(services, demo_plan())
+    drive(services, ("start_run", run_id))
+    dispatch_pending(services)
+    with session_scope(local_settings.db_url) as s:
+        rule = s.scalar(select(Rule))
+        assert rule is not None and rule.status == "retired", rule.status_reason
+        assert "of the 3 phases that carried it" in (rule.status_reason or "") and rule.effect["carried_phases"] > 3
 
 
 def test_two_runs_promoting_one_key_together_both_count(pg_url: str, tmp_path: Path, demo_repo: Path) -> None:

@@ -347,6 +347,11 @@ def test_rules_api_lists_edits_and_exports(api, local_settings: Settings) -> Non
     exported = client.get("/projects/demo/rules/export")
     assert exported.headers["Content-Disposition"].endswith('filename="project_learned_rules.json"')
     assert exported.get_json()["rules"][0]["status"] == "disabled"
+    # Made active again by a person: judged from now on (the record says when and what it was).
+    again = client.patch(f"/projects/demo/rules/{rid}", json={"status": "active"}).get_json()
+    assert (again["status"], again["status_reason"]) == ("active", None)
+    assert again["provenance"]["reenabled_from"] == {"status": "disabled", "reason": "set by a person"}
+    assert again["provenance"]["reenabled_at"] and again["provenance"]["runs"] == ["r1"]
 
 
 def test_issue_endpoints(api) -> None:  # type: ignore[no-untyped-def]
