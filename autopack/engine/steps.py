@@ -37,6 +37,7 @@ from autopack.engine import issues
 from autopack.engine.external import AWAITING
 from autopack.engine.flakiness import quarantined_tests
 from autopack.engine.doctor import classify_attempt, consult, failure_message, history, no_attempts_left
+from autopack.strategy import DoctorConfig
 from autopack.engine.routing import choose_model, fallback_chain, routing_record
 from autopack.engine.leases import CURRENT_STEP, StepContext, record_clock
 from autopack.engine.learning import auditor_guidance, promote, prompt_guidance, record_hint, teaches
@@ -1070,7 +1071,7 @@ def decide_attempt(services: Services, attempt_id: int, ctx: StepContext) -> lis
         lesson = a.lesson or None
         if decision.action == "retry" and diagnosis is None and cls is not None:
             args = _consult_args(s, services, ph, a, cls)
-            diagnosis = consult(args.failures, cfg=services.config.strategy.run.doctor, already_replanned=args.already_replanned,
+            diagnosis = consult(args.failures, cfg=_doctor_config(services, run), already_replanned=args.already_replanned,
                                 replan_reason=args.replan_reason, phase_calls=args.phase_calls, run_calls=args.run_calls, ask=None)
             if diagnosis is None or diagnosis["action"] == "replan":
                 # The Doctor's and the planner's model calls run on the agents queue; decide comes back.
@@ -1186,6 +1187,13 @@ def _reaudit(s: Session, run: Run, ph: Phase, a: Attempt) -> int:
     return again.id
 
 
+def _doctor_config(services: Services, run: Run) -> DoctorConfig:
+    """The Doctor's settings the run was submitted with (the live ones for a run from before they
+    were kept in its strategy)."""
+    kept = run.strategy["run"].get("doctor")
+    return DoctorConfig.model_validate(kept) if kept is not None else services.config.strategy.run.doctor
+
+
 @dataclass
 class _ConsultArgs:
     failures: list[Any]
@@ -1199,17 +1207,21 @@ class _ConsultArgs:
 def _consult_args(s: Session, services: Services, ph: Phase, current: Attempt, cls: Any) -> _ConsultArgs:
     """What the Doctor needs, read in a transaction: the phase's failures, the Doctor's calls so far
     and whether the re-plan rule (alike failures, a fatal type) fires."""
-    rb = services.config.strategy.run
+    # The run's own settings (its strategy was fixed when it was submitted); a run from before they
+    # were kept in it has the live ones.
+    live, kept = services.config.strategy.run, ph.run.strategy["run"]
+    similarity = float(kept.get("replan_similarity", live.replan_similarity))
+    max_replans = int(kept.get("max_replans", live.max_replans))
     failures = history([x for x in ph.attempts if x.id != current.id], ph.budget["audit"])
     failures.append(FailureRecord(cls, failure_message(current)))
     replan_failures = [Failure(x.cls.value, x.message) for x in failures if x.cls.value not in NOT_BURNING]
-    go, why = should_replan_now(replan_failures, ph.replans, rb.replan_similarity, rb.max_replans)
+    go, why = should_replan_now(replan_failures, ph.replans, similarity, max_replans)
     doctor_calls = select(func.count(ModelCall.id)).where(ModelCall.role == "doctor")
     return _ConsultArgs(
         failures=failures,
         phase_calls=int(s.scalar(doctor_calls.where(ModelCall.phase_id == ph.id)) or 0),
         run_calls=int(s.scalar(doctor_calls.where(ModelCall.run_id == ph.run_id)) or 0),
-        already_replanned=ph.replans >= rb.max_replans,
+        already_replanned=ph.replans >= max_replans,
         replan_reason=why if go else None,
         burned=sum(1 for x in ph.attempts if x.failure_class not in NOT_BURNING),
     )
@@ -1251,8 +1263,7 @@ def diagnose(services: Services, attempt_id: int, ctx: StepContext) -> list[Step
         with session_scope(services.db_url) as s:
             ctx.guard(s)
             return ctx.finish(s, [("decide", attempt_id)])
-    rb = services.config.strategy.run
-    cfg, spec = rb.doctor, ph.spec
+    cfg, spec = _doctor_config(services, ph.run), ph.spec
 
     def ask(model: str) -> str:
         system, user = render_doctor_prompt(

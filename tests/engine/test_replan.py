@@ -44,6 +44,29 @@ def test_same_failure_is_replanned_once_then_the_run_ends(local_settings, demo_r
     assert len(builder) == 3 and f"# Phase parse: {NEW_GOAL}" in builder[2] and NEW_GOAL not in builder[1]
 
 
+def test_a_run_replans_by_the_settings_it_was_submitted_with(local_settings, demo_repo: Path) -> None:
+    """The strategy is fixed when a run is submitted: an operator who then turns re-planning off
+    (max_replans 0) and the Doctor off changes later runs, not this one's phase budgets."""
+    good = demo_model()
+
+    def respond(req):  # type: ignore[no-untyped-def]
+        if req.system.startswith("You are the Planner"):
+            return '{"goal": "%s", "approach": "Raise instead of skipping."}' % NEW_GOAL
+        if req.system.startswith("You are the Builder") and "# Phase parse" in req.messages[0].content:
+            return good.__globals__["PARSE_WRONG"]
+        return good(req)
+
+    services, _ = make_services(local_settings, respond)
+    register(local_settings, demo_repo)
+    run_id = submit(services, demo_plan())
+    live = services.config.strategy.model_copy(deep=True)
+    live.run.max_replans, live.run.replan_similarity, live.run.doctor.model = 0, 1.0, None
+    services.config = services.config.model_copy(update={"strategy": live})
+    drive(services, ("start_run", run_id))
+    ph = phase(view(services, run_id), "parse")
+    assert ph["replans"] == 1 and ph["goal"] == NEW_GOAL
+
+
 def test_should_replan() -> None:
     same = [Failure("test_failure", "Failed: DID NOT RAISE ValueError at /tmp/a/x.py:3"),
             Failure("test_failure", "Failed: DID NOT RAISE ValueError at /tmp/b/x.py:9")]
