@@ -109,7 +109,7 @@ def remove_stale_temp(temp_dir: Path, older_than_s: float, now: float | None = N
             if st.st_uid != os.getuid() or now - st.st_mtime < older_than_s:
                 continue
             remove_run_dir(Path(entry.path))
-        except OSError as exc:
+        except Exception as exc:  # noqa: BLE001 - one folder that resists does not stop the others
             log.warning("could not remove %s: %s", entry.path, exc)
             continue
         if not os.path.lexists(entry.path):

@@ -61,6 +61,7 @@ def copy_workspace(src: Path, base: Path, owner: tuple[int, int] | None) -> Path
         raise NotADirectoryError(f"workdir is not a directory: {src}")
     dest = base / "workspace"
     shutil.copytree(src, dest, symlinks=True, ignore=_skip_special)
+    os.chmod(dest, 0o700)  # the candidate's files: not for other local users to read
     if owner is not None:
         _chown_tree(dest, owner)
     return dest
@@ -80,6 +81,7 @@ def take_workspace(src: Path, base: Path, owner: tuple[int, int] | None) -> Path
             raise
         copy_workspace(src, base, None)
         shutil.rmtree(src)
+    os.chmod(dest, 0o700)  # the candidate's files: not for other local users to read
     if owner is not None:
         _chown_tree(dest, owner)
     return dest
@@ -175,16 +177,28 @@ def _read_no_follow(root: Path, parts: tuple[str, ...], max_bytes: int) -> bytes
 
 
 def remove_run_dir(base: Path) -> None:
-    """Delete the run folder even if the sandboxed code removed permissions inside it."""
+    """Delete the run folder even if the sandboxed code removed permissions inside it. Nothing
+    outside it is touched: the folder above it (the system's temp folder) keeps its mode, also when
+    the run folder is gone already (two cleanups at once) or is not a folder."""
+    root = str(base)
 
-    def fix_and_retry(func: Callable[[str], object], path: str, _exc: object) -> None:
-        parent = os.path.dirname(path)
+    def fix_and_retry(func: Callable[..., object], path: str, exc_info: object) -> None:
+        exc = exc_info[1] if isinstance(exc_info, tuple) else exc_info
+        if isinstance(exc, FileNotFoundError) or path == root:
+            return  # gone already; or the run folder itself (a link, say): left as it is, logged below
         try:
-            os.chmod(parent, 0o700)
+            parent = os.path.dirname(path)
+            if parent == root or parent.startswith(root + os.sep):
+                os.chmod(parent, 0o700)
             if os.path.isdir(path) and not os.path.islink(path):
                 os.chmod(path, 0o700)
+                if func in (os.open, os.scandir, os.listdir):
+                    # A folder that could not be listed (made unreadable by the tests): removed now
+                    # that it can be; rmtree's own rmdir of it then finds it gone.
+                    shutil.rmtree(path, onerror=fix_and_retry)
+                    return
             func(path)
-        except OSError:
+        except Exception:  # noqa: BLE001 - what cannot be removed stays; the check below logs it
             pass
 
     try:
