@@ -7,9 +7,9 @@ from collections import defaultdict
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
-from autopack.db.models import Event, ModelCall, Rule, Run
+from autopack.db.models import Event, ModelCall, Phase, Rule, Run
 from autopack.engine.issues import run_issues
 from autopack.engine.runs import charged_at_worst_case
 
@@ -18,7 +18,8 @@ def collect_facts(session: Session, run: Run) -> dict[str, Any]:
     phases = []
     fixes = []
     failures: dict[str, int] = defaultdict(int)
-    for ph in run.phases:
+    # Phases and their attempts in two statements (not one per phase).
+    for ph in session.scalars(select(Phase).where(Phase.run_id == run.id).order_by(Phase.index).options(selectinload(Phase.attempts))):
         attempts = []
         for a in ph.attempts:
             attempts.append({
@@ -38,14 +39,17 @@ def collect_facts(session: Session, run: Run) -> dict[str, Any]:
                           "model": accepted[0]["model"]})
         phases.append({"id": ph.key, "state": ph.state, "attempts": attempts})
     cost: dict[str, dict[str, float]] = defaultdict(lambda: {"calls": 0, "tokens": 0, "cost_usd": 0.0})
-    for c in session.scalars(select(ModelCall).where(ModelCall.run_id == run.id)):
+    # The figures only (whole rows carried every prompt and answer of the run).
+    for c in session.execute(select(ModelCall.role, ModelCall.model, ModelCall.input_tokens, ModelCall.output_tokens,
+                                    ModelCall.cost_usd).where(ModelCall.run_id == run.id)):
         row = cost[f"{c.role} · {c.model}"]
         row["calls"] += 1
         row["tokens"] += c.input_tokens + c.output_tokens
         row["cost_usd"] = round(row["cost_usd"] + c.cost_usd, 6)
     applied: set[int] = set()
     prompt_tokens = rule_tokens = 0
-    for c in session.scalars(select(ModelCall).where(ModelCall.run_id == run.id, ModelCall.role == "builder")):
+    for c in session.execute(select(ModelCall.rules, ModelCall.input_tokens, ModelCall.rules_tokens)
+                             .where(ModelCall.run_id == run.id, ModelCall.role == "builder")):
         applied |= set(c.rules or [])
         prompt_tokens += c.input_tokens
         rule_tokens += c.rules_tokens

@@ -47,7 +47,12 @@ class Project(Base):
 class Run(Base):
     __tablename__ = "runs"
     # A submission retried with the same Idempotency-Key finds its run instead of starting another.
-    __table_args__ = (UniqueConstraint("project_id", "idempotency_key", name="uq_runs_project_idempotency_key"),)
+    __table_args__ = (
+        UniqueConstraint("project_id", "idempotency_key", name="uq_runs_project_idempotency_key"),
+        # The newest runs (GET /runs, the dashboard), of all projects and of one, without sorting them all.
+        Index("ix_runs_created_at", "created_at"),
+        Index("ix_runs_project_created_at", "project_id", "created_at"),
+    )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_run_id)
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)

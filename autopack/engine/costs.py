@@ -27,7 +27,11 @@ def _new() -> dict[str, Any]:
 
 def run_costs(session: Session, run: Run) -> dict[str, Any]:
     phases = {p.id: p.key for p in session.scalars(select(Phase).where(Phase.run_id == run.id))}
-    calls = session.scalars(select(ModelCall).where(ModelCall.run_id == run.id).order_by(ModelCall.id)).all()
+    # The figures only: whole rows would carry every call's prompt and answer.
+    calls = session.execute(select(ModelCall.id, ModelCall.role, ModelCall.provider, ModelCall.model, ModelCall.phase_id,
+                                   ModelCall.attempt_id, ModelCall.input_tokens, ModelCall.output_tokens, ModelCall.cost_usd,
+                                   ModelCall.error, ModelCall.created_at)
+                            .where(ModelCall.run_id == run.id).order_by(ModelCall.id)).all()
     by_role: dict[str, dict[str, Any]] = defaultdict(_new)
     by_model: dict[str, dict[str, Any]] = defaultdict(_new)
     by_phase: dict[str, dict[str, Any]] = defaultdict(_new)

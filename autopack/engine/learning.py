@@ -3,6 +3,7 @@ selection for prompts, measured effect and retirement."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -146,31 +147,80 @@ def reenable(rule: Rule, now: datetime | None = None) -> None:
     rule.status, rule.status_reason = "active", None
 
 
+@dataclass(frozen=True)
+class _PhaseRecord:
+    """What a rule's effect needs of one phase of the project (read once for all its rules)."""
+    name: str  # "<run id>/<phase key>", as provenance names the phases a rule was learned from
+    scope: tuple[str, ...]
+    run_created: datetime
+    failure_keys: frozenset[str]
+    first_call_rules: frozenset[int]  # the rules its first Builder call carried
+    any_call_rules: frozenset[int]  # the rules any of its Builder calls carried
+
+
+def _phase_records(session: Session, project_id: int, since: datetime | None = None) -> list[_PhaseRecord]:
+    """The project's phases that had an attempt, in three statements whatever the project's age (one
+    per phase, for every rule, at every run end, before)."""
+    q = (select(Phase.id, Phase.run_id, Phase.key, Phase.spec, Run.created_at).join(Run, Phase.run_id == Run.id)
+         .where(Run.project_id == project_id))
+    if since is not None:
+        q = q.where(Run.created_at >= since)
+    phases = session.execute(q).all()
+    ids = [p.id for p in phases]
+    if not ids:
+        return []
+    keys: dict[int, set[str]] = {}
+    for phase_id, key in session.execute(select(Attempt.phase_id, Attempt.failure_key).join(Phase, Attempt.phase_id == Phase.id)
+                                         .join(Run, Phase.run_id == Run.id).where(Run.project_id == project_id)):
+        keys.setdefault(phase_id, set()).update([key] if key else [])
+    first: dict[int, frozenset[int]] = {}
+    every: dict[int, set[int]] = {}
+    for phase_id, rules in session.execute(select(ModelCall.phase_id, ModelCall.rules).join(Phase, ModelCall.phase_id == Phase.id)
+                                           .join(Run, Phase.run_id == Run.id)
+                                           .where(Run.project_id == project_id, ModelCall.role == "builder")
+                                           .order_by(ModelCall.phase_id, ModelCall.id)):
+        first.setdefault(phase_id, frozenset(rules or []))
+        every.setdefault(phase_id, set()).update(rules or [])
+    return [_PhaseRecord(f"{p.run_id}/{p.key}", tuple(p.spec.get("scope") or ()), as_utc(p.created_at),
+                         frozenset(keys[p.id]), first.get(p.id, frozenset()), frozenset(every.get(p.id, ())))
+            for p in phases if p.id in keys]  # a phase with no attempt says nothing
+
+
+def _effect(rule: Rule, phases: list[_PhaseRecord], since: datetime | None = None) -> dict[str, Any]:
+    carried: list[bool] = []
+    other: list[bool] = []
+    learned_from = set(rule.provenance.get("learned_from", rule.provenance.get("phases", [])))
+    for ph in phases:
+        if ph.name in learned_from or (since is not None and ph.run_created < since):
+            continue
+        occurred = rule.key in ph.failure_keys
+        if rule.id in ph.first_call_rules:
+            carried.append(occurred)
+        elif rule.id not in ph.any_call_rules and any(rl.scopes_overlap(rule.scope_pattern, s) for s in ph.scope):
+            other.append(occurred)
+    return rl.measure_effect(carried, other)
+
+
 def rule_effect(session: Session, rule: Rule, since: datetime | None = None) -> dict[str, Any]:
     """How often the rule's key occurred in the project's phases that carried it from their first
-    Builder call vs the phases of its scope that never carried it.
+    Builder call vs the phases of its scope that never carried it (of the runs submitted ``since``,
+    when given: a person re-enabled the rule then).
 
     The phases the rule was learned from are left out of the comparison: they were chosen for having
     the failure, so counting them made the rule look helpful whatever it did. A phase that got the
     rule only on a retry counts on neither side."""
-    carried: list[bool] = []
-    other: list[bool] = []
-    learned_from = set(rule.provenance.get("learned_from", rule.provenance.get("phases", [])))
-    q = select(Phase).join(Run).where(Run.project_id == rule.project_id)
-    if since is not None:  # only the runs submitted since (a person re-enabled the rule then)
-        q = q.where(Run.created_at >= since)
-    phases = session.scalars(q).all()
-    for ph in phases:
-        if not ph.attempts or f"{ph.run_id}/{ph.key}" in learned_from:
-            continue
-        calls = session.scalars(select(ModelCall.rules).where(ModelCall.phase_id == ph.id, ModelCall.role == "builder")
-                                .order_by(ModelCall.id)).all()
-        occurred = any(a.failure_key == rule.key for a in ph.attempts)
-        if calls and rule.id in (calls[0] or []):
-            carried.append(occurred)
-        elif not any(rule.id in (c or []) for c in calls) and any(rl.scopes_overlap(rule.scope_pattern, s) for s in ph.spec["scope"]):
-            other.append(occurred)
-    return rl.measure_effect(carried, other)
+    return _effect(rule, _phase_records(session, rule.project_id, since))
+
+
+def rule_effects(session: Session, rules: list[Rule]) -> dict[int, dict[str, Any]]:
+    """:func:`rule_effect` of each of ``rules``, each project's phases read once for all its rules."""
+    by_project: dict[int, list[_PhaseRecord]] = {}
+    out = {}
+    for rule in rules:
+        if rule.project_id not in by_project:
+            by_project[rule.project_id] = _phase_records(session, rule.project_id)
+        out[rule.id] = _effect(rule, by_project[rule.project_id])
+    return out
 
 
 def retire_rules(session: Session, cfg: LearningConfig, now: datetime | None = None, project_id: int | None = None) -> list[tuple[int, str]]:
@@ -184,13 +234,18 @@ def retire_rules(session: Session, cfg: LearningConfig, now: datetime | None = N
     if project_id is not None:
         session.execute(select(Project.id).where(Project.id == project_id).with_for_update(key_share=True))
         q = q.where(Rule.project_id == project_id)
-    for rule in session.scalars(q):
-        effect = rule_effect(session, rule)
+    rules = list(session.scalars(q))
+    effects = rule_effects(session, rules)
+    phases: dict[int, list[_PhaseRecord]] = {}
+    for rule in rules:
+        effect = effects[rule.id]
         rule.effect = effect
         created, last = as_utc(rule.created_at), as_utc(rule.last_matched_at)
         since = reenabled_at(rule)
         if since is not None:  # a person re-enabled it: judged on what happened since, not on what retired it
-            effect, created = rule_effect(session, rule, since), since
+            if rule.project_id not in phases:
+                phases[rule.project_id] = _phase_records(session, rule.project_id)
+            effect, created = _effect(rule, phases[rule.project_id], since), since
         reason = rl.retire_reason(effect, last, created, now, stale_after=timedelta(days=cfg.stale_after_days), min_carried=cfg.min_carried)
         if reason:
             rule.status, rule.status_reason = "retired", reason
@@ -198,17 +253,19 @@ def retire_rules(session: Session, cfg: LearningConfig, now: datetime | None = N
     return retired
 
 
-def rule_view(session: Session, rule: Rule) -> dict[str, Any]:
+def rule_view(session: Session, rule: Rule, effect: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "id": rule.id, "key": rule.key, "text": rule.text, "scope": rule.scope_pattern, "category": rule.category,
         "status": rule.status, "status_reason": rule.status_reason, "times_applied": rule.times_applied,
-        "provenance": rule.provenance, "effect": rule_effect(session, rule),
+        "provenance": rule.provenance, "effect": effect if effect is not None else rule_effect(session, rule),
         "created_at": rule.created_at.isoformat(), "last_matched_at": rule.last_matched_at.isoformat() if rule.last_matched_at else None,
     }
 
 
 def project_rules(session: Session, project: Project) -> list[dict[str, Any]]:
-    return [rule_view(session, r) for r in session.scalars(select(Rule).where(Rule.project_id == project.id).order_by(Rule.id))]
+    rules = list(session.scalars(select(Rule).where(Rule.project_id == project.id).order_by(Rule.id)))
+    effects = rule_effects(session, rules)
+    return [rule_view(session, r, effects[r.id]) for r in rules]
 
 
 
@@ -230,7 +287,7 @@ def analyze(session: Session, project: Project | None = None) -> dict[str, Any]:
         q, hq = q.where(Rule.project_id == project.id), hq.where(Hint.project_id == project.id)
     rules = session.scalars(q.order_by(Rule.id)).all()
     hints = session.scalars(hq).all()
-    effects = [rule_effect(session, r) for r in rules]
+    effects = list(rule_effects(session, list(rules)).values())
     return {
         "rules": len(rules),
         "by_category": dict(Counter(r.category or "(any)" for r in rules)),

@@ -10,7 +10,7 @@ from collections.abc import Collection
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from autopack.config import AppConfig
 from autopack.db.models import Attempt, BudgetReservation, Event, Phase, Project, Run, Tier, as_utc
@@ -173,7 +173,11 @@ def _attempt_view(a: Attempt) -> dict[str, Any]:
 
 def run_view(session: Session, run: Run) -> dict[str, Any]:
     tiers = []
-    for tier in run.tiers:
+    # Tiers, phases and attempts in three statements, not one per tier and per phase (a run of 200
+    # phases took some 215 at every GET /runs/<id>).
+    loaded = session.scalars(select(Tier).where(Tier.run_id == run.id).order_by(Tier.index)
+                             .options(selectinload(Tier.phases).selectinload(Phase.attempts)))
+    for tier in loaded:
         phases = []
         for ph in tier.phases:
             phases.append(

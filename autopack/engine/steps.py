@@ -1037,7 +1037,10 @@ def decide_attempt(services: Services, attempt_id: int, ctx: StepContext) -> lis
         if is_terminal_run(run.state) or ph.state not in (PhaseState.EXECUTING, PhaseState.GATE):
             return []
         gate, aud = a.gate or {}, a.audit or {}
-        health = health_counts([x.failure_class for x in s.scalars(select(Attempt).where(Attempt.run_id == run.id))])
+        # One count per failure class over the run's attempts (not every attempt row, at every decide).
+        by_class = s.execute(select(Attempt.failure_class, func.count()).where(Attempt.run_id == run.id, Attempt.failure_class.is_not(None))
+                             .group_by(Attempt.failure_class)).all()
+        health = health_counts([cls for cls, n in by_class for _ in range(n)])
         rb = run.strategy["run"]
         spent = health_exceeded(health, int(rb.get("max_provider_errors", 6)), int(rb.get("max_edit_failures", 12)),
                                 int(rb.get("max_total_failures", 20)))
