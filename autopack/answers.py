@@ -88,6 +88,13 @@ def json_object(text: str) -> dict[str, Any]:
         raise ValueError("the JSON nests too deeply") from None
 
 
+def unfinished(stop_reason: str) -> str:
+    """Why an answer that stopped for ``stop_reason`` is not a finished one, in words."""
+    if stop_reason == "max_tokens":
+        return "it was cut off at the token limit"
+    return f"the provider stopped it before its end ({stop_reason})"
+
+
 class TruncatedAnswer(ValueError):
     """The model was stopped at its token limit: its answer is not complete."""
 
@@ -100,8 +107,7 @@ def parse_answer(text: str, model: type[M], who: str, error: type[Exception], *,
     it may be an example or a draft the model had not finished with."""
     try:
         if truncated:
-            raise TruncatedAnswer("it was cut off at the token limit" if stop_reason == "max_tokens"
-                                  else f"the provider stopped it before its end ({stop_reason})")
+            raise TruncatedAnswer(unfinished(stop_reason))
         return model.model_validate(json_object(text))
     except ValueError as exc:  # ValidationError is a ValueError too
         kind = "malformed" if isinstance(exc, ValidationError) else "unusable"

@@ -212,15 +212,15 @@ def rule_effect(session: Session, rule: Rule, since: datetime | None = None) -> 
     return _effect(rule, _phase_records(session, rule.project_id, since))
 
 
+def _phases_of(session: Session, rules: list[Rule]) -> dict[int, list[_PhaseRecord]]:
+    """The phase records of each project of ``rules``, read once per project."""
+    return {pid: _phase_records(session, pid) for pid in dict.fromkeys(r.project_id for r in rules)}
+
+
 def rule_effects(session: Session, rules: list[Rule]) -> dict[int, dict[str, Any]]:
     """:func:`rule_effect` of each of ``rules``, each project's phases read once for all its rules."""
-    by_project: dict[int, list[_PhaseRecord]] = {}
-    out = {}
-    for rule in rules:
-        if rule.project_id not in by_project:
-            by_project[rule.project_id] = _phase_records(session, rule.project_id)
-        out[rule.id] = _effect(rule, by_project[rule.project_id])
-    return out
+    phases = _phases_of(session, rules)
+    return {rule.id: _effect(rule, phases[rule.project_id]) for rule in rules}
 
 
 def retire_rules(session: Session, cfg: LearningConfig, now: datetime | None = None, project_id: int | None = None) -> list[tuple[int, str]]:
@@ -235,16 +235,13 @@ def retire_rules(session: Session, cfg: LearningConfig, now: datetime | None = N
         session.execute(select(Project.id).where(Project.id == project_id).with_for_update(key_share=True))
         q = q.where(Rule.project_id == project_id)
     rules = list(session.scalars(q))
-    effects = rule_effects(session, rules)
-    phases: dict[int, list[_PhaseRecord]] = {}
+    phases = _phases_of(session, rules)
     for rule in rules:
-        effect = effects[rule.id]
+        effect = _effect(rule, phases[rule.project_id])
         rule.effect = effect
         created, last = as_utc(rule.created_at), as_utc(rule.last_matched_at)
         since = reenabled_at(rule)
         if since is not None:  # a person re-enabled it: judged on what happened since, not on what retired it
-            if rule.project_id not in phases:
-                phases[rule.project_id] = _phase_records(session, rule.project_id)
             effect, created = _effect(rule, phases[rule.project_id], since), since
         reason = rl.retire_reason(effect, last, created, now, stale_after=timedelta(days=cfg.stale_after_days), min_carried=cfg.min_carried)
         if reason:

@@ -24,7 +24,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from autopack import gate as gatelib
-from autopack.answers import storable
+from autopack.answers import storable, unfinished
 from autopack.auditor import NO_VERDICT, VerdictError, combine, needs_judge, parse_judge, parse_verdict, render_auditor_prompt
 from autopack.builder import BuildOutcome, PhaseContext, check_submission, render_builder_prompt, run_builder
 from autopack.db.models import Attempt, BudgetReservation, ModelCall, Phase, Run, Tier, utcnow
@@ -1276,8 +1276,7 @@ def diagnose(services: Services, attempt_id: int, ctx: StepContext) -> list[Step
         call = make_call(services, CallScope(ph.run_id, ph.id, attempt_id, "doctor", model, None))
         resp = call(system, [Message(role="user", content=user)], cfg.max_tokens)
         if resp.incomplete:  # an unfinished answer (max_tokens, a refusal) is no decision, whatever object it holds
-            raise DoctorVerdictError("Doctor answer: " + ("it was cut off at the token limit" if resp.truncated
-                                                          else f"the provider stopped it before its end ({resp.stop_reason})"))
+            raise DoctorVerdictError(f"Doctor answer: {unfinished(resp.stop_reason)}")
         return resp.text
 
     record = consult(args.failures, cfg=cfg, already_replanned=args.already_replanned, replan_reason=args.replan_reason,

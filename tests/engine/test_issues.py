@@ -129,25 +129,8 @@ def test_a_nul_in_an_auditor_objection_is_recorded_on_postgres(pg_url: str, tmp_
 # -- an issue the retry fixed, severity per run, distinct issues, re-audits ---------------------------
 
 
-def _rejects_once(summary: str):  # type: ignore[no-untyped-def]
-    good = demo_model()
-    audits = {"n": 0}
-
-    def respond(req):  # type: ignore[no-untyped-def]
-        if req.system.startswith("You are the Builder"):
-            return good.__globals__["STATS"]
-        if req.system.startswith("You are the Auditor"):
-            audits["n"] += 1
-            if audits["n"] == 1:
-                return json.dumps({"verdict": "reject", "summary": summary,
-                                   "issues": [{"severity": "major", "summary": summary, "path": "calc/stats.py"}]})
-        return good(req)
-
-    return respond
-
-
 def test_an_issue_the_retry_fixed_is_not_open_in_the_backlog(local_settings, demo_repo: Path) -> None:
-    services, run_id = required_audit_run(local_settings, _rejects_once("median is wrong for even lengths"), demo_repo)
+    services, run_id = required_audit_run(local_settings, _rejects_once_with("median is wrong for even lengths"), demo_repo)
     v = view(services, run_id)
     assert v["state"] == "DONE_SUCCESS", v["failure_reason"]
     with session_scope(local_settings.db_url) as s:

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import event, text
 
 from autopack.db.models import Attempt, ModelCall, Phase, Project, Rule, Run, utcnow
@@ -122,38 +123,29 @@ def runs_submit(services, phases: int) -> str:  # type: ignore[no-untyped-def]
         return runs.create_run(s, parse_plan(_cluster.make_plan(phases)), services.config).id
 
 
-# -- GET /runs/<id> and the dashboard's run page: one query per phase ---------
+# -- GET /runs/<id>, the dashboard's run page and the postmortem: one query per phase ---------
 
 
-def test_run_view_statements_do_not_grow_with_phases(local_settings, tmp_path: Path) -> None:
-    """run_view walked run.tiers → tier.phases → phase.attempts through lazy loads: one SELECT per
-    tier and one per phase, on every GET /runs/<id>, every cancel answer, every dashboard refresh."""
-    services = _services(local_settings)
-    _target(tmp_path, local_settings)
-    small, large = _finished_run(services, 10), _finished_run(services, 200)
-    counts = {}
-    for rid in (small, large):
-        with session_scope(services.db_url) as s, counting(services.db_url) as got:
-            runs.run_view(s, runs.get_run(s, rid))
-        counts[rid] = got["sql"]
-    assert counts[large] <= counts[small] + 2, f"run_view statements: 10 phases {counts[small]}, 200 phases {counts[large]}"
-
-
-# -- postmortem facts: the same per-phase lazy loads, and every prompt loaded --
-
-
-def test_postmortem_facts_statements_do_not_grow_with_phases(local_settings, tmp_path: Path) -> None:
+def _postmortem_facts(s, run):  # type: ignore[no-untyped-def]
     from autopack import postmortem
 
+    return postmortem.collect_facts(s, run)
+
+
+@pytest.mark.parametrize("view", [runs.run_view, _postmortem_facts], ids=["run_view", "postmortem_facts"])
+def test_a_runs_views_statements_do_not_grow_with_phases(local_settings, tmp_path: Path, view) -> None:  # type: ignore[no-untyped-def]
+    """run_view (every GET /runs/<id>, cancel answer and dashboard refresh) and the postmortem's
+    facts walked run.tiers → tier.phases → phase.attempts through lazy loads: one SELECT per tier
+    and one per phase."""
     services = _services(local_settings)
     _target(tmp_path, local_settings)
     small, large = _finished_run(services, 10), _finished_run(services, 200)
     counts = {}
     for rid in (small, large):
         with session_scope(services.db_url) as s, counting(services.db_url) as got:
-            postmortem.collect_facts(s, runs.get_run(s, rid))
+            view(s, runs.get_run(s, rid))
         counts[rid] = got["sql"]
-    assert counts[large] <= counts[small] + 2, f"collect_facts statements: 10 phases {counts[small]}, 200 phases {counts[large]}"
+    assert counts[large] <= counts[small] + 2, f"statements: 10 phases {counts[small]}, 200 phases {counts[large]}"
 
 
 def test_cost_reports_do_not_load_prompts_and_answers(local_settings, tmp_path: Path) -> None:
