@@ -457,14 +457,12 @@ def _non_negative_seconds(text: str) -> float:
 
 def cmd_cleanup(args: argparse.Namespace, settings: Settings) -> int:
     """What beat's cleanup does, by hand: remove the worktrees of runs over for a while."""
-    import tempfile
-
-    from autopack.engine.cleanup import remove_finished_worktrees, remove_stale_temp, stale_temp_age_s
+    from autopack.engine.cleanup import remove_finished_worktrees, remove_left_temp
 
     older = settings.worktree_retention_s if args.older_than is None else args.older_than
     report = remove_finished_worktrees(settings.db_url, settings.worktrees_dir, older)
     # Left by killed workers: only folders no step can still be using (older than any step may run).
-    temp = remove_stale_temp(Path(tempfile.gettempdir()), stale_temp_age_s(settings))
+    temp = remove_left_temp(settings)
     _out(json.dumps({**report.as_dict(), "temp_removed": temp}) if args.json else
          f"removed the worktrees of {len(report.removed)} finished run(s); kept {report.kept}; "
          f"left {len(report.unknown)} folder(s) of unknown runs alone; removed {len(temp)} temp folder(s) killed workers left"

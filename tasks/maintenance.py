@@ -3,11 +3,9 @@ worktrees, and the ageing of known-flaky test records."""
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
 from typing import Any
 
-from autopack.engine.cleanup import remove_finished_worktrees, remove_stale_temp, stale_temp_age_s
+from autopack.engine.cleanup import remove_finished_worktrees, remove_left_temp
 from autopack.engine.flakiness import age_records
 from autopack.settings import get_settings
 from tasks.app import app
@@ -26,7 +24,7 @@ def cleanup() -> dict[str, Any]:
     workers' steps left."""
     settings = services().settings
     report = remove_finished_worktrees(settings.db_url, settings.worktrees_dir, settings.worktree_retention_s).as_dict()
-    return {**report, "temp_removed": remove_stale_temp(Path(tempfile.gettempdir()), stale_temp_age_s(settings))}
+    return {**report, "temp_removed": remove_left_temp(settings)}
 
 
 @app.task(name="autopack.maintenance.flakiness")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -123,3 +124,9 @@ def stale_temp_age_s(settings: Settings) -> float:
     longest = max(settings.build_time_limit, settings.ci_time_limit, settings.audit_time_limit,
                   settings.agents_time_limit, settings.default_time_limit)
     return float(longest) + settings.worktree_retention_s
+
+
+def remove_left_temp(settings: Settings) -> list[str]:
+    """What beat's cleanup and ``autopack cleanup`` remove of the system temp folder: the folders
+    killed workers' steps left there, once no step can still be using them."""
+    return remove_stale_temp(Path(tempfile.gettempdir()), stale_temp_age_s(settings))
